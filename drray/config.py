@@ -1,0 +1,189 @@
+"""Typed configuration: YAML -> pydantic objects. Every field has a default.
+
+`load_config(path, overrides=["inner.T=4"])` merges the file, then the `--set` overrides, and
+validates. Any problem is a `ConfigError` whose message is one line naming the key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from drray.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CorruptionSpec(_Section):
+    kind: str
+    fraction: float = Field(ge=0.0, le=1.0)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        from drray.corruption import CORRUPTIONS
+
+        if kind not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {kind!r}; allowed: {', '.join(CORRUPTIONS.names())}")
+        return kind
+
+
+class DataConfig(_Section):
+    source: str = "digits"
+    dir: Optional[str] = None
+    heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # only for sources without a test split
+    corruption: list[CorruptionSpec] = []
+    max_train: Optional[int] = Field(None, gt=0)  # cap the training pool (quick runs)
+    probe_size: int = Field(2000, gt=0)  # fixed training examples scored for AUROC
+    download: bool = False  # fetch a missing data set (online machines only)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        from drray.data import DATA_SOURCES
+
+        if source not in DATA_SOURCES:
+            raise ValueError(f"unknown source {source!r}; allowed: {', '.join(DATA_SOURCES.names())}")
+        return source
+
+    @field_validator("corruption")
+    @classmethod
+    def _total_fraction(cls, specs: list[CorruptionSpec]) -> list[CorruptionSpec]:
+        if sum(s.fraction for s in specs) > 1.0:
+            raise ValueError("corruption fractions add up to more than 1")
+        return specs
+
+
+def _known_arch(registry_attr: str):
+    def check(cls, arch: str) -> str:
+        from drray import models
+
+        registry = getattr(models, registry_attr)
+        if arch != "auto" and arch not in registry:
+            raise ValueError(f"unknown arch {arch!r}; allowed: auto, {', '.join(registry.names())}")
+        return arch
+
+    return field_validator("arch")(classmethod(check))
+
+
+class RaterConfig(_Section):
+    arch: str = "auto"  # auto: chosen from the data's shape
+    temperature: float = Field(0.3, gt=0.0)  # weights = softmax(score / temperature)
+    _check_arch = _known_arch("RATERS")
+
+
+class InnerConfig(_Section):
+    arch: str = "auto"
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
+    T: int = Field(2, ge=1)  # inner steps the meta-gradient flows back through
+    batch_size: int = Field(128, ge=1)
+    _check_arch = _known_arch("INNER_MODELS")
+
+
+class PopulationConfig(_Section):
+    size: int = Field(8, ge=1)
+    lifetime: int = Field(150, ge=1)  # outer steps between reinitialisations of one model
+
+
+class MetaConfig(_Section):
+    method: Literal["mixflow", "backprop"] = "mixflow"
+    optimizer: Literal["adam"] = "adam"
+    lr: float = Field(3e-4, gt=0.0)
+    clip_norm: Optional[float] = Field(5.0, gt=0.0)  # null: no clipping
+    steps: int = Field(1000, ge=1)
+    outer_batch_size: int = Field(128, ge=1)
+
+
+class RunConfig(_Section):
+    seed: int = 0
+    out: str = "runs/default"
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)  # progress line and AUROC every this many steps
+    device: str = "cpu"
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    rater: RaterConfig = RaterConfig()
+    inner: InnerConfig = InnerConfig()
+    population: PopulationConfig = PopulationConfig()
+    meta: MetaConfig = MetaConfig()
+    run: RunConfig = RunConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'inner.T=4' -> (['inner', 'T'], 4); the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set inner.T=4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_override(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, error["loc"][:-1])
+        return f"unknown key {key!r}; allowed here: {', '.join(allowed)}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error.get('input')!r})"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def validate_config(tree: dict, origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{origin}: {_describe(first, Config)}") from None
+
+
+def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
+    tree: dict = {}
+    origin = "config"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for text in overrides:
+        apply_override(tree, *parse_override(text))
+    return validate_config(tree, origin)

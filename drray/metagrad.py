@@ -1,0 +1,145 @@
+"""The meta-gradient: d/d(eta) of the held-out loss after T rater-weighted inner steps.
+
+Two methods, one answer (DESIGN.md):
+- `backprop`: unroll with create_graph=True and backpropagate (reverse-over-reverse);
+  autograd keeps every step's activations, so memory grows with T.
+- `mixflow`: the weighted inner gradient g(theta, eta) is one custom autograd op. Its forward
+  runs without a graph; its backward, for a cotangent lam, computes H_w lam and
+  d_i = <lam, grad l_i> with ONE forward-over-reverse JVP, then sum_i d_i grad_eta w_i with one
+  VJP through the rater. Autograd stores only theta_t, the optimizer state and the batch per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from drray.inner_optim import State, detach_state
+
+Params = tuple[torch.Tensor, ...]
+Batch = tuple[torch.Tensor, torch.Tensor]  # (x float [B, 1, H, W], y int64 [B])
+
+
+class MetaProblem:
+    """Binds an inner model, a rater, the inner optimizer and the softmax temperature to pure
+    functions of parameter tuples. The modules serve only as templates for functional_call."""
+
+    def __init__(self, inner: nn.Module, rater: nn.Module, optimizer, temperature: float):
+        self.inner, self.rater = inner, rater
+        self.inner_names = [n for n, _ in inner.named_parameters()]
+        self.rater_names = [n for n, _ in rater.named_parameters()]
+        self.optimizer = optimizer
+        self.temperature = temperature
+
+    def losses(self, theta: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example inner losses l_i(theta), shape [B]."""
+        logits = functional_call(self.inner, dict(zip(self.inner_names, theta)), (x,))
+        return F.cross_entropy(logits, y, reduction="none")
+
+    def scores(self, eta: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.rater, dict(zip(self.rater_names, eta)), (x, y))
+
+    def weights(self, eta: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """w = softmax over the batch of score / temperature; sums to 1."""
+        return torch.softmax(self.scores(eta, x, y) / self.temperature, dim=0)
+
+
+class _WeightedGrad(torch.autograd.Function):
+    """g(theta, eta) = sum_i w_i(eta) grad_theta l_i(theta), differentiable in both arguments."""
+
+    @staticmethod
+    def forward(ctx, problem: MetaProblem, x, y, n_theta: int, *params):
+        theta, eta = params[:n_theta], params[n_theta:]
+        w = problem.weights(eta, x, y)
+        with torch.enable_grad():
+            leaves = tuple(t.detach().requires_grad_() for t in theta)
+            grads = torch.autograd.grad((w * problem.losses(leaves, x, y)).sum(), leaves)
+        ctx.problem, ctx.n_theta = problem, n_theta
+        ctx.save_for_backward(x, y, *params)
+        return grads
+
+    @staticmethod
+    def backward(ctx, *lam):
+        problem, n_theta = ctx.problem, ctx.n_theta
+        x, y, *params = ctx.saved_tensors
+        theta, eta = tuple(params[:n_theta]), tuple(params[n_theta:])
+        w = problem.weights(eta, x, y).detach()
+        need_theta = any(ctx.needs_input_grad[4 : 4 + n_theta])
+
+        if need_theta:
+            def grad_and_losses(th):
+                def weighted(th):
+                    losses = problem.losses(th, x, y)
+                    return (w * losses).sum(), losses
+                return torch.func.grad(weighted, has_aux=True)(th)
+
+            _, (hvp, dlosses) = torch.func.jvp(grad_and_losses, (theta,), (tuple(lam),))
+        else:  # theta_0 is a constant: only the directional derivatives of the losses are needed
+            hvp = (None,) * n_theta
+            _, dlosses = torch.func.jvp(lambda th: problem.losses(th, x, y), (theta,), (tuple(lam),))
+
+        with torch.enable_grad():
+            leaves = tuple(e.detach().requires_grad_() for e in eta)
+            eta_grads = torch.autograd.grad(
+                problem.weights(leaves, x, y), leaves, grad_outputs=dlosses, allow_unused=True
+            )
+        return (None, None, None, None, *hvp, *eta_grads)
+
+
+def weighted_grad_mixflow(problem: MetaProblem, theta: Params, eta: Params, batch: Batch) -> Params:
+    x, y = batch
+    return _WeightedGrad.apply(problem, x, y, len(theta), *theta, *eta)
+
+
+def weighted_grad_backprop(problem: MetaProblem, theta: Params, eta: Params, batch: Batch) -> Params:
+    x, y = batch
+    loss = (problem.weights(eta, x, y) * problem.losses(theta, x, y)).sum()
+    return torch.autograd.grad(loss, theta, create_graph=True)
+
+
+WEIGHTED_GRAD = {"backprop": weighted_grad_backprop, "mixflow": weighted_grad_mixflow}
+
+
+@dataclass
+class MetaStepResult:
+    grad: Params          # d outer_loss / d eta
+    theta: Params         # theta_T, detached: the inner model continues from here
+    state: State          # optimizer state after T steps, detached
+    outer_loss: float     # mean held-out loss at theta_T
+    inner_loss: float     # mean (unweighted) training loss over the T steps
+
+
+def meta_step(
+    problem: MetaProblem,
+    method: str,
+    theta: Params,
+    state: State,
+    eta: Params,
+    inner_batches: list[Batch],
+    outer_batch: Batch,
+) -> MetaStepResult:
+    """Run T = len(inner_batches) weighted inner steps from (theta, state) and return the
+    meta-gradient through all of them (truncated BPTT: theta is the model's current weights)."""
+    weighted_grad = WEIGHTED_GRAD[method]
+    eta = tuple(e.detach().requires_grad_() for e in eta)
+    # backprop needs theta_0 in the graph to differentiate l_i(theta); mixflow does not.
+    theta = tuple(t.detach().requires_grad_(method == "backprop") for t in theta)
+    inner_losses = []
+    for x, y in inner_batches:
+        with torch.no_grad():
+            inner_losses.append(problem.losses(theta, x, y).mean().item())
+        grads = weighted_grad(problem, theta, eta, (x, y))
+        theta, state = problem.optimizer.update(theta, grads, state)
+    outer = problem.losses(theta, *outer_batch).mean()
+    grad = torch.autograd.grad(outer, eta, allow_unused=True)
+    grad = tuple(torch.zeros_like(e) if g is None else g for e, g in zip(eta, grad))
+    return MetaStepResult(
+        grad=grad,
+        theta=tuple(t.detach() for t in theta),
+        state=detach_state(state),
+        outer_loss=outer.item(),
+        inner_loss=sum(inner_losses) / len(inner_losses),
+    )

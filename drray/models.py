@@ -1,0 +1,86 @@
+"""Built-in raters and inner models. All stateless apart from parameters (no batch norm, no
+dropout), so they run under torch.func.functional_call with parameters passed in."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from drray.registry import INNER_MODELS, RATERS
+
+
+def _conv_trunk(channels: tuple[int, ...], side: int, padding: int = 1) -> tuple[nn.Sequential, int]:
+    """3x3 convs, each followed by ReLU and 2x2 max-pool; returns (trunk, flattened size)."""
+    layers: list[nn.Module] = []
+    in_ch = 1
+    for out_ch in channels:
+        layers += [nn.Conv2d(in_ch, out_ch, 3, padding=padding), nn.ReLU(), nn.MaxPool2d(2)]
+        in_ch, side = out_ch, (side - 2 + 2 * padding) // 2
+    if side < 1:
+        raise ValueError(f"input too small for {len(channels)} pooling stages")
+    return nn.Sequential(*layers, nn.Flatten()), in_ch * side * side
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+# Inner models: x [B, 1, H, W] float -> logits [B, num_classes].
+
+@INNER_MODELS.register("cnn")
+def inner_cnn(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    """Two conv stages and a 128-unit head: 108,618 parameters at 28x28, the reference ToyCNN's size."""
+    side = min(input_shape)
+    trunk, flat = _conv_trunk((16, 32), side, padding=0 if side >= 16 else 1)
+    return nn.Sequential(trunk, nn.Linear(flat, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
+@INNER_MODELS.register("mlp")
+def inner_mlp(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    return _mlp([input_shape[0] * input_shape[1], 128, num_classes])
+
+
+# Raters: a body x -> [B, num_classes]; ClassConditionedRater reads the output at the label, so
+# the rater scores the whole example (input and label) and can see label noise.
+
+class ClassConditionedRater(nn.Module):
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.body(x).gather(1, y[:, None]).squeeze(1)
+
+
+@RATERS.register("cnn")
+def rater_cnn(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    trunk, flat = _conv_trunk((8, 16), min(input_shape))
+    return ClassConditionedRater(nn.Sequential(trunk, nn.Linear(flat, 24), nn.ReLU(), nn.Linear(24, num_classes)))
+
+
+@RATERS.register("mlp")
+def rater_mlp(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    return ClassConditionedRater(_mlp([input_shape[0] * input_shape[1], 64, num_classes]))
+
+
+def choose_arch(arch: str, input_shape: tuple[int, int]) -> str:
+    """'auto' -> an MLP for small images (8x8 digits), a CNN for larger ones (28x28 MNIST)."""
+    if arch != "auto":
+        return arch
+    return "mlp" if max(input_shape) <= 16 else "cnn"
+
+
+def build_rater(arch: str, input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    return RATERS.get(choose_arch(arch, input_shape))(tuple(input_shape), num_classes)
+
+
+def build_inner(arch: str, input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    return INNER_MODELS.get(choose_arch(arch, input_shape))(tuple(input_shape), num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

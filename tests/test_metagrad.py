@@ -1,0 +1,107 @@
+"""The two meta-gradient methods agree with each other and with central finite differences."""
+import pytest
+import torch
+from torch import nn
+
+from drray.inner_optim import SGD, Adam
+from drray.metagrad import MetaProblem, meta_step
+from drray.models import ClassConditionedRater, build_inner, build_rater
+
+
+def tiny_problem(optimizer, dtype=torch.float64, seed=0):
+    """Smooth (tanh) models so that finite differences are accurate."""
+    torch.manual_seed(seed)
+    inner = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.Tanh(), nn.Linear(6, 3)).to(dtype)
+    rater = ClassConditionedRater(nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.Tanh(), nn.Linear(5, 3))).to(dtype)
+    return MetaProblem(inner, rater, optimizer, temperature=0.5), inner, rater
+
+
+def batches(n, size, shape, classes, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.rand(size, 1, *shape, generator=g, dtype=dtype), torch.randint(0, classes, (size,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def params_of(module):
+    return tuple(p.detach().clone() for p in module.parameters())
+
+
+def outer_loss(problem, theta, state, eta, inner_batches, outer_batch):
+    with torch.no_grad():
+        for x, y in inner_batches:
+            theta_req = tuple(t.detach().requires_grad_() for t in theta)
+            with torch.enable_grad():
+                loss = (problem.weights(eta, x, y) * problem.losses(theta_req, x, y)).sum()
+                grads = torch.autograd.grad(loss, theta_req)
+            theta, state = problem.optimizer.update(theta, grads, state)
+        return problem.losses(theta, *outer_batch).mean().item()
+
+
+OPTIMIZERS = {"sgd": SGD(lr=0.3, momentum=0.9), "adam": Adam(lr=0.05)}
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("method", ["backprop", "mixflow"])
+def test_meta_gradient_matches_finite_differences_float64(method, T, opt_name):
+    optimizer = OPTIMIZERS[opt_name]
+    problem, inner, rater = tiny_problem(optimizer)
+    theta, eta = params_of(inner), params_of(rater)
+    state = optimizer.init(theta)
+    if opt_name == "adam":  # start mid-training: nonzero moments and a step count
+        state = {"count": 5, "m": tuple(0.01 * torch.randn_like(t) for t in theta),
+                 "v": tuple(1e-3 * torch.rand_like(t) for t in theta)}
+    inner_b = batches(T, 8, (4, 4), 3, torch.float64, seed=1)
+    outer_b = batches(1, 10, (4, 4), 3, torch.float64, seed=2)[0]
+
+    result = meta_step(problem, method, theta, state, eta, inner_b, outer_b)
+
+    gen = torch.Generator().manual_seed(3)
+    eps = 1e-6
+    for _ in range(4):  # random directions: <grad, v> against the central difference along v
+        v = tuple(torch.randn(e.shape, generator=gen, dtype=e.dtype) for e in eta)
+        plus = tuple(e + eps * d for e, d in zip(eta, v))
+        minus = tuple(e - eps * d for e, d in zip(eta, v))
+        fd = (outer_loss(problem, theta, state, plus, inner_b, outer_b)
+              - outer_loss(problem, theta, state, minus, inner_b, outer_b)) / (2 * eps)
+        analytic = sum((g * d).sum() for g, d in zip(result.grad, v)).item()
+        assert analytic == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    assert result.outer_loss == pytest.approx(outer_loss(problem, theta, state, eta, inner_b, outer_b), rel=1e-12)
+
+
+def relative_error(a, b):
+    num = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(a, b)))
+    den = torch.sqrt(sum((y**2).sum() for y in b))
+    return (num / den).item()
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("shape,arch", [((8, 8), "mlp"), ((28, 28), "cnn"), ((8, 8), "cnn")])
+def test_methods_agree_float32_on_real_models(shape, arch, T, opt_name):
+    torch.manual_seed(0)
+    optimizer = {"sgd": SGD(lr=0.1, momentum=0.9), "adam": Adam(lr=1e-3)}[opt_name]
+    inner, rater = build_inner(arch, shape, 10), build_rater(arch, shape, 10)
+    problem = MetaProblem(inner, rater, optimizer, temperature=0.3)
+    theta, eta = params_of(inner), params_of(rater)
+    state = optimizer.init(theta)
+    inner_b = batches(T, 32, shape, 10, torch.float32, seed=1)
+    outer_b = batches(1, 32, shape, 10, torch.float32, seed=2)[0]
+    ref = meta_step(problem, "backprop", theta, state, eta, inner_b, outer_b)
+    mix = meta_step(problem, "mixflow", theta, state, eta, inner_b, outer_b)
+    assert relative_error(mix.grad, ref.grad) <= 1e-5
+    assert relative_error(mix.theta, ref.theta) <= 1e-6
+    assert mix.outer_loss == pytest.approx(ref.outer_loss, rel=1e-6)
+    assert sum(g.abs().sum() for g in ref.grad) > 0  # a zero gradient would agree trivially
+
+
+def test_inner_model_moves_and_meta_step_is_truncated():
+    """theta_T differs from theta_0 and carries no graph: the next step starts from it."""
+    problem, inner, rater = tiny_problem(SGD(lr=0.3), dtype=torch.float32)
+    theta, eta = params_of(inner), params_of(rater)
+    result = meta_step(problem, "mixflow", theta, problem.optimizer.init(theta), eta,
+                       batches(2, 8, (4, 4), 3, torch.float32, 1), batches(1, 8, (4, 4), 3, torch.float32, 2)[0])
+    assert all(not t.requires_grad for t in result.theta)
+    assert any(not torch.equal(a, b) for a, b in zip(result.theta, theta))
