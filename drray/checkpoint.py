@@ -1,0 +1,63 @@
+"""Checkpoints under OUT/checkpoint/, each file written atomically (temp file + rename), so a
+crash leaves the previous complete file, never a half-written one.
+
+  state.pt     everything needed to resume: step, rater, meta-optimizer, population
+  rater.pt     the rater weights alone (state_dict) with the step, for scoring
+  config.yaml  the validated config of the run
+Loading uses torch.load(weights_only=True): tensors and plain containers only.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_checkpoint(out: Path, state: dict, rater_state_dict: dict, config: dict) -> Path:
+    directory = Path(out) / CHECKPOINT_DIR
+    atomic_write_bytes(directory / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+    atomic_torch_save(state, directory / "state.pt")
+    atomic_torch_save({"step": state["step"], "rater": rater_state_dict}, directory / "rater.pt")
+    return directory
+
+
+def has_checkpoint(out: Path) -> bool:
+    return (Path(out) / CHECKPOINT_DIR / "state.pt").is_file()
+
+
+def load_state(out: Path) -> dict:
+    return torch.load(Path(out) / CHECKPOINT_DIR / "state.pt", weights_only=True, map_location="cpu")
+
+
+def load_rater_weights(run_dir: Path) -> dict:
+    return torch.load(Path(run_dir) / CHECKPOINT_DIR / "rater.pt", weights_only=True, map_location="cpu")
+
+
+def load_run_config(run_dir: Path) -> dict:
+    return yaml.safe_load((Path(run_dir) / CHECKPOINT_DIR / "config.yaml").read_text())

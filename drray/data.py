@@ -1,0 +1,378 @@
+"""Data sets as numpy columns, the built-in sources, and the train / heldout / test / probe split.
+
+A source is `fn(cfg: DataConfig) -> (pool, test)` or `(pool, test, heldout)`, registered with
+`@DATA_SOURCES.register("name")`; `test` / `heldout` are None when the source has no such split,
+and `build_splits` then carves them (clean rows only) out of the pool.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import torch
+
+from drray.config import DataConfig
+from drray.corruption import apply_corruptions, seeded_rng
+from drray.errors import DataError
+from drray.registry import DATA_SOURCES
+
+__all__ = ["DATA_SOURCES", "DataSplits", "ExampleSet", "build_splits", "read_idx", "to_tensors", "write_parquet"]
+
+
+@dataclass
+class ExampleSet:
+    ids: np.ndarray  # int64 [N], unique within the whole data set
+    images: np.ndarray  # uint8 [N, H, W]
+    labels: np.ndarray  # int64 [N], in [0, num_classes)
+    is_corrupted: np.ndarray  # bool [N]: ground truth for experiments, never given to models
+    corruption: np.ndarray  # object [N]: "" for clean, else the corruption kind
+    corruption_level: np.ndarray  # float32 [N]: how strongly each row was corrupted, 0 when clean
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index: np.ndarray) -> "ExampleSet":
+        """Rows by integer index or boolean mask (a copy)."""
+        return ExampleSet(
+            self.ids[index], self.images[index], self.labels[index], self.is_corrupted[index],
+            self.corruption[index], self.corruption_level[index], self.num_classes,
+        )  # fmt: skip
+
+    @staticmethod
+    def clean(ids, images, labels, num_classes: int) -> "ExampleSet":
+        n = len(ids)  # np.array copies: the columns are owned and writable, whatever the source gave
+        return ExampleSet(
+            np.array(ids, dtype=np.int64), np.array(images, dtype=np.uint8), np.array(labels, dtype=np.int64),
+            np.zeros(n, dtype=bool), np.full(n, "", dtype=object), np.zeros(n, dtype=np.float32), int(num_classes),
+        )  # fmt: skip
+
+
+@dataclass
+class DataSplits:
+    train: ExampleSet  # corrupted per config
+    heldout: ExampleSet  # clean, for the outer (meta) loss
+    test: ExampleSet  # clean, for evaluation
+    probe: ExampleSet  # fixed seeded subset of train, with ground truth, for AUROC
+    num_classes: int
+    image_shape: tuple[int, int]  # (H, W)
+
+
+def to_tensors(examples: ExampleSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as float32 [N, 1, H, W] in [0, 1], labels as int64 [N]."""
+    images = torch.from_numpy(np.ascontiguousarray(examples.images)).to(torch.float32).div_(255.0)
+    return images.unsqueeze(1), torch.from_numpy(np.ascontiguousarray(examples.labels, dtype=np.int64))
+
+
+# Random streams per stage (see corruption.seeded_rng), so stages do not shift one another.
+STAGE_TEST, STAGE_HELDOUT, STAGE_CAP, STAGE_PROBE = 1, 2, 3, 4
+
+
+def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
+    """Load `cfg.source`, split off test and heldout where the source has none, cap and corrupt train."""
+    pool, test, heldout = _load(cfg)
+    where = f"data source {cfg.source!r}"
+    for name, part in [("train", pool), ("test", test), ("heldout", heldout)]:
+        if part is not None:
+            _validate(part, f"{where} ({name})")
+    if test is None:
+        test, pool = _split_off(pool, cfg.test_fraction, seeded_rng(seed, STAGE_TEST), "test", where)
+    if heldout is None:
+        heldout, pool = _split_off(pool, cfg.heldout_fraction, seeded_rng(seed, STAGE_HELDOUT), "heldout", where)
+    train = pool
+    if cfg.max_train is not None and len(train) > cfg.max_train:
+        train = train.subset(np.sort(seeded_rng(seed, STAGE_CAP).choice(len(train), cfg.max_train, replace=False)))
+    _check_consistent(train, heldout, test, where)
+    train = apply_corruptions(train, cfg.corruption, seed)
+    probe_rows = seeded_rng(seed, STAGE_PROBE).choice(len(train), min(cfg.probe_size, len(train)), replace=False)
+    return DataSplits(
+        train, heldout, test, train.subset(np.sort(probe_rows)), train.num_classes, tuple(train.images.shape[1:3])
+    )
+
+
+def _load(cfg: DataConfig):
+    """(pool, test, heldout) from the source; a source may leave heldout out of its tuple."""
+    loaded = tuple(DATA_SOURCES.get(cfg.source)(cfg))
+    return loaded if len(loaded) == 3 else (*loaded, None)
+
+
+def _split_off(pool: ExampleSet, fraction: float, rng: np.random.Generator, name: str, where: str):
+    """(part, rest): a seeded `fraction` of the pool, drawn from clean rows so the part is clean."""
+    count = int(round(fraction * len(pool)))
+    clean_rows = np.flatnonzero(~pool.is_corrupted)
+    if count == 0 or count >= len(pool) or count > len(clean_rows):
+        raise DataError(
+            f"{where}: cannot split a {name} set of {count} from {len(pool)} examples ({len(clean_rows)} clean); "
+            f"adjust data.{name}_fraction or use more data"
+        )
+    taken = np.zeros(len(pool), dtype=bool)
+    taken[rng.choice(clean_rows, count, replace=False)] = True
+    return pool.subset(taken), pool.subset(~taken)
+
+
+def _validate(part: ExampleSet, where: str) -> None:
+    if len(part) == 0:
+        raise DataError(f"{where}: split is empty; point data.dir at a data set with examples")
+    if part.images.ndim != 3 or part.images.dtype != np.uint8:
+        raise DataError(f"{where}: images must be uint8 [N, H, W], got {part.images.dtype} {part.images.shape}")
+    if not len(part.labels) == len(part.images) == len(part.ids):
+        raise DataError(f"{where}: {len(part.ids)} ids, {len(part.images)} images, {len(part.labels)} labels")
+    bad = (part.labels < 0) | (part.labels >= part.num_classes)
+    if bad.any():
+        raise DataError(
+            f"{where}: label {part.labels[bad][0]} (id {part.ids[bad][0]}) is outside 0..{part.num_classes - 1}; "
+            "fix the labels or the class count"
+        )
+
+
+def _check_consistent(train: ExampleSet, heldout: ExampleSet, test: ExampleSet, where: str) -> None:
+    parts = (train, heldout, test)
+    if len(train) == 0:
+        raise DataError(f"{where}: no training examples left; lower data.heldout_fraction/test_fraction")
+    if len({p.images.shape[1:] for p in parts}) > 1 or len({p.num_classes for p in parts}) > 1:
+        raise DataError(f"{where}: splits differ in image shape or class count; prepare them from one data set")
+    ids = np.concatenate([p.ids for p in parts])
+    if len(np.unique(ids)) != len(ids):
+        raise DataError(f"{where}: ids repeat within or across train/heldout/test; give every example a unique id")
+
+
+@DATA_SOURCES.register("digits")
+def load_digits_source(cfg: DataConfig):
+    """scikit-learn's 1,797 8x8 digits (bundled, offline); values 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return ExampleSet.clean(np.arange(len(images)), images, digits.target, 10), None
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_MD5 = dict(zip(IDX_FILES, (
+    "6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
+    "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637",
+)))  # fmt: skip
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
+
+
+def read_idx(path: Path, ndim: int) -> tuple[np.ndarray, bytes]:
+    """(array, decompressed bytes) of a uint8 IDX file with `ndim` dimensions, plain or .gz."""
+    raw = _read_bytes(Path(path))
+    header = 4 + 4 * ndim
+    if len(raw) < 4 or struct.unpack(">I", raw[:4])[0] != 0x0800 | ndim:
+        magic = raw[:4].hex() or "empty"
+        raise DataError(f"{path}: not a uint8 IDX file with {ndim} dims (magic {magic}, want {0x0800 | ndim:08x}); check the file")
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes); re-download the file")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != int(np.prod(shape)):
+        raise DataError(
+            f"{path}: header says {shape} = {int(np.prod(shape))} bytes of data, file has {len(raw) - header}; "
+            "the file is truncated or damaged, re-download it"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape), raw
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read ({exc}); re-download the file".replace("\n", " ")) from None
+
+
+def _first_existing(*candidates: Path) -> Optional[Path]:
+    return next((path for path in candidates if path.exists()), None)
+
+
+def _find(directory: Path, name: str) -> Optional[Path]:
+    return _first_existing(directory / name, directory / f"{name}.gz")
+
+
+def _load_idx_dir(directory: Path, checksums: Optional[dict[str, str]], num_classes: Optional[int]):
+    if not directory.is_dir():
+        raise DataError(f"data.dir {directory} does not exist; set data.dir to an MNIST-format directory")
+    arrays = []
+    for name, ndim in zip(IDX_FILES, (3, 1, 3, 1)):
+        path = _find(directory, name)
+        if path is None:
+            raise DataError(f"{directory / name}[.gz]: file missing; set data.dir to an MNIST-format directory")
+        array, raw = read_idx(path, ndim)
+        if checksums is not None and hashlib.md5(raw).hexdigest() != checksums[name]:
+            raise DataError(
+                f"{path}: md5 of the decompressed bytes is {hashlib.md5(raw).hexdigest()}, expected {checksums[name]}; "
+                "the file is damaged or not MNIST, re-download it (or use data.source=idx for other IDX data)"
+            )
+        arrays.append((path, array))
+    (train_path, train_images), (_, train_labels), (test_path, test_images), (_, test_labels) = arrays
+    for path, images, labels in ((train_path, train_images, train_labels), (test_path, test_images, test_labels)):
+        if len(images) != len(labels):
+            raise DataError(f"{path}: {len(images)} images but {len(labels)} labels in its labels file; use matching files")
+    if num_classes is None:  # idx: ten classes unless the labels say more
+        top = int(max(train_labels.max(initial=0), test_labels.max(initial=0)))
+        num_classes = 10 if top < 10 else top + 1
+    n_train = len(train_images)
+    return (
+        ExampleSet.clean(np.arange(n_train), train_images, train_labels, num_classes),
+        ExampleSet.clean(n_train + np.arange(len(test_images)), test_images, test_labels, num_classes),
+    )
+
+
+@DATA_SOURCES.register("idx")
+def load_idx_source(cfg: DataConfig):
+    """Any MNIST-format directory: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."""
+    if cfg.dir is None:
+        raise DataError("data.source=idx needs data.dir; set it to an MNIST-format directory")
+    return _load_idx_dir(Path(cfg.dir), None, None)
+
+
+@DATA_SOURCES.register("mnist")
+def load_mnist_source(cfg: DataConfig):
+    """MNIST, checksum-verified; from data.dir (default ../shared/data/mnist), or downloaded."""
+    directory = Path(cfg.dir) if cfg.dir is not None else Path("..") / "shared" / "data" / "mnist"
+    missing = [name for name in IDX_FILES if _find(directory, name) is None]
+    if missing and cfg.download:
+        download_mnist(directory, missing)
+    elif missing:
+        raise DataError(
+            f"{directory / missing[0]}[.gz]: MNIST file missing; set data.dir to the MNIST folder or data.download=true"
+        )
+    return _load_idx_dir(directory, MNIST_MD5, 10)
+
+
+def download_mnist(directory: Path, names=IDX_FILES, mirrors=MNIST_MIRRORS) -> None:
+    """Fetch `names` (.gz) from the first mirror that answers; md5-verified, written atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        errors = []
+        for mirror in mirrors:
+            try:
+                with urllib.request.urlopen(f"{mirror}{name}.gz", timeout=60) as response:
+                    payload = response.read()
+                digest = hashlib.md5(gzip.decompress(payload)).hexdigest()
+            except (OSError, EOFError) as exc:  # URLError is an OSError; so is a bad gzip stream
+                errors.append(f"{mirror}: {exc}")
+                continue
+            if digest != MNIST_MD5[name]:
+                errors.append(f"{mirror}: md5 {digest} != {MNIST_MD5[name]}")
+                continue
+            _write_atomically(directory / f"{name}.gz", payload)
+            break
+        else:
+            detail = "; ".join(errors).replace("\n", " ")
+            raise DataError(f"{directory / name}.gz: download failed ({detail}); copy the file there by hand")
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)  # readers see the old state or the whole file, never half of it
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+PARQUET_COLUMNS, SPLITS = ("id", "image", "shape", "label"), ("train", "test", "heldout")
+
+
+@DATA_SOURCES.register("parquet")
+def load_parquet_source(cfg: DataConfig):
+    """data.dir with train (train.parquet or train/ shards) and optional heldout and test."""
+    if cfg.dir is None or not Path(cfg.dir).is_dir():
+        raise DataError(f"data.dir {cfg.dir} does not exist; set data.dir to a folder with train.parquet or train/")
+    paths = {name: _first_existing(Path(cfg.dir) / f"{name}.parquet", Path(cfg.dir) / name) for name in SPLITS}
+    if paths["train"] is None:
+        raise DataError(f"{Path(cfg.dir) / 'train.parquet'}: missing (nor a train/ folder); write the training split there")
+    parts = {name: read_parquet(path) for name, path in paths.items() if path is not None}
+    num_classes = max(int(part.labels.max(initial=-1)) + 1 for part in parts.values())
+    for part in parts.values():
+        part.num_classes = num_classes
+    return parts["train"], parts.get("test"), parts.get("heldout")
+
+
+def read_parquet(path: Path) -> ExampleSet:
+    """One split from a .parquet file or a folder of shards; num_classes is max label + 1."""
+    try:
+        table = ds.dataset(str(path), format="parquet").to_table()
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
+    missing = [c for c in PARQUET_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {', '.join(missing)}; needs {', '.join(PARQUET_COLUMNS)}")
+    if any(table.column(column).null_count for column in PARQUET_COLUMNS):
+        raise DataError(f"{path}: nulls in {', '.join(PARQUET_COLUMNS)}; fill or drop those rows")
+    n, shapes = table.num_rows, _list_column(table, "shape", path)
+    if n == 0 or shapes.size != 2 * n or (shapes.reshape(n, 2) != shapes[:2]).any():
+        raise DataError(f"{path}: column shape must be the same [H, W] on every (of at least one) row")
+    height, width = shapes[:2]
+    pixels = _list_column(table, "image", path)
+    if pixels.size != n * height * width:
+        raise DataError(f"{path}: image sizes do not match shape {[int(height), int(width)]}; rewrite the image column")
+    if pixels.dtype != np.uint8:  # accept other numbers only if they are exactly uint8 values
+        with np.errstate(invalid="ignore"):
+            as_uint8 = pixels.astype(np.uint8)
+        if not np.array_equal(pixels, as_uint8):  # NaN, fractions and out-of-range all differ
+            raise DataError(f"{path}: image values must be whole numbers 0..255 (no NaN); store images as uint8")
+        pixels = as_uint8
+    labels = table.column("label").to_numpy().astype(np.int64)
+    if (labels < 0).any():
+        raise DataError(f"{path}: negative label {labels[labels < 0][0]}; labels must be 0..num_classes-1")
+    examples = ExampleSet.clean(
+        table.column("id").to_numpy(), pixels.reshape(n, height, width), labels, int(labels.max(initial=-1)) + 1
+    )
+    _read_ground_truth(table, examples)
+    return examples
+
+
+def _list_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    column = table.column(name).combine_chunks()
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)):
+        raise DataError(f"{path}: column {name} must be a list, got {column.type}; see DESIGN.md (Data)")
+    return column.flatten().to_numpy(zero_copy_only=False)  # flatten honours slicing and offsets
+
+
+def _read_ground_truth(table: pa.Table, examples: ExampleSet) -> None:
+    """Keep prepared data's experiment columns (is_corrupted, corruption, corruption_level)."""
+    names = table.column_names
+    if "corruption" in names:
+        examples.corruption = pc.fill_null(table.column("corruption"), "").to_numpy(zero_copy_only=False).astype(object)
+    if "is_corrupted" in names:
+        examples.is_corrupted = pc.fill_null(table.column("is_corrupted"), False).to_numpy(zero_copy_only=False)
+    else:
+        examples.is_corrupted = examples.corruption != ""
+    examples.corruption[examples.is_corrupted & (examples.corruption == "")] = "unknown"
+    if "corruption_level" in names:
+        examples.corruption_level = pc.fill_null(table.column("corruption_level"), 0.0).to_numpy().astype(np.float32)
+    else:
+        examples.corruption_level = examples.is_corrupted.astype(np.float32)
+
+
+def write_parquet(examples: ExampleSet, path: Path) -> None:
+    """One split as Parquet in the DESIGN.md schema, ground-truth columns included."""
+    n, height, width = examples.images.shape
+    table = pa.table({
+        "id": pa.array(examples.ids, pa.int64()),
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(examples.images.reshape(-1), pa.uint8()), height * width),
+        "shape": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([height, width], n), pa.int32()), 2),
+        "label": pa.array(examples.labels, pa.int64()),
+        "is_corrupted": pa.array(examples.is_corrupted, pa.bool_()),
+        "corruption": pa.array(examples.corruption.astype(str), pa.string()),
+        "corruption_level": pa.array(examples.corruption_level, pa.float32()),
+    })  # fmt: skip
+    pq.write_table(table, str(path))

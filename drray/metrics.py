@@ -1,0 +1,82 @@
+"""Metrics: AUROC of rater scores, metrics.jsonl + TensorBoard, and the progress line."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def corruption_auroc(scores: np.ndarray, is_corrupted: np.ndarray) -> float:
+    """P(score of a clean example > score of a corrupted one), ties counting half: 1.0 means the
+    rater puts every corrupted example below every clean one. NaN without both kinds."""
+    scores = np.asarray(scores, dtype=np.float64)
+    corrupted = np.asarray(is_corrupted, dtype=bool)
+    n_bad, n_clean = corrupted.sum(), (~corrupted).sum()
+    if n_bad == 0 or n_clean == 0:
+        return float("nan")
+    ranks = rankdata(scores)  # average ranks for ties (Mann-Whitney U)
+    u_clean = ranks[~corrupted].sum() - n_clean * (n_clean + 1) / 2
+    return float(u_clean / (n_clean * n_bad))
+
+
+class MetricsLog:
+    """OUT/metrics.jsonl (one line per outer step) and TensorBoard events in OUT/tb/.
+    On resume from step S, lines for steps >= S are dropped: those steps run again."""
+
+    def __init__(self, out: Path, resume_step: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = Path(out) / "metrics.jsonl"
+        self._truncate(resume_step)
+        self.file = self.path.open("a")
+        self.tb = SummaryWriter(str(Path(out) / "tb"), purge_step=resume_step or None)
+
+    def _truncate(self, resume_step: int) -> None:
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] < resume_step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+class Progress:
+    """A line every `every` steps: step, loss, AUROC, steps/s and ETA."""
+
+    def __init__(self, total: int, start: int, every: int, stream=sys.stdout):
+        self.total, self.start, self.every, self.stream = total, start, every, stream
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, record: dict) -> None:
+        done = step + 1
+        if done % self.every and done != self.total:
+            return
+        elapsed = time.perf_counter() - self.t0
+        rate = (done - self.start) / elapsed if elapsed > 0 else float("nan")
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        auroc = record.get("auroc")
+        auroc_text = f"  auroc {auroc:.3f}" if auroc is not None and math.isfinite(auroc) else ""
+        print(f"step {done:>6}/{self.total}  outer_loss {record['outer_loss']:.4f}{auroc_text}"
+              f"  {rate:6.1f} steps/s  ETA {format_seconds(eta)}", file=self.stream, flush=True)
+
+
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

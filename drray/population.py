@@ -1,0 +1,177 @@
+"""A population of persistent inner models and the rater they meta-train (Algorithm 1).
+
+`InnerLearner` owns one inner model: its weights, optimizer state and data stream. The Ray
+InnerWorker actor wraps exactly this class. `Population` runs N of them in one process with the
+meta-optimizer and the staggered refresh schedule; the Ray population does the same with actors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from drray.config import Config
+from drray.inner_optim import build_inner_optimizer
+from drray.meta_optim import AveragedAdam
+from drray.metagrad import MetaProblem, meta_step
+from drray.models import build_inner, build_rater
+
+Params = tuple[torch.Tensor, ...]
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from (run seed, model index, incarnation, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def first_reset_step(index: int, size: int, lifetime: int) -> int:
+    return math.ceil((index + 1) * lifetime / size)
+
+
+def reset_due(index: int, step: int, size: int, lifetime: int) -> bool:
+    """Model i is reinitialised at step ceil((i+1)L/N), then every L steps, so the population
+    always spans early, middle and late training."""
+    first = first_reset_step(index, size, lifetime)
+    return step >= first and (step - first) % lifetime == 0
+
+
+def build_problem(cfg: Config, image_shape: tuple[int, int], num_classes: int) -> MetaProblem:
+    inner = build_inner(cfg.inner.arch, image_shape, num_classes)
+    rater = build_rater(cfg.rater.arch, image_shape, num_classes)
+    optimizer = build_inner_optimizer(cfg.inner.optimizer, cfg.inner.lr, cfg.inner.momentum)
+    return MetaProblem(inner.to(cfg.run.device), rater.to(cfg.run.device), optimizer, cfg.rater.temperature)
+
+
+def init_params(build, seed: int, device: str) -> Params:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = build()
+    return tuple(p.detach().to(device) for p in module.parameters())
+
+
+class ImageStream:
+    """Seeded random batches from an in-memory uint8 image set; the arrays are shared, never
+    copied (from the object store on Ray, zero-copy)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device: str):
+        self.images = torch.from_numpy(images)  # uint8 [N, H, W]
+        self.labels = torch.from_numpy(labels)
+        self.device = device
+        self.generator = torch.Generator()
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(self.labels), (batch_size,), generator=self.generator)
+        x = self.images[index].unsqueeze(1).to(self.device, torch.float32).div_(255.0)
+        return x, self.labels[index].to(self.device)
+
+
+@dataclass
+class LearnerStats:
+    outer_loss: float
+    inner_loss: float
+    age: int
+
+
+class InnerLearner:
+    def __init__(self, cfg: Config, index: int, train: tuple[np.ndarray, np.ndarray],
+                 heldout: tuple[np.ndarray, np.ndarray], image_shape, num_classes: int):
+        self.cfg, self.index = cfg, index
+        self.image_shape, self.num_classes = tuple(image_shape), num_classes
+        self.problem = build_problem(cfg, self.image_shape, num_classes)
+        self.train = ImageStream(*train, cfg.run.device)
+        self.heldout = ImageStream(*heldout, cfg.run.device)
+        self.incarnation = -1
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh inner model (new weights, optimizer state and data order)."""
+        self.incarnation += 1
+        seed = derive_seed(self.cfg.run.seed, self.index, self.incarnation)
+        self.theta = init_params(
+            lambda: build_inner(self.cfg.inner.arch, self.image_shape, self.num_classes), seed, self.cfg.run.device
+        )
+        self.state = self.problem.optimizer.init(self.theta)
+        self.train.generator.manual_seed(seed)
+        self.heldout.generator.manual_seed(seed + 1)
+        self.age = 0
+
+    def meta_step(self, eta: Params) -> tuple[Params, LearnerStats]:
+        """T weighted inner steps from the current weights, and the meta-gradient through them."""
+        inner = [self.train.sample(self.cfg.inner.batch_size) for _ in range(self.cfg.inner.T)]
+        outer = self.heldout.sample(self.cfg.meta.outer_batch_size)
+        eta = tuple(e.to(self.cfg.run.device) for e in eta)
+        result = meta_step(self.problem, self.cfg.meta.method, self.theta, self.state, eta, inner, outer)
+        self.theta, self.state = result.theta, result.state
+        self.age += 1
+        return result.grad, LearnerStats(result.outer_loss, result.inner_loss, self.age)
+
+    def state_dict(self) -> dict:
+        state = {k: (v if isinstance(v, int) else list(v)) for k, v in self.state.items()}
+        return {"theta": list(self.theta), "opt": state, "age": self.age, "incarnation": self.incarnation,
+                "train_rng": self.train.generator.get_state(), "heldout_rng": self.heldout.generator.get_state()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.theta = tuple(sd["theta"])
+        self.state = {k: (v if isinstance(v, int) else tuple(v)) for k, v in sd["opt"].items()}
+        self.age, self.incarnation = int(sd["age"]), int(sd["incarnation"])
+        self.train.generator.set_state(sd["train_rng"])
+        self.heldout.generator.set_state(sd["heldout_rng"])
+
+
+def new_meta_optimizer(cfg: Config, image_shape, num_classes: int) -> AveragedAdam:
+    eta = init_params(lambda: build_rater(cfg.rater.arch, image_shape, num_classes),
+                      derive_seed(cfg.run.seed, 1_000_003), "cpu")
+    return AveragedAdam(eta, lr=cfg.meta.lr, clip_norm=cfg.meta.clip_norm)
+
+
+@dataclass
+class StepStats:
+    outer_loss: float       # mean over the population
+    inner_loss: float
+    meta_grad_norm: float   # mean global norm of the N meta-gradients, before clipping
+    resets: int             # inner models reinitialised before this step
+
+
+class Population:
+    """N inner models in this process. step() is one outer step of Algorithm 1."""
+
+    def __init__(self, cfg: Config, train, heldout, image_shape, num_classes: int):
+        self.cfg, self.step_count = cfg, 0
+        self.learners = [InnerLearner(cfg, i, train, heldout, image_shape, num_classes)
+                         for i in range(cfg.population.size)]
+        self.meta = new_meta_optimizer(cfg, image_shape, num_classes)
+
+    def stale(self) -> list[int]:
+        size, lifetime = self.cfg.population.size, self.cfg.population.lifetime
+        return [i for i in range(size) if reset_due(i, self.step_count, size, lifetime)]
+
+    def step(self) -> StepStats:
+        stale = self.stale()
+        for i in stale:
+            self.learners[i].reset()
+        results = [learner.meta_step(self.meta.params) for learner in self.learners]
+        norms = self.meta.apply([grad for grad, _ in results])
+        self.step_count += 1
+        stats = [s for _, s in results]
+        return StepStats(
+            outer_loss=float(np.mean([s.outer_loss for s in stats])),
+            inner_loss=float(np.mean([s.inner_loss for s in stats])),
+            meta_grad_norm=float(np.mean(norms)),
+            resets=len(stale),
+        )
+
+    @property
+    def rater_params(self) -> Params:
+        return self.meta.params
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "meta": self.meta.state_dict(),
+                "learners": [learner.state_dict() for learner in self.learners]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.step_count = int(sd["step"])
+        self.meta.load_state_dict(sd["meta"])
+        for learner, state in zip(self.learners, sd["learners"], strict=True):
+            learner.load_state_dict(state)

@@ -1,0 +1,136 @@
+"""The meta-training loop: outer steps of a population, metrics, checkpoints, the final report.
+
+The loop is the same for the in-process Population and the Ray one: anything with step(),
+rater_params, state_dict() and load_state_dict().
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from drray import checkpoint
+from drray.config import Config
+from drray.data import DataSplits, build_splits, to_tensors
+from drray.errors import ConfigError, TrainingDiverged
+from drray.metrics import MetricsLog, Progress, corruption_auroc
+from drray.models import build_rater
+from drray.population import Population
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    steps: int
+    auroc: float
+    mean_score_clean: float
+    mean_score_corrupted: float
+    auroc_by_kind: dict
+
+
+class Prober:
+    """Scores the fixed probe set (training examples with ground truth) with the current rater."""
+
+    def __init__(self, cfg: Config, splits: DataSplits):
+        self.rater = build_rater(cfg.rater.arch, splits.image_shape, splits.num_classes)
+        self.x, self.y = to_tensors(splits.probe)
+        self.probe = splits.probe
+
+    @torch.no_grad()
+    def scores(self, params) -> np.ndarray:
+        for p, value in zip(self.rater.parameters(), params):
+            p.copy_(value)
+        return torch.cat([self.rater(x, y) for x, y in zip(self.x.split(1024), self.y.split(1024))]).numpy()
+
+    def auroc(self, params) -> float:
+        return corruption_auroc(self.scores(params), self.probe.is_corrupted)
+
+    def summary(self, params) -> dict:
+        scores, bad = self.scores(params), self.probe.is_corrupted
+        kinds = sorted(set(self.probe.corruption[bad]))
+        by_kind = {k: corruption_auroc(scores[(self.probe.corruption == k) | ~bad],
+                                       bad[(self.probe.corruption == k) | ~bad]) for k in kinds}
+        return {"auroc": corruption_auroc(scores, bad), "auroc_by_kind": by_kind,
+                "mean_score_clean": float(scores[~bad].mean()) if (~bad).any() else math.nan,
+                "mean_score_corrupted": float(scores[bad].mean()) if bad.any() else math.nan}
+
+    def rater_state_dict(self, params) -> dict:
+        return {name: value.detach().clone() for (name, _), value in zip(self.rater.named_parameters(), params)}
+
+
+def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume and not checkpoint.has_checkpoint(out):
+        raise ConfigError(f"--resume: no checkpoint in {out / checkpoint.CHECKPOINT_DIR}; run without --resume")
+    if not resume and (out / "metrics.jsonl").exists():
+        if not overwrite:
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                              "or choose another --out")
+        for name in ("metrics.jsonl", "tb", checkpoint.CHECKPOINT_DIR):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def make_population(cfg: Config, splits: DataSplits) -> Population:
+    return Population(cfg, (splits.train.images, splits.train.labels), (splits.heldout.images, splits.heldout.labels),
+                      splits.image_shape, splits.num_classes)
+
+
+def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, population_factory=make_population,
+               splits: DataSplits | None = None) -> RunSummary:
+    splits = splits or build_splits(cfg.data, cfg.run.seed)  # bad data fails here, before any output
+    out = Path(cfg.run.out)
+    prepare_output(out, resume, overwrite)
+    population = population_factory(cfg, splits)
+    if resume:
+        population.load_state_dict(checkpoint.load_state(out)["population"])
+    start = population.step_count
+    prober = Prober(cfg, splits)
+    has_truth = bool(splits.probe.is_corrupted.any())
+    log, progress = MetricsLog(out, resume_step=start), Progress(cfg.meta.steps, start, cfg.run.log_every)
+    try:
+        for step in range(start, cfg.meta.steps):
+            stats = population.step()
+            if not (math.isfinite(stats.outer_loss) and math.isfinite(stats.meta_grad_norm)):
+                raise TrainingDiverged(
+                    f"step {step}: outer loss {stats.outer_loss} / meta-gradient norm {stats.meta_grad_norm} is not "
+                    f"finite; the last good checkpoint is kept in {out / checkpoint.CHECKPOINT_DIR} "
+                    "(lower meta.lr or inner.lr, or set meta.clip_norm)")
+            record = {"step": step, "outer_loss": stats.outer_loss, "inner_loss": stats.inner_loss,
+                      "meta_grad_norm": stats.meta_grad_norm, "resets": stats.resets}
+            if has_truth:
+                record["auroc"] = prober.auroc(population.rater_params)
+            log.write(record)
+            progress.update(step, record)
+            if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.meta.steps:
+                save(out, cfg, population, prober)
+    finally:
+        log.close()
+    final = prober.summary(population.rater_params)
+    return RunSummary(out=out, steps=cfg.meta.steps, **final)
+
+
+def save(out: Path, cfg: Config, population, prober: Prober) -> None:
+    state = {"step": population.step_count, "population": population.state_dict()}
+    checkpoint.save_checkpoint(out, state, prober.rater_state_dict(population.rater_params), cfg.to_dict())
+
+
+def format_report(summary: RunSummary) -> str:
+    lines = [f"meta-training finished: {summary.steps} outer steps"]
+    if math.isfinite(summary.auroc):
+        lines.append(f"  AUROC on the probe set (clean scored above corrupted): {summary.auroc:.3f}")
+        for kind, value in summary.auroc_by_kind.items():
+            lines.append(f"    {kind:<12} {value:.3f}")
+        lines.append(f"  mean score: clean {summary.mean_score_clean:+.3f}, corrupted {summary.mean_score_corrupted:+.3f}")
+    else:
+        lines.append(f"  mean score of the probe set: {summary.mean_score_clean:+.3f} (no ground truth: no AUROC)")
+    out = summary.out
+    lines += [f"  rater:       {out / checkpoint.CHECKPOINT_DIR / 'rater.pt'}",
+              f"  checkpoint:  {out / checkpoint.CHECKPOINT_DIR}",
+              f"  metrics:     {out / 'metrics.jsonl'}",
+              f"  tensorboard: tensorboard --logdir {out / 'tb'}"]
+    return "\n".join(lines)

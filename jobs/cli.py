@@ -1,0 +1,23 @@
+"""The `drray` command: `drray SUBCOMMAND [args]` runs `python -m jobs.SUBCOMMAND [args]`."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {"meta-train": "jobs.meta_train"}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        known = ", ".join(SUBCOMMANDS)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown subcommand {argv[0]!r}; known: {known}", file=sys.stderr)
+            return 2
+        print(f"usage: drray {{{known}}} [args]   (drray SUBCOMMAND --help for its options)")
+        return 0
+    return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
