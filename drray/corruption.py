@@ -34,7 +34,7 @@ def seeded_rng(seed: int, *stream: int) -> np.random.Generator:
 def pixel_noise(images: np.ndarray, labels: np.ndarray, num_classes: int, rng: np.random.Generator):
     """Replace a fraction f ~ U(0.1, 0.9) of each image's pixels by uniform noise in 0..255."""
     n = len(images)
-    flat = images.reshape(n, -1).copy()
+    flat = images.reshape(n, int(np.prod(images.shape[1:]))).copy()  # -1 fails for n = 0
     pixels = flat.shape[1]
     wanted = np.clip(np.rint(rng.uniform(0.1, 0.9, size=n) * pixels), 1, pixels).astype(np.int64)
     # Random keys per pixel; a row's `wanted` smallest keys are hit. A sort is 3x faster than
@@ -52,7 +52,7 @@ def pixel_noise(images: np.ndarray, labels: np.ndarray, num_classes: int, rng: n
 def label_flip(images: np.ndarray, labels: np.ndarray, num_classes: int, rng: np.random.Generator):
     """Replace each label by a uniformly random different label."""
     if num_classes < 2:
-        raise DataError(f"label_flip: needs at least 2 classes, the data has {num_classes}; remove it from data.corruption")
+        raise DataError(f"label_flip: needs 2+ classes, the data has {num_classes}; drop it from data.corruption")
     shift = rng.integers(1, num_classes, size=len(labels))  # 1..C-1: never lands on the same class
     flipped = (labels.astype(np.int64) + shift) % num_classes
     return images.copy(), flipped, np.ones(len(labels), dtype=np.float32)

@@ -6,11 +6,11 @@ and `build_splits` then carves them (clean rows only) out of the pool.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,10 @@ from drray.corruption import apply_corruptions, seeded_rng
 from drray.errors import DataError
 from drray.registry import DATA_SOURCES
 
-__all__ = ["DATA_SOURCES", "DataSplits", "ExampleSet", "build_splits", "read_idx", "to_tensors", "write_parquet"]
+__all__ = [
+    "DATA_SOURCES", "DataSplits", "ExampleSet", "build_splits", "download_mnist", "read_idx", "read_parquet",
+    "to_tensors", "write_parquet",
+]  # fmt: skip
 
 
 @dataclass
@@ -82,11 +85,12 @@ STAGE_TEST, STAGE_HELDOUT, STAGE_CAP, STAGE_PROBE = 1, 2, 3, 4
 
 def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
     """Load `cfg.source`, split off test and heldout where the source has none, cap and corrupt train."""
-    pool, test, heldout = _load(cfg)
     where = f"data source {cfg.source!r}"
-    for name, part in [("train", pool), ("test", test), ("heldout", heldout)]:
-        if part is not None:
-            _validate(part, f"{where} ({name})")
+    loaded = tuple(DATA_SOURCES.get(cfg.source)(cfg))
+    pool, test, heldout = [
+        None if part is None else _validated(part, f"{where} ({name})")
+        for name, part in zip(("train", "test", "heldout"), loaded + (None,) * (3 - len(loaded)))
+    ]  # a source may leave heldout out of its tuple
     if test is None:
         test, pool = _split_off(pool, cfg.test_fraction, seeded_rng(seed, STAGE_TEST), "test", where)
     if heldout is None:
@@ -94,18 +98,16 @@ def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
     train = pool
     if cfg.max_train is not None and len(train) > cfg.max_train:
         train = train.subset(np.sort(seeded_rng(seed, STAGE_CAP).choice(len(train), cfg.max_train, replace=False)))
-    _check_consistent(train, heldout, test, where)
+    parts = (train, heldout, test)
+    if len({p.images.shape[1:] for p in parts}) > 1 or len({p.num_classes for p in parts}) > 1:
+        raise DataError(f"{where}: splits differ in image shape or class count; prepare them from one data set")
+    ids = np.concatenate([p.ids for p in parts])
+    if len(np.unique(ids)) != len(ids):
+        raise DataError(f"{where}: ids repeat within or across train/heldout/test; give every example a unique id")
     train = apply_corruptions(train, cfg.corruption, seed)
     probe_rows = seeded_rng(seed, STAGE_PROBE).choice(len(train), min(cfg.probe_size, len(train)), replace=False)
-    return DataSplits(
-        train, heldout, test, train.subset(np.sort(probe_rows)), train.num_classes, tuple(train.images.shape[1:3])
-    )
-
-
-def _load(cfg: DataConfig):
-    """(pool, test, heldout) from the source; a source may leave heldout out of its tuple."""
-    loaded = tuple(DATA_SOURCES.get(cfg.source)(cfg))
-    return loaded if len(loaded) == 3 else (*loaded, None)
+    probe = train.subset(np.sort(probe_rows))
+    return DataSplits(train, heldout, test, probe, train.num_classes, tuple(train.images.shape[1:3]))
 
 
 def _split_off(pool: ExampleSet, fraction: float, rng: np.random.Generator, name: str, where: str):
@@ -122,30 +124,27 @@ def _split_off(pool: ExampleSet, fraction: float, rng: np.random.Generator, name
     return pool.subset(taken), pool.subset(~taken)
 
 
-def _validate(part: ExampleSet, where: str) -> None:
-    if len(part) == 0:
-        raise DataError(f"{where}: split is empty; point data.dir at a data set with examples")
-    if part.images.ndim != 3 or part.images.dtype != np.uint8:
-        raise DataError(f"{where}: images must be uint8 [N, H, W], got {part.images.dtype} {part.images.shape}")
-    if not len(part.labels) == len(part.images) == len(part.ids):
-        raise DataError(f"{where}: {len(part.ids)} ids, {len(part.images)} images, {len(part.labels)} labels")
+def _validated(part: ExampleSet, where: str) -> ExampleSet:
+    """The part with uint8 images (whole-number float images are converted), or a DataError."""
+    if len(part) == 0 or part.images.ndim != 3 or not len(part.labels) == len(part.images) == len(part.ids):
+        raise DataError(f"{where}: need N >= 1 images [N, H, W] with N ids and labels, got {part.images.shape}")
     bad = (part.labels < 0) | (part.labels >= part.num_classes)
     if bad.any():
         raise DataError(
             f"{where}: label {part.labels[bad][0]} (id {part.ids[bad][0]}) is outside 0..{part.num_classes - 1}; "
             "fix the labels or the class count"
         )
+    return dataclasses.replace(part, images=_as_uint8(part.images, where))
 
 
-def _check_consistent(train: ExampleSet, heldout: ExampleSet, test: ExampleSet, where: str) -> None:
-    parts = (train, heldout, test)
-    if len(train) == 0:
-        raise DataError(f"{where}: no training examples left; lower data.heldout_fraction/test_fraction")
-    if len({p.images.shape[1:] for p in parts}) > 1 or len({p.num_classes for p in parts}) > 1:
-        raise DataError(f"{where}: splits differ in image shape or class count; prepare them from one data set")
-    ids = np.concatenate([p.ids for p in parts])
-    if len(np.unique(ids)) != len(ids):
-        raise DataError(f"{where}: ids repeat within or across train/heldout/test; give every example a unique id")
+def _as_uint8(pixels: np.ndarray, where) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    with np.errstate(invalid="ignore"):
+        as_uint8 = pixels.astype(np.uint8)
+    if not np.array_equal(pixels, as_uint8):  # NaN, fractions and out-of-range values all differ
+        raise DataError(f"{where}: image values must be whole numbers 0..255 (no NaN); store images as uint8")
+    return as_uint8
 
 
 @DATA_SOURCES.register("digits")
@@ -163,35 +162,28 @@ MNIST_MD5 = dict(zip(IDX_FILES, (
     "6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
     "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637",
 )))  # fmt: skip
-MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
 
 
 def read_idx(path: Path, ndim: int) -> tuple[np.ndarray, bytes]:
-    """(array, decompressed bytes) of a uint8 IDX file with `ndim` dimensions, plain or .gz."""
-    raw = _read_bytes(Path(path))
-    header = 4 + 4 * ndim
-    if len(raw) < 4 or struct.unpack(">I", raw[:4])[0] != 0x0800 | ndim:
-        magic = raw[:4].hex() or "empty"
-        raise DataError(f"{path}: not a uint8 IDX file with {ndim} dims (magic {magic}, want {0x0800 | ndim:08x}); check the file")
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes); re-download the file")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    if len(raw) - header != int(np.prod(shape)):
-        raise DataError(
-            f"{path}: header says {shape} = {int(np.prod(shape))} bytes of data, file has {len(raw) - header}; "
-            "the file is truncated or damaged, re-download it"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape), raw
-
-
-def _read_bytes(path: Path) -> bytes:
+    """(read-only array, decompressed bytes) of a uint8 IDX file with `ndim` dims, plain or .gz."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as exc:
+        raw = gzip.decompress(Path(path).read_bytes()) if str(path).endswith(".gz") else Path(path).read_bytes()
+    except (OSError, EOFError) as exc:  # a damaged gzip stream is one of these too
         raise DataError(f"{path}: cannot read ({exc}); re-download the file".replace("\n", " ")) from None
+    header = 4 + 4 * ndim
+    if raw[:4] != struct.pack(">I", 0x0800 | ndim):
+        magic = raw[:4].hex() or "missing"
+        raise DataError(f"{path}: not a uint8 IDX file with {ndim} dims (magic {magic}); check the file")
+    if len(raw) < header:
+        raise DataError(f"{path}: IDX header truncated at {len(raw)} bytes; re-download the file")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != np.prod(shape, dtype=np.int64):
+        raise DataError(f"{path}: header says {shape}, but {len(raw) - header} data bytes follow; re-download the file")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape), raw
 
 
 def _first_existing(*candidates: Path) -> Optional[Path]:
@@ -202,29 +194,36 @@ def _find(directory: Path, name: str) -> Optional[Path]:
     return _first_existing(directory / name, directory / f"{name}.gz")
 
 
-def _load_idx_dir(directory: Path, checksums: Optional[dict[str, str]], num_classes: Optional[int]):
-    if not directory.is_dir():
-        raise DataError(f"data.dir {directory} does not exist; set data.dir to an MNIST-format directory")
+def _read_idx_split(directory: Path, prefix: str, checksums: Optional[dict[str, str]]):
+    """(images, labels) of the `prefix` ("train" or "t10k") files, md5-checked against `checksums`."""
     arrays = []
-    for name, ndim in zip(IDX_FILES, (3, 1, 3, 1)):
+    for name, ndim in ((f"{prefix}-images-idx3-ubyte", 3), (f"{prefix}-labels-idx1-ubyte", 1)):
         path = _find(directory, name)
         if path is None:
             raise DataError(f"{directory / name}[.gz]: file missing; set data.dir to an MNIST-format directory")
         array, raw = read_idx(path, ndim)
-        if checksums is not None and hashlib.md5(raw).hexdigest() != checksums[name]:
+        digest = hashlib.md5(raw).hexdigest()
+        if checksums is not None and digest != checksums[name]:
             raise DataError(
-                f"{path}: md5 of the decompressed bytes is {hashlib.md5(raw).hexdigest()}, expected {checksums[name]}; "
-                "the file is damaged or not MNIST, re-download it (or use data.source=idx for other IDX data)"
+                f"{path}: md5 of the decompressed bytes is {digest}, expected {checksums[name]}; the file is damaged "
+                "or not MNIST, re-download it (or use data.source=idx for other IDX data)"
             )
         arrays.append((path, array))
-    (train_path, train_images), (_, train_labels), (test_path, test_images), (_, test_labels) = arrays
-    for path, images, labels in ((train_path, train_images, train_labels), (test_path, test_images, test_labels)):
-        if len(images) != len(labels):
-            raise DataError(f"{path}: {len(images)} images but {len(labels)} labels in its labels file; use matching files")
+    (images_path, images), (labels_path, labels) = arrays
+    if len(images) != len(labels):
+        raise DataError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}; fix one")
+    return images, labels
+
+
+def _load_idx_dir(directory: Path, checksums: Optional[dict[str, str]], num_classes: Optional[int]):
+    if not directory.is_dir():
+        raise DataError(f"data.dir {directory} does not exist; set data.dir to an MNIST-format directory")
+    (train_images, train_labels), (test_images, test_labels) = (
+        _read_idx_split(directory, prefix, checksums) for prefix in ("train", "t10k")
+    )
     if num_classes is None:  # idx: ten classes unless the labels say more
-        top = int(max(train_labels.max(initial=0), test_labels.max(initial=0)))
-        num_classes = 10 if top < 10 else top + 1
-    n_train = len(train_images)
+        num_classes = max(10, int(max(train_labels.max(initial=0), test_labels.max(initial=0))) + 1)
+    n_train = len(train_images)  # test ids follow the train ids, so ids are unique over both
     return (
         ExampleSet.clean(np.arange(n_train), train_images, train_labels, num_classes),
         ExampleSet.clean(n_train + np.arange(len(test_images)), test_images, test_labels, num_classes),
@@ -277,14 +276,9 @@ def download_mnist(directory: Path, names=IDX_FILES, mirrors=MNIST_MIRRORS) -> N
 
 
 def _write_atomically(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)  # readers see the old state or the whole file, never half of it
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    partial.write_bytes(payload)
+    os.replace(partial, path)  # readers see no file or the whole file, never half of one
 
 
 PARQUET_COLUMNS, SPLITS = ("id", "image", "shape", "label"), ("train", "test", "heldout")
@@ -297,7 +291,7 @@ def load_parquet_source(cfg: DataConfig):
         raise DataError(f"data.dir {cfg.dir} does not exist; set data.dir to a folder with train.parquet or train/")
     paths = {name: _first_existing(Path(cfg.dir) / f"{name}.parquet", Path(cfg.dir) / name) for name in SPLITS}
     if paths["train"] is None:
-        raise DataError(f"{Path(cfg.dir) / 'train.parquet'}: missing (nor a train/ folder); write the training split there")
+        raise DataError(f"{Path(cfg.dir) / 'train.parquet'}: missing (nor a train/ folder); write train there")
     parts = {name: read_parquet(path) for name, path in paths.items() if path is not None}
     num_classes = max(int(part.labels.max(initial=-1)) + 1 for part in parts.values())
     for part in parts.values():
@@ -323,12 +317,7 @@ def read_parquet(path: Path) -> ExampleSet:
     pixels = _list_column(table, "image", path)
     if pixels.size != n * height * width:
         raise DataError(f"{path}: image sizes do not match shape {[int(height), int(width)]}; rewrite the image column")
-    if pixels.dtype != np.uint8:  # accept other numbers only if they are exactly uint8 values
-        with np.errstate(invalid="ignore"):
-            as_uint8 = pixels.astype(np.uint8)
-        if not np.array_equal(pixels, as_uint8):  # NaN, fractions and out-of-range all differ
-            raise DataError(f"{path}: image values must be whole numbers 0..255 (no NaN); store images as uint8")
-        pixels = as_uint8
+    pixels = _as_uint8(pixels, path)
     labels = table.column("label").to_numpy().astype(np.int64)
     if (labels < 0).any():
         raise DataError(f"{path}: negative label {labels[labels < 0][0]}; labels must be 0..num_classes-1")
@@ -353,7 +342,7 @@ def _read_ground_truth(table: pa.Table, examples: ExampleSet) -> None:
     if "corruption" in names:
         examples.corruption = pc.fill_null(table.column("corruption"), "").to_numpy(zero_copy_only=False).astype(object)
     if "is_corrupted" in names:
-        examples.is_corrupted = pc.fill_null(table.column("is_corrupted"), False).to_numpy(zero_copy_only=False)
+        examples.is_corrupted = np.array(pc.fill_null(table.column("is_corrupted"), False), dtype=bool)
     else:
         examples.is_corrupted = examples.corruption != ""
     examples.corruption[examples.is_corrupted & (examples.corruption == "")] = "unknown"

@@ -1,0 +1,77 @@
+import pytest
+
+from drray.config import Config, load_config
+from drray.errors import ConfigError
+from drray.registry import RATERS
+
+
+def test_every_field_has_a_default_and_source_only_config_runs(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: mnist}\n")
+    cfg = load_config(path)
+    assert cfg.data.source == "mnist" and cfg.inner.arch == "auto" and cfg.meta.method == "mixflow"
+    assert Config().model_dump() == load_config(None).model_dump()
+
+
+def test_issue_keys_work_as_written(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("""
+data:   {source: idx, dir: /x, heldout_fraction: 0.1,
+         corruption: [{kind: pixel_noise, fraction: 0.1}, {kind: label_flip, fraction: 0.2}]}
+rater:  {arch: cnn}
+inner:  {arch: mlp, optimizer: sgd, lr: 1e-3, T: 2, batch_size: 128}
+population: {size: 8, lifetime: 150}
+meta:   {method: backprop, optimizer: adam, lr: 3e-4, clip_norm: 5.0, steps: 1000, outer_batch_size: 128}
+run:    {seed: 0, out: runs/NAME, checkpoint_every: 100}
+""")
+    cfg = load_config(path)
+    assert cfg.inner.lr == pytest.approx(1e-3) and cfg.meta.lr == pytest.approx(3e-4)
+    assert [c.kind for c in cfg.data.corruption] == ["pixel_noise", "label_flip"]
+    assert cfg.meta.method == "backprop" and cfg.inner.optimizer == "sgd"
+
+
+def test_set_overrides_parse_yaml_values():
+    cfg = load_config(None, ["inner.T=4", "meta.clip_norm=null", "data.corruption=[{kind: label_flip, fraction: 0.4}]",
+                             "run.out=runs/x"])
+    assert cfg.inner.T == 4 and cfg.meta.clip_norm is None and cfg.data.corruption[0].fraction == 0.4
+    assert cfg.run.out == "runs/x"
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("inner.optimiser=sgd", "unknown key 'inner.optimiser'; allowed here: arch, optimizer"),
+    ("inner.optimizer=rmsprop", "inner.optimizer: Input should be 'sgd' or 'adam'"),
+    ("inner.T=0", "inner.T: Input should be greater than or equal to 1"),
+    ("data.source=imagenet", "data.source: unknown source 'imagenet'; allowed: "),
+    ("rater.arch=resnet", "rater.arch: unknown arch 'resnet'; allowed: auto, "),
+    ("data.corruption=[{kind: blur, fraction: 0.1}]", "unknown corruption 'blur'"),
+    ("bogus.key=1", "unknown key 'bogus'; allowed here: data, rater"),
+    ("inner", "expected section.key=value"),
+])
+def test_bad_values_are_one_line_errors_naming_the_key(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert expected in message and "\n" not in message
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_config(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_user_registered_rater_is_accepted_by_name():
+    from drray.models import ClassConditionedRater, build_rater
+    import torch.nn as nn
+
+    @RATERS.register("test_linear_rater")
+    def build(input_shape, num_classes):
+        return ClassConditionedRater(nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1], num_classes)))
+
+    cfg = load_config(None, ["rater.arch=test_linear_rater"])
+    rater = build_rater(cfg.rater.arch, (8, 8), 10)
+    assert sum(p.numel() for p in rater.parameters()) == 64 * 10 + 10

@@ -1,0 +1,111 @@
+"""Population logic in one process: schedule, truncated BPTT, determinism, resume, divergence."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from drray import checkpoint
+from drray.config import load_config
+from drray.errors import ConfigError, TrainingDiverged
+from drray.population import reset_due
+from drray.train import make_population, meta_train
+
+TINY = ["data.source=digits", "data.max_train=400", "data.probe_size=200", "population.size=3",
+        "population.lifetime=4", "inner.batch_size=32", "meta.outer_batch_size=32", "meta.steps=6",
+        "run.checkpoint_every=3", "run.log_every=3",
+        "data.corruption=[{kind: label_flip, fraction: 0.3}]"]
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(None, TINY + [f"run.out={tmp_path / 'run'}", *extra])
+
+
+def test_staggered_reset_schedule_hand_worked():
+    # N=4, L=10: first resets at ceil(10/4)=3, ceil(20/4)=5, ceil(30/4)=8, ceil(40/4)=10, then every 10.
+    due = {i: [s for s in range(31) if reset_due(i, s, 4, 10)] for i in range(4)}
+    assert due == {0: [3, 13, 23], 1: [5, 15, 25], 2: [8, 18, 28], 3: [10, 20, 30]}
+
+
+def test_inner_models_persist_and_reset_on_schedule(tmp_path):
+    """Truncated BPTT: each outer step continues from the previous theta_T (the model trains
+    across steps), and a reset model starts again from fresh weights."""
+    from drray.data import build_splits
+
+    cfg = tiny_config(tmp_path)
+    pop = make_population(cfg, build_splits(cfg.data, cfg.run.seed))
+    learner = pop.learners[0]  # first reset at step ceil(4/3) = 2
+    theta0 = [t.clone() for t in learner.theta]
+    pop.step()
+    theta1 = [t.clone() for t in learner.theta]
+    assert learner.age == 1 and any(not torch.equal(a, b) for a, b in zip(theta0, theta1))
+    pop.step()
+    assert learner.age == 2 and any(not torch.equal(a, b) for a, b in zip(theta1, learner.theta))
+    stats = pop.step()  # step 2: learner 0 is reset first
+    assert stats.resets == 1 and learner.age == 1 and learner.incarnation == 1
+
+
+def rater_after(cfg):
+    from drray.data import build_splits
+
+    pop = make_population(cfg, build_splits(cfg.data, cfg.run.seed))
+    for _ in range(cfg.meta.steps):
+        pop.step()
+    return [p.clone() for p in pop.rater_params]
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    a, b = rater_after(tiny_config(tmp_path)), rater_after(tiny_config(tmp_path))
+    c = rater_after(tiny_config(tmp_path, "run.seed=1"))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert any(not torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    full = tiny_config(tmp_path / "full")
+    meta_train(full)
+    part = tiny_config(tmp_path / "part", "meta.steps=3")
+    meta_train(part)
+    meta_train(tiny_config(tmp_path / "part"), resume=True)  # steps 3..5 from the step-3 checkpoint
+    a = checkpoint.load_state(full.run.out)["population"]["meta"]["params"]
+    b = checkpoint.load_state(part.run.out)["population"]["meta"]["params"]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    lines = [json.loads(line) for line in open(f"{part.run.out}/metrics.jsonl")]
+    assert [r["step"] for r in lines] == list(range(6))
+    full_lines = [json.loads(line) for line in open(f"{full.run.out}/metrics.jsonl")]
+    assert [r["outer_loss"] for r in lines] == [r["outer_loss"] for r in full_lines]
+
+
+def test_outputs_and_refusal_to_clobber(tmp_path):
+    cfg = tiny_config(tmp_path)
+    summary = meta_train(cfg)
+    out = tmp_path / "run"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and {"step", "outer_loss", "meta_grad_norm", "auroc"} <= set(records[0])
+    assert 0.0 <= summary.auroc <= 1.0
+    assert any((out / "tb").iterdir())
+    weights = checkpoint.load_rater_weights(out)
+    assert weights["step"] == 6 and set(weights["rater"]) == {"body.1.weight", "body.1.bias", "body.3.weight", "body.3.bias"}
+    with pytest.raises(ConfigError, match="already holds a run"):
+        meta_train(cfg)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        meta_train(tiny_config(tmp_path / "empty"), resume=True)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from drray.population import Population
+
+    cfg = tiny_config(tmp_path)
+    real_step = Population.step
+
+    def step_then_nan(self):
+        stats = real_step(self)
+        if self.step_count == 5:  # the checkpoint at step 3 is the last good one
+            stats.outer_loss = float("nan")
+        return stats
+
+    monkeypatch.setattr(Population, "step", step_then_nan)
+    with pytest.raises(TrainingDiverged, match="step 4: outer loss nan") as info:
+        meta_train(cfg)
+    assert "\n" not in str(info.value)
+    assert checkpoint.load_state(cfg.run.out)["step"] == 3
