@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) -m jobs.meta_train --config configs/digits.yaml --out runs/demo
+	$(PY) -m jobs.meta_train --config configs/digits.yaml --out runs/demo --overwrite
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -56,14 +56,18 @@ class _WeightedGrad(torch.autograd.Function):
         w = problem.weights(eta, x, y)
         with torch.enable_grad():
             leaves = tuple(t.detach().requires_grad_() for t in theta)
-            grads = torch.autograd.grad((w * problem.losses(leaves, x, y)).sum(), leaves)
+            losses = problem.losses(leaves, x, y)
+            grads = torch.autograd.grad((w * losses).sum(), leaves)
         ctx.problem, ctx.n_theta = problem, n_theta
         ctx.save_for_backward(x, y, *params)
-        return grads
+        mean_loss = losses.detach().mean()
+        ctx.mark_non_differentiable(mean_loss)
+        return (*grads, mean_loss)
 
     @staticmethod
-    def backward(ctx, *lam):
+    def backward(ctx, *cotangents):
         problem, n_theta = ctx.problem, ctx.n_theta
+        lam = cotangents[:-1]  # the last output, the mean loss, is a statistic
         x, y, *params = ctx.saved_tensors
         theta, eta = tuple(params[:n_theta]), tuple(params[n_theta:])
         w = problem.weights(eta, x, y).detach()
@@ -89,15 +93,19 @@ class _WeightedGrad(torch.autograd.Function):
         return (None, None, None, None, *hvp, *eta_grads)
 
 
-def weighted_grad_mixflow(problem: MetaProblem, theta: Params, eta: Params, batch: Batch) -> Params:
+# Each returns (g, mean unweighted loss of the batch), the loss as a detached statistic.
+
+def weighted_grad_mixflow(problem: MetaProblem, theta: Params, eta: Params, batch: Batch):
     x, y = batch
-    return _WeightedGrad.apply(problem, x, y, len(theta), *theta, *eta)
+    *grads, mean_loss = _WeightedGrad.apply(problem, x, y, len(theta), *theta, *eta)
+    return tuple(grads), mean_loss
 
 
-def weighted_grad_backprop(problem: MetaProblem, theta: Params, eta: Params, batch: Batch) -> Params:
+def weighted_grad_backprop(problem: MetaProblem, theta: Params, eta: Params, batch: Batch):
     x, y = batch
-    loss = (problem.weights(eta, x, y) * problem.losses(theta, x, y)).sum()
-    return torch.autograd.grad(loss, theta, create_graph=True)
+    losses = problem.losses(theta, x, y)
+    grads = torch.autograd.grad((problem.weights(eta, x, y) * losses).sum(), theta, create_graph=True)
+    return grads, losses.detach().mean()
 
 
 WEIGHTED_GRAD = {"backprop": weighted_grad_backprop, "mixflow": weighted_grad_mixflow}
@@ -129,9 +137,8 @@ def meta_step(
     theta = tuple(t.detach().requires_grad_(method == "backprop") for t in theta)
     inner_losses = []
     for x, y in inner_batches:
-        with torch.no_grad():
-            inner_losses.append(problem.losses(theta, x, y).mean().item())
-        grads = weighted_grad(problem, theta, eta, (x, y))
+        grads, mean_loss = weighted_grad(problem, theta, eta, (x, y))
+        inner_losses.append(mean_loss)
         theta, state = problem.optimizer.update(theta, grads, state)
     outer = problem.losses(theta, *outer_batch).mean()
     grad = torch.autograd.grad(outer, eta, allow_unused=True)
@@ -141,5 +148,5 @@ def meta_step(
         theta=tuple(t.detach() for t in theta),
         state=detach_state(state),
         outer_loss=outer.item(),
-        inner_loss=sum(inner_losses) / len(inner_losses),
+        inner_loss=torch.stack(inner_losses).mean().item(),
     )
