@@ -1,0 +1,1 @@
+"""Benchmarks: time, memory and quality measurements; results are written up in BENCHMARKS.md."""

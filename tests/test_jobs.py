@@ -1,0 +1,51 @@
+"""The meta-train job as a user runs it: a subprocess, its exit status, stdout and stderr."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "data.max_train=300", "--set", "data.probe_size=150", "--set", "population.size=2",
+        "--set", "meta.steps=4", "--set", "run.log_every=2", "--set", "inner.batch_size=32"]
+
+
+def run_job(*args, module="jobs.meta_train"):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_meta_train_job_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = run_job("--config", "configs/digits.yaml", "--out", str(out), *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "step      4/4" in result.stdout and "AUROC on the probe set" in result.stdout
+    assert str(out / "checkpoint" / "rater.pt") in result.stdout
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+    resumed = run_job("--config", "configs/digits.yaml", "--out", str(out), *TINY, "--set", "meta.steps=6", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == list(range(6))
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--set", "inner.optimizer=rmsprop"], "inner.optimizer"),
+    (["--config", "configs/nope.yaml"], "config file not found"),
+    (["--set", "data.source=idx", "--set", "data.dir=/nonexistent/mnist"], "/nonexistent/mnist"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, expected):
+    out = tmp_path / "run"
+    result = run_job(*args, "--out", str(out))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+    assert not out.exists()
+
+
+def test_drray_command_dispatches_to_jobs(tmp_path):
+    from jobs.cli import main
+
+    assert main(["no-such-job"]) == 2
+    result = subprocess.run([sys.executable, "-m", "jobs.cli", "meta-train", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--resume" in result.stdout
