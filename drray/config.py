@@ -101,7 +101,14 @@ class MetaConfig(_Section):
     outer_batch_size: int = Field(128, ge=1)
 
 
+class ResourcesConfig(_Section):
+    """What each inner-model actor asks Ray for. gpus_per_worker null: 1 where the cluster has GPUs."""
+    cpus_per_worker: float = Field(0.25, gt=0.0)
+    gpus_per_worker: Optional[float] = Field(None, ge=0.0)
+
+
 class RunConfig(_Section):
+    backend: Literal["ray", "local"] = "ray"  # local: the whole population in this process
     seed: int = 0
     out: str = "runs/default"
     checkpoint_every: int = Field(100, ge=1)
@@ -115,6 +122,7 @@ class Config(_Section):
     inner: InnerConfig = InnerConfig()
     population: PopulationConfig = PopulationConfig()
     meta: MetaConfig = MetaConfig()
+    resources: ResourcesConfig = ResourcesConfig()
     run: RunConfig = RunConfig()
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ meta-optimizer and the staggered refresh schedule; the Ray population does the s
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +57,10 @@ class ImageStream:
     copied (from the object store on Ray, zero-copy)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: str):
-        self.images = torch.from_numpy(images)  # uint8 [N, H, W]
-        self.labels = torch.from_numpy(labels)
+        with warnings.catch_warnings():  # object-store arrays are read-only; we never write to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.images = torch.from_numpy(images)  # uint8 [N, H, W]
+            self.labels = torch.from_numpy(labels)
         self.device = device
         self.generator = torch.Generator()
 
@@ -76,18 +79,18 @@ class LearnerStats:
 
 class InnerLearner:
     def __init__(self, cfg: Config, index: int, train: tuple[np.ndarray, np.ndarray],
-                 heldout: tuple[np.ndarray, np.ndarray], image_shape, num_classes: int):
+                 heldout: tuple[np.ndarray, np.ndarray], image_shape, num_classes: int, incarnation: int = 0):
         self.cfg, self.index = cfg, index
         self.image_shape, self.num_classes = tuple(image_shape), num_classes
         self.problem = build_problem(cfg, self.image_shape, num_classes)
         self.train = ImageStream(*train, cfg.run.device)
         self.heldout = ImageStream(*heldout, cfg.run.device)
-        self.incarnation = -1
-        self.reset()
+        self.reset(incarnation)
 
-    def reset(self) -> None:
-        """A fresh inner model (new weights, optimizer state and data order)."""
-        self.incarnation += 1
+    def reset(self, incarnation: int | None = None) -> None:
+        """A fresh inner model (new weights, optimizer state and data order); incarnation k of
+        model i is the same wherever it runs, so the Ray and in-process populations agree."""
+        self.incarnation = self.incarnation + 1 if incarnation is None else incarnation
         seed = derive_seed(self.cfg.run.seed, self.index, self.incarnation)
         self.theta = init_params(
             lambda: build_inner(self.cfg.inner.arch, self.image_shape, self.num_classes), seed, self.cfg.run.device
@@ -113,8 +116,9 @@ class InnerLearner:
                 "train_rng": self.train.generator.get_state(), "heldout_rng": self.heldout.generator.get_state()}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.theta = tuple(sd["theta"])
-        self.state = {k: (v if isinstance(v, int) else tuple(v)) for k, v in sd["opt"].items()}
+        device = self.cfg.run.device
+        self.theta = tuple(t.to(device) for t in sd["theta"])
+        self.state = {k: (v if isinstance(v, int) else tuple(t.to(device) for t in v)) for k, v in sd["opt"].items()}
         self.age, self.incarnation = int(sd["age"]), int(sd["incarnation"])
         self.train.generator.set_state(sd["train_rng"])
         self.heldout.generator.set_state(sd["heldout_rng"])
@@ -132,6 +136,15 @@ class StepStats:
     inner_loss: float
     meta_grad_norm: float   # mean global norm of the N meta-gradients, before clipping
     resets: int             # inner models reinitialised before this step
+
+
+def summarize(stats: list[LearnerStats], norms: list[float], resets: int) -> StepStats:
+    return StepStats(
+        outer_loss=float(np.mean([s.outer_loss for s in stats])),
+        inner_loss=float(np.mean([s.inner_loss for s in stats])),
+        meta_grad_norm=float(np.mean(norms)),
+        resets=resets,
+    )
 
 
 class Population:
@@ -154,13 +167,7 @@ class Population:
         results = [learner.meta_step(self.meta.params) for learner in self.learners]
         norms = self.meta.apply([grad for grad, _ in results])
         self.step_count += 1
-        stats = [s for _, s in results]
-        return StepStats(
-            outer_loss=float(np.mean([s.outer_loss for s in stats])),
-            inner_loss=float(np.mean([s.inner_loss for s in stats])),
-            meta_grad_norm=float(np.mean(norms)),
-            resets=len(stale),
-        )
+        return summarize([s for _, s in results], norms, len(stale))
 
     @property
     def rater_params(self) -> Params:

@@ -1,6 +1,10 @@
 """Meta-train a DataRater.
 
     python -m jobs.meta_train --config configs/digits.yaml [--set inner.T=4 ...] [--out DIR] [--resume]
+
+The population runs on Ray (one actor per inner model): on the cluster at --address or
+RAY_ADDRESS (as under `ray job submit`), else on a local Ray started for the run. With
+--set run.backend=local it runs in this process instead.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="output directory (overrides run.out)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT")
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     return parser.parse_args(argv)
 
 
@@ -27,14 +32,37 @@ def main(argv=None) -> int:
     try:
         overrides = args.overrides + ([f"run.out={args.out}"] if args.out else [])
         cfg = load_config(args.config, overrides)
-        from drray.train import format_report, meta_train  # heavy imports after the config is known good
-
-        summary = meta_train(cfg, resume=args.resume, overwrite=args.overwrite)
+        summary = run(cfg, args)
     except DrrayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from drray.train import format_report
+
     print(format_report(summary))
     return 0
+
+
+def run(cfg, args):
+    from drray.train import meta_train
+
+    if cfg.run.backend == "local":
+        return meta_train(cfg, resume=args.resume, overwrite=args.overwrite)
+    from actors.cluster import connect
+    from actors.population import RayPopulation
+
+    started = []
+
+    def ray_population(cfg, splits):  # called after the data and the output dir are checked
+        started.append(connect(args.address))
+        return RayPopulation(cfg, splits)
+
+    try:
+        return meta_train(cfg, resume=args.resume, overwrite=args.overwrite, population_factory=ray_population)
+    finally:
+        if any(started):
+            import ray
+
+            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""Connecting to Ray: join the cluster at --address / RAY_ADDRESS, or start a local one for the
+run. Requests that can never fit are refused up front (Ray would otherwise wait forever)."""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import ray
+
+from drray.config import Config
+from drray.errors import ConfigError
+
+
+def _reachable(address: str, timeout: float = 5.0) -> bool:
+    if address in ("auto", "local") or "://" in address:
+        return True  # 'auto' finds a running cluster itself; ray:// clients report their own errors
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def connect(address: str | None) -> bool:
+    """Returns True when this call started a local Ray (and so should shut it down)."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        if not _reachable(address):
+            raise ConfigError(f"cannot reach a Ray cluster at {address}; check the address "
+                              "(host:port of the head's GCS, 6379 by default) or leave it out to run locally")
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConfigError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+        return False
+    temp_dir = os.environ.get("DRRAY_RAY_TMP", os.path.join(tempfile.gettempdir(), "drray-ray"))
+    ray.init(include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True, configure_logging=False)
+    return True
+
+
+def worker_gpus(cfg: Config) -> float:
+    """gpus_per_worker, with null meaning one GPU each where the cluster has GPUs."""
+    if cfg.resources.gpus_per_worker is not None:
+        return cfg.resources.gpus_per_worker
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def check_resources(cfg: Config, gpus_per_worker: float) -> None:
+    total = ray.cluster_resources()
+    size = cfg.population.size
+    for name, each in (("CPU", cfg.resources.cpus_per_worker), ("GPU", gpus_per_worker)):
+        need, have = size * each, total.get(name, 0.0)
+        if need > have + 1e-9:
+            key = "cpus_per_worker" if name == "CPU" else "gpus_per_worker"
+            raise ConfigError(f"population.size={size} x resources.{key}={each} needs {need:g} {name}s but the "
+                              f"cluster has {have:g}; lower resources.{key} or population.size")

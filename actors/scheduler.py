@@ -1,0 +1,95 @@
+"""Scheduler: owns the InnerWorkers and the ParameterServer and runs one outer step at a time.
+It knows every worker's age, reinitialises stale models on the staggered schedule and replaces
+a worker that died (or raised) with a fresh inner model, so the step completes."""
+from __future__ import annotations
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from actors.inner_worker import InnerWorker
+from actors.parameter_server import ParameterServer
+from drray.config import validate_config
+from drray.errors import DrrayError
+from drray.population import reset_due, summarize
+
+MAX_TRIES_PER_STEP = 3
+
+
+class WorkerFailure(DrrayError, RuntimeError):
+    """Workers fail in a way replacing them does not fix: the run stops instead of looping."""
+
+
+def one_line(error: Exception) -> str:
+    """The last line of a remote traceback ('ValueError: ...'), or the error's first line."""
+    if isinstance(error, RayTaskError):
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        return lines[-1] if lines else type(error).__name__
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+@ray.remote(num_cpus=0)
+class Scheduler:
+    def __init__(self, cfg: dict, data_refs: list, image_shape, num_classes: int, gpus_per_worker: float):
+        self.cfg_dict, self.cfg = cfg, validate_config(cfg)
+        self.data_refs = data_refs  # nested in a list, so they stay references until the workers get them
+        self.shape, self.num_classes, self.gpus = tuple(image_shape), num_classes, gpus_per_worker
+        self.size, self.lifetime = self.cfg.population.size, self.cfg.population.lifetime
+        self.server = ParameterServer.remote(cfg, self.shape, num_classes)
+        self.eta = self.server.params.remote()
+        self.incarnations = [0] * self.size
+        self.workers = [self._spawn(i) for i in range(self.size)]
+        self.step_count = 0
+
+    def _spawn(self, index: int):
+        options = {"num_cpus": self.cfg.resources.cpus_per_worker, "num_gpus": self.gpus}
+        return InnerWorker.options(**options).remote(self.cfg_dict, index, *self.data_refs, self.shape,
+                                                     self.num_classes, self.incarnations[index])
+
+    def step(self) -> dict:
+        stale = {i for i in range(self.size) if reset_due(i, self.step_count, self.size, self.lifetime)}
+        for i in stale:
+            self.incarnations[i] += 1
+        pending = {i: self.workers[i].meta_step.remote(self.eta, i in stale) for i in range(self.size)}
+        grads, stats, replaced = self._gather(pending)
+        self.eta, norms = self.server.apply.remote(*grads)  # grads go worker -> server by reference
+        self.step_count += 1
+        return {"stats": summarize(stats, ray.get(norms), len(stale)), "replaced": replaced}
+
+    def _gather(self, pending: dict):
+        grads, stats, replaced = [None] * self.size, [None] * self.size, []
+        for attempt in range(MAX_TRIES_PER_STEP):
+            failures = {}
+            for i, (grad_ref, stats_ref) in pending.items():
+                try:
+                    stats[i], grads[i] = ray.get(stats_ref), grad_ref
+                except (RayActorError, RayTaskError) as error:
+                    failures[i] = one_line(error)
+            if not failures:
+                return grads, stats, replaced
+            if len(failures) == self.size and len(set(failures.values())) == 1:
+                raise WorkerFailure(f"every worker failed the same way: {next(iter(failures.values()))}")
+            pending = {}
+            for i, reason in failures.items():
+                replaced.append((i, reason))
+                self.incarnations[i] += 1  # a fresh inner model takes the dead one's place
+                ray.kill(self.workers[i])
+                self.workers[i] = self._spawn(i)
+                pending[i] = self.workers[i].meta_step.remote(self.eta, False)
+        raise WorkerFailure(f"workers kept failing after {MAX_TRIES_PER_STEP} tries: {replaced[-1][1]}")
+
+    def rater_params(self):
+        return ray.get(self.eta)
+
+    def worker_handles(self) -> list:
+        return list(self.workers)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "meta": ray.get(self.server.state_dict.remote()),
+                "learners": ray.get([w.state_dict.remote() for w in self.workers])}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        ray.get(self.server.load_state_dict.remote(state["meta"]))
+        ray.get([w.load_state_dict.remote(s) for w, s in zip(self.workers, state["learners"])])
+        self.incarnations = [int(s["incarnation"]) for s in state["learners"]]
+        self.eta = self.server.params.remote()
