@@ -3,6 +3,8 @@ It knows every worker's age, reinitialises stale models on the staggered schedul
 a worker that died (or raised) with a fresh inner model, so the step completes."""
 from __future__ import annotations
 
+import re
+
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -13,6 +15,7 @@ from drray.errors import DrrayError
 from drray.population import reset_due, summarize
 
 MAX_TRIES_PER_STEP = 3
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class WorkerFailure(DrrayError, RuntimeError):
@@ -20,11 +23,12 @@ class WorkerFailure(DrrayError, RuntimeError):
 
 
 def one_line(error: Exception) -> str:
-    """The last line of a remote traceback ('ValueError: ...'), or the error's first line."""
-    if isinstance(error, RayTaskError):
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        return lines[-1] if lines else type(error).__name__
-    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    """A remote failure in one line: the traceback's last line ('ValueError: ...') when there is
+    one (a raising task or constructor), else the error's class and last line."""
+    lines = [ANSI.sub("", line).strip() for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    has_traceback = any(line.startswith("File ") for line in lines)
+    return last if has_traceback else f"{type(error).__name__}: {last}"
 
 
 @ray.remote(num_cpus=0)

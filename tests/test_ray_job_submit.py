@@ -1,0 +1,146 @@
+"""The meta-train job on a real Ray cluster: start a head (`ray start --head`), submit the job with
+`ray job submit --working-dir`, and check what it wrote. The head is this test's own: its own
+temp dir and ports, stopped by its process group (never a bare `ray stop`, which would kill every
+Ray on the machine)."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).parent / "ray"
+STEPS = 6
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports the OS calls free now (all held open together, so no two are the same)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def ray_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # no stray RAY_ADDRESS etc.
+    # Ray 2.60 turns on token auth (and looks for ~/.ray/auth_token); this throwaway head is local only.
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", OMP_WAIT_POLICY="PASSIVE")
+    return env
+
+
+def wait_for_dashboard(head: subprocess.Popen, port: int, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            pytest.fail(f"ray start exited with {head.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=5) as reply:
+                if reply.status == 200 and "ray_version" in json.loads(reply.read()):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(1.0)
+    pytest.fail(f"the dashboard on port {port} did not answer within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    """SIGTERM the head's process group (ray start --block and everything it started), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            head.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; give its group (raylet, GCS, workers) a moment to follow
+            for _ in range(wait * 10):
+                os.killpg(head.pid, 0)
+                time.sleep(0.1)
+        except ProcessLookupError:
+            return
+
+
+def job_logs(dash: str, submission_id: str, env: dict) -> str:
+    result = subprocess.run([str(RAY), "job", "logs", "--address", dash, submission_id],
+                            capture_output=True, text=True, timeout=60, env=env)
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_meta_train_job_on_a_ray_cluster(tmp_path):
+    temp_dir = tempfile.mkdtemp(prefix="drray-")  # short: Ray's socket paths live under it
+    (gcs, dashboard, client, node_manager, object_manager, agent_http, agent_grpc, runtime_env_agent,
+     metrics) = free_ports(9)
+    env = ray_env()
+    head_log = tmp_path / "head.log"
+    command = [str(RAY), "start", "--head", "--block", "--temp-dir", temp_dir, "--num-cpus", "2", "--num-gpus", "0",
+               "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--include-dashboard", "true",
+               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+               "--ray-client-server-port", str(client), "--node-manager-port", str(node_manager),
+               "--object-manager-port", str(object_manager), "--dashboard-agent-listen-port", str(agent_http),
+               "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env_agent),
+               "--metrics-export-port", str(metrics), "--min-worker-port", "0", "--max-worker-port", "0",
+               "--object-store-memory", str(200 * 1024 * 1024), "--disable-usage-stats"]
+    with open(head_log, "w") as log:
+        head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=tmp_path, start_new_session=True)
+    started = time.monotonic()
+    try:
+        wait_for_dashboard(head, dashboard, head_log)
+        print(f"\nthe head answered after {time.monotonic() - started:.1f} s")
+        dash = f"http://127.0.0.1:{dashboard}"
+        out = tmp_path / "run"
+        submission_id = f"drray-test-{uuid.uuid4().hex[:8]}"
+        submit = [str(RAY), "job", "submit", "--address", dash, "--submission-id", submission_id,
+                  "--working-dir", str(ROOT), "--", sys.executable, "-m", "jobs.meta_train",
+                  "--config", "configs/digits.yaml", "--out", str(out), "--set", f"meta.steps={STEPS}",
+                  "--set", "population.size=2", "--set", "data.max_train=300", "--set", "data.probe_size=150",
+                  "--set", "inner.batch_size=32", "--set", "run.log_every=2", "--set", "run.checkpoint_every=3"]
+        started = time.monotonic()
+        try:
+            result = subprocess.run(submit, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"ray job submit took over 300 s:\n{exc.stdout}\n{exc.stderr}\n"
+                        f"--- job logs ---\n{job_logs(dash, submission_id, env)}")
+        output = result.stdout + result.stderr
+        took = time.monotonic() - started
+        status = subprocess.run([str(RAY), "job", "status", "--address", dash, submission_id],
+                                capture_output=True, text=True, timeout=60, env=env)
+        print(f"ray job submit took {took:.1f} s")
+        assert result.returncode == 0 and f"Job '{submission_id}' succeeded" in output + status.stdout, (
+            f"the job did not succeed (exit {result.returncode}):\n{output}\n--- status ---\n{status.stdout}"
+            f"{status.stderr}\n--- job logs ---\n{job_logs(dash, submission_id, env)}")
+
+        # The working dir went up as a zip and was unpacked on the head; .venv (hundreds of MB) stays out.
+        packages = [p for p in Path(temp_dir).glob("session_latest/runtime_resources/working_dir_files/_ray_pkg_*")
+                    if p.is_dir()]
+        assert len(packages) == 1, f"unpacked working dirs: {packages}; {sorted(Path(temp_dir).rglob('_ray_pkg_*'))}"
+        size = sum(f.stat().st_size for f in packages[0].rglob("*") if f.is_file())
+        print(f"working-dir package: {size / 2**20:.2f} MiB")
+        assert (packages[0] / "jobs" / "meta_train.py").is_file() and not (packages[0] / ".venv").exists()
+        assert size < 10 * 2**20, f"the working-dir package is {size / 2**20:.1f} MiB"
+
+        for name in ("rater.pt", "state.pt", "config.yaml"):
+            assert (out / "checkpoint" / name).is_file(), f"missing checkpoint/{name}\n{output}"
+        steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(STEPS))
+        assert "AUROC on the probe set" in output  # the driver's report, streamed back by ray job submit
+    finally:
+        started = time.monotonic()
+        stop_head(head)
+        print(f"the head stopped in {time.monotonic() - started:.1f} s")
+        shutil.rmtree(temp_dir, ignore_errors=True)

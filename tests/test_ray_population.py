@@ -1,0 +1,127 @@
+"""The population on a real local Ray: same answer as in one process, fault tolerance, resume,
+and clear errors for requests that can never be met."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from actors.population import RayPopulation
+from actors.scheduler import WorkerFailure
+from drray import checkpoint
+from drray.config import load_config
+from drray.data import build_splits
+from drray.errors import ConfigError
+from drray.train import make_population, meta_train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.source=digits", "data.max_train=300", "data.probe_size=150", "population.size=2",
+        "population.lifetime=3", "inner.batch_size=32", "meta.outer_batch_size=32", "meta.steps=5",
+        "run.checkpoint_every=2", "run.log_every=5", "data.corruption=[{kind: label_flip, fraction: 0.3}]"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="drray-t-"),
+                 configure_logging=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+def tiny(tmp_path, *extra):
+    return load_config(None, TINY + [f"run.out={tmp_path}", *extra])
+
+
+def run_steps(population, steps):
+    return [population.step() for _ in range(steps)]
+
+
+def test_ray_population_matches_in_process(ray_cluster, tmp_path):
+    cfg = tiny(tmp_path)
+    splits = build_splits(cfg.data, cfg.run.seed)
+    local, remote = make_population(cfg, splits), RayPopulation(cfg, splits)
+    for a, b in zip(run_steps(local, 5), run_steps(remote, 5)):  # step 3 resets model 0 in both
+        assert b.outer_loss == pytest.approx(a.outer_loss, rel=1e-5) and a.resets == b.resets
+    want, got = local.rater_params, remote.rater_params
+    error = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(got, want))) / torch.sqrt(sum((y**2).sum() for y in want))
+    assert error.item() <= 1e-6
+    assert any(not torch.equal(x, y) for x, y in zip(want, make_population(cfg, splits).rater_params))
+
+
+def test_killed_worker_is_replaced_and_run_completes(ray_cluster, tmp_path, capsys):
+    cfg = tiny(tmp_path, "meta.steps=6")
+    population = RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed))
+    stats = run_steps(population, 2)
+    victim = population.worker_handles()[1]
+    ray.kill(victim)
+    stats += run_steps(population, 4)
+    assert len(stats) == 6 and all(torch.isfinite(torch.tensor(s.outer_loss)) for s in stats)
+    assert "worker 1 failed (" in capsys.readouterr().err
+    assert population.worker_handles()[1] != victim
+    assert population.state_dict()["learners"][1]["incarnation"] >= 1  # a fresh inner model
+
+
+def test_every_worker_failing_the_same_way_stops_the_run(ray_cluster, tmp_path):
+    cfg = tiny(tmp_path, "run.device=cuda", "resources.gpus_per_worker=0")  # no CUDA here: all workers raise
+    population = RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed))
+    with pytest.raises(WorkerFailure, match="every worker failed the same way") as info:
+        population.step()
+    assert "\n" not in str(info.value)
+
+
+def test_impossible_resources_are_refused_at_start(ray_cluster, tmp_path):
+    cfg = tiny(tmp_path, "resources.gpus_per_worker=1")
+    with pytest.raises(ConfigError, match=r"needs 2 GPUs but the cluster has 0"):
+        RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed))
+    cfg = tiny(tmp_path, "resources.cpus_per_worker=4")
+    with pytest.raises(ConfigError, match=r"needs 8 CPUs but the cluster has 2"):
+        RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed))
+
+
+def job(address, out, *extra):
+    cmd = [sys.executable, "-m", "jobs.meta_train", "--address", address, "--out", str(out)]
+    for item in TINY + ["meta.steps=8", "run.checkpoint_every=2", *extra]:
+        cmd += ["--set", item]
+    return cmd
+
+
+def test_killed_driver_resumes_to_the_same_rater(ray_cluster, tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert subprocess.run(job(ray_cluster, whole), cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    driver = subprocess.Popen(job(ray_cluster, broken), cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not (checkpoint.has_checkpoint(broken) and checkpoint.load_state(broken)["step"] >= 2):
+        assert time.time() < deadline and driver.poll() is None, "the driver never wrote a checkpoint"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    killed_at = checkpoint.load_state(broken)["step"]
+    resumed = subprocess.run(job(ray_cluster, broken) + ["--resume"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert killed_at < 8
+    a = checkpoint.load_state(whole)["population"]["meta"]["params"]
+    b = checkpoint.load_state(broken)["population"]["meta"]["params"]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_remote_failures_are_summarised_in_one_line(ray_cluster):
+    from actors.scheduler import one_line
+
+    @ray.remote(num_cpus=0.1)
+    def explode():
+        raise KeyError("boom")
+
+    with pytest.raises(ray.exceptions.RayTaskError) as info:
+        ray.get(explode.remote())
+    assert one_line(info.value) == "KeyError: 'boom'"
