@@ -20,11 +20,12 @@ from drray.errors import ConfigError, TrainingDiverged
 from drray.metrics import MetricsLog, Progress, corruption_auroc
 from drray.models import build_rater
 from drray.population import Population
+from drray.storage import RunDir
 
 
 @dataclass
 class RunSummary:
-    out: Path
+    out: RunDir
     steps: int
     auroc: float
     mean_score_clean: float
@@ -62,16 +63,23 @@ class Prober:
         return {name: value.detach().clone() for (name, _), value in zip(self.rater.named_parameters(), params)}
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
+RUN_FILES = ["metrics.jsonl", "tb", checkpoint.CHECKPOINT_DIR]
+
+
+def prepare_output(run_dir: RunDir, resume: bool, overwrite: bool) -> None:
+    run_dir.pull()
+    out = run_dir.local
     if resume and not checkpoint.has_checkpoint(out):
-        raise ConfigError(f"--resume: no checkpoint in {out / checkpoint.CHECKPOINT_DIR}; run without --resume")
+        raise ConfigError(f"--resume: no checkpoint in {run_dir.display(checkpoint.CHECKPOINT_DIR)}; "
+                          "run without --resume")
     if not resume and (out / "metrics.jsonl").exists():
         if not overwrite:
-            raise ConfigError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                              "or choose another --out")
-        for name in ("metrics.jsonl", "tb", checkpoint.CHECKPOINT_DIR):
+            raise ConfigError(f"{run_dir.display()} already holds a run; pass --resume to continue it, --overwrite "
+                              "to replace it, or choose another --out")
+        for name in RUN_FILES:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        run_dir.clear_remote(RUN_FILES)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -83,8 +91,9 @@ def make_population(cfg: Config, splits: DataSplits) -> Population:
 def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, population_factory=make_population,
                splits: DataSplits | None = None) -> RunSummary:
     splits = splits or build_splits(cfg.data, cfg.run.seed)  # bad data fails here, before any output
-    out = Path(cfg.run.out)
-    prepare_output(out, resume, overwrite)
+    run_dir = RunDir(cfg.run.out)
+    out = run_dir.local
+    prepare_output(run_dir, resume, overwrite)
     population = population_factory(cfg, splits)
     if resume:
         population.load_state_dict(checkpoint.load_state(out)["population"])
@@ -98,7 +107,7 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
             if not (math.isfinite(stats.outer_loss) and math.isfinite(stats.meta_grad_norm)):
                 raise TrainingDiverged(
                     f"step {step}: outer loss {stats.outer_loss} / meta-gradient norm {stats.meta_grad_norm} is not "
-                    f"finite; the last good checkpoint is kept in {out / checkpoint.CHECKPOINT_DIR} "
+                    f"finite; the last good checkpoint is kept in {run_dir.display(checkpoint.CHECKPOINT_DIR)} "
                     "(lower meta.lr or inner.lr, or set meta.clip_norm)")
             record = {"step": step, "outer_loss": stats.outer_loss, "inner_loss": stats.inner_loss,
                       "meta_grad_norm": stats.meta_grad_norm, "resets": stats.resets}
@@ -108,10 +117,12 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
             progress.update(step, record)
             if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.meta.steps:
                 save(out, cfg, population, prober)
+                run_dir.push()
     finally:
         log.close()
+        run_dir.push()
     final = prober.summary(population.rater_params)
-    return RunSummary(out=out, steps=cfg.meta.steps, **final)
+    return RunSummary(out=run_dir, steps=cfg.meta.steps, **final)
 
 
 def save(out: Path, cfg: Config, population, prober: Prober) -> None:
@@ -129,8 +140,8 @@ def format_report(summary: RunSummary) -> str:
     else:
         lines.append(f"  mean score of the probe set: {summary.mean_score_clean:+.3f} (no ground truth: no AUROC)")
     out = summary.out
-    lines += [f"  rater:       {out / checkpoint.CHECKPOINT_DIR / 'rater.pt'}",
-              f"  checkpoint:  {out / checkpoint.CHECKPOINT_DIR}",
-              f"  metrics:     {out / 'metrics.jsonl'}",
-              f"  tensorboard: tensorboard --logdir {out / 'tb'}"]
+    lines += [f"  rater:       {out.display(checkpoint.CHECKPOINT_DIR + '/rater.pt')}",
+              f"  checkpoint:  {out.display(checkpoint.CHECKPOINT_DIR)}",
+              f"  metrics:     {out.display('metrics.jsonl')}",
+              f"  tensorboard: tensorboard --logdir {out.display('tb')}"]
     return "\n".join(lines)

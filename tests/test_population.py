@@ -109,3 +109,19 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         meta_train(cfg)
     assert "\n" not in str(info.value)
     assert checkpoint.load_state(cfg.run.out)["step"] == 3
+
+
+def test_outputs_to_a_filesystem_uri_and_resume_from_it(tmp_path):
+    """run.out may be any pyarrow filesystem URI; file:// goes through the same upload path."""
+    uri = f"file://{tmp_path}/remote-run"
+    cfg = load_config(None, TINY + [f"run.out={uri}", "meta.steps=3"])
+    summary = meta_train(cfg)
+    remote = tmp_path / "remote-run"
+    assert summary.out.display("metrics.jsonl") == f"{uri}/metrics.jsonl"
+    assert checkpoint.load_state(remote)["step"] == 3
+    assert not list(remote.rglob("*.uploading"))
+    meta_train(load_config(None, TINY + [f"run.out={uri}", "meta.steps=6"]), resume=True)
+    assert checkpoint.load_state(remote)["step"] == 6
+    assert len((remote / "metrics.jsonl").read_text().splitlines()) == 6
+    with pytest.raises(ConfigError, match="already holds a run"):
+        meta_train(load_config(None, TINY + [f"run.out={uri}"]))
