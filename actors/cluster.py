@@ -49,12 +49,14 @@ def worker_gpus(cfg: Config) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def check_resources(cfg: Config, gpus_per_worker: float) -> None:
+def check_resources(cfg: Config, gpus_per_worker: float, reserve_cpus: float = 0.0) -> None:
+    """reserve_cpus: CPUs that must stay free beside the workers (Ray Data's read tasks)."""
     total = ray.cluster_resources()
     size = cfg.population.size
-    for name, each in (("CPU", cfg.resources.cpus_per_worker), ("GPU", gpus_per_worker)):
-        need, have = size * each, total.get(name, 0.0)
+    for name, each, reserve in (("CPU", cfg.resources.cpus_per_worker, reserve_cpus), ("GPU", gpus_per_worker, 0.0)):
+        need, have = size * each + reserve, total.get(name, 0.0)
         if need > have + 1e-9:
             key = "cpus_per_worker" if name == "CPU" else "gpus_per_worker"
-            raise ConfigError(f"population.size={size} x resources.{key}={each} needs {need:g} {name}s but the "
-                              f"cluster has {have:g}; lower resources.{key} or population.size")
+            extra = f" (+{reserve:g} for reading the data)" if reserve else ""
+            raise ConfigError(f"population.size={size} x resources.{key}={each}{extra} needs {need:g} {name}s but "
+                              f"the cluster has {have:g}; lower resources.{key} or population.size")

@@ -9,21 +9,25 @@ from torch.utils._pytree import tree_map
 
 from drray.config import Config, validate_config
 from drray.population import InnerLearner
+from drray.streaming import BatchStream
 
 
 @ray.remote
 class InnerWorker:
-    def __init__(self, cfg: dict, index: int, train_images: np.ndarray, train_labels: np.ndarray,
-                 heldout_images: np.ndarray, heldout_labels: np.ndarray, image_shape, num_classes: int,
-                 incarnation: int):
-        # The arrays arrive from the object store zero-copy (read-only); they are shared by every
-        # worker on the node, not copied per worker.
+    def __init__(self, cfg: dict, index: int, train, heldout_images: np.ndarray, heldout_labels: np.ndarray,
+                 image_shape, num_classes: int, incarnation: int):
+        """train: [images_ref, labels_ref] of an in-memory set, or this worker's Ray Data shard."""
         config: Config = validate_config(cfg)
         if ray.get_gpu_ids():
             config.run.device = "cuda"
-        torch.manual_seed(0)  # nothing here should draw from the global RNG; make sure of it
-        self.learner = InnerLearner(config, index, (train_images, train_labels), (heldout_images, heldout_labels),
-                                    image_shape, num_classes, incarnation)
+        if isinstance(train, list):  # arrays map zero-copy (read-only) from the node's object store
+            train = tuple(ray.get(train))
+        else:
+            shard = train
+            train = BatchStream(lambda: shard.iter_batches(batch_size=config.inner.batch_size, batch_format="pyarrow"),
+                                image_shape, num_classes, config.run.device, "training stream")
+        self.learner = InnerLearner(config, index, train, (heldout_images, heldout_labels), image_shape,
+                                    num_classes, incarnation)
 
     @ray.method(num_returns=2)
     def meta_step(self, eta, reset: bool):
@@ -32,6 +36,10 @@ class InnerWorker:
             self.learner.reset()
         grad, stats = self.learner.meta_step(tuple(eta))
         return tuple(g.cpu() for g in grad), stats
+
+    def max_rows_buffered(self) -> int | None:
+        """For streamed training data: the most rows this worker ever held at once."""
+        return getattr(self.learner.train, "max_buffered", None)
 
     def state_dict(self) -> dict:
         return _to_cpu(self.learner.state_dict())

@@ -12,16 +12,31 @@ from actors.scheduler import Scheduler, WorkerFailure
 from drray.config import Config
 from drray.data import DataSplits
 from drray.population import StepStats
+from drray.streaming import STREAM_COLUMNS
+
+
+STREAM_READ_CPUS = 0.25  # what each Ray Data read task asks for; left free beside the workers
+
+
+def train_shards(cfg: Config, splits: DataSplits) -> list:
+    """Worker i's training data: the in-memory arrays, put in the object store once and shared
+    by every worker; or, for a streamed Parquet set, shard i of a Ray Data streaming_split."""
+    size = cfg.population.size
+    if splits.train_path is None:
+        arrays = [ray.put(splits.train.images), ray.put(splits.train.labels)]
+        return [arrays] * size
+    dataset = ray.data.read_parquet(splits.train_path, num_cpus=STREAM_READ_CPUS).select_columns(STREAM_COLUMNS)
+    return dataset.streaming_split(size, equal=True)
 
 
 class RayPopulation:
     def __init__(self, cfg: Config, splits: DataSplits):
         gpus = worker_gpus(cfg)
-        check_resources(cfg, gpus)
-        # Put each array in the object store once; every worker maps the same copy.
-        data_refs = [ray.put(a) for a in (splits.train.images, splits.train.labels,
-                                          splits.heldout.images, splits.heldout.labels)]
-        self.scheduler = Scheduler.remote(cfg.to_dict(), data_refs, splits.image_shape, splits.num_classes, gpus)
+        streamed = splits.train_path is not None
+        check_resources(cfg, gpus, reserve_cpus=STREAM_READ_CPUS if streamed else 0.0)
+        heldout = [ray.put(splits.heldout.images), ray.put(splits.heldout.labels)]
+        self.scheduler = Scheduler.remote(cfg.to_dict(), train_shards(cfg, splits), heldout, splits.image_shape,
+                                          splits.num_classes, gpus)
         self.step_count = 0
 
     def step(self) -> StepStats:

@@ -33,9 +33,11 @@ def one_line(error: Exception) -> str:
 
 @ray.remote(num_cpus=0)
 class Scheduler:
-    def __init__(self, cfg: dict, data_refs: list, image_shape, num_classes: int, gpus_per_worker: float):
+    def __init__(self, cfg: dict, train_shards: list, heldout_refs: list, image_shape, num_classes: int,
+                 gpus_per_worker: float):
+        """train_shards[i]: worker i's training data ([images_ref, labels_ref] or a Ray Data shard)."""
         self.cfg_dict, self.cfg = cfg, validate_config(cfg)
-        self.data_refs = data_refs  # nested in a list, so they stay references until the workers get them
+        self.train_shards, self.heldout_refs = train_shards, heldout_refs  # nested: still references
         self.shape, self.num_classes, self.gpus = tuple(image_shape), num_classes, gpus_per_worker
         self.size, self.lifetime = self.cfg.population.size, self.cfg.population.lifetime
         self.server = ParameterServer.remote(cfg, self.shape, num_classes)
@@ -46,8 +48,9 @@ class Scheduler:
 
     def _spawn(self, index: int):
         options = {"num_cpus": self.cfg.resources.cpus_per_worker, "num_gpus": self.gpus}
-        return InnerWorker.options(**options).remote(self.cfg_dict, index, *self.data_refs, self.shape,
-                                                     self.num_classes, self.incarnations[index])
+        return InnerWorker.options(**options).remote(self.cfg_dict, index, self.train_shards[index],
+                                                     *self.heldout_refs, self.shape, self.num_classes,
+                                                     self.incarnations[index])
 
     def step(self) -> dict:
         stale = {i for i in range(self.size) if reset_due(i, self.step_count, self.size, self.lifetime)}

@@ -19,6 +19,7 @@ import argparse
 import ctypes
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -125,6 +126,14 @@ def run_primitive(args) -> dict:
     def jvp_of_grad():  # forward-over-reverse, what mixflow's backward runs once per inner step
         return torch.func.jvp(torch.func.grad(loss), (theta,), (v,))
 
+    w0 = torch.full((args.batch,), 1.0 / args.batch)
+
+    def rr_hvp_and_dlosses():  # reverse-over-reverse alternative: (H_w v, <v, grad l_i>) via w as a leaf
+        th, w = tuple(t.clone().requires_grad_() for t in theta), w0.clone().requires_grad_()
+        losses = F.cross_entropy(functional_call(inner, dict(zip(names, th)), (x,)), y, reduction="none")
+        g = torch.autograd.grad((w * losses).sum(), th, create_graph=True)
+        return torch.autograd.grad(g, th + (w,), grad_outputs=v)
+
     d = torch.randn(args.batch)
 
     def rater_forward_backward():
@@ -136,7 +145,8 @@ def run_primitive(args) -> dict:
     out = {"kind": "primitive", "batch": args.batch, "inner_params": sum(t.numel() for t in theta),
            "rater_params": sum(p.numel() for p in rater.parameters()), "torch_threads": torch.get_num_threads()}
     for name, fn in [("forward_backward", forward_backward), ("double_backward", double_backward),
-                     ("jvp_of_grad", jvp_of_grad), ("rater_forward_backward", rater_forward_backward)]:
+                     ("jvp_of_grad", jvp_of_grad), ("rr_hvp_and_dlosses", rr_hvp_and_dlosses),
+                     ("rater_forward_backward", rater_forward_backward)]:
         for _ in range(3):
             fn()
         times = []
@@ -150,9 +160,13 @@ def run_primitive(args) -> dict:
 
 # ---------------------------------------------------------------- parent
 
-def spawn(extra: list[str], timeout: float = 1800) -> dict:
+PINNED_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc: every block >= 64 KiB is its own mmap
+
+
+def spawn(extra: list[str], timeout: float = 1800, env_extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.update(env_extra or {})
     cmd = [sys.executable, "-m", "benchmarks.meta_step", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
@@ -181,6 +195,11 @@ def machine_info() -> dict:
             "loadavg_start": os.getloadavg()}
 
 
+def add_pinned(r: dict, pinned: dict) -> None:
+    r.update(pinned_peak_rss_mb=pinned["peak_rss_mb"], pinned_extra_mb=pinned["extra_mb"],
+             pinned_baseline_rss_mb=pinned["baseline_rss_mb"], pinned_sec_per_step=pinned["sec_per_step"])
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -195,25 +214,31 @@ def main_parent(args) -> int:
     fb, db, jv = prim["forward_backward"], prim["double_backward"], prim["jvp_of_grad"]
     print(f"primitives (one inner step, CNN {prim['inner_params']} params, batch {args.batch}): "
           f"forward+backward {fb * 1e3:.1f} ms, double-backward (HVP) {db * 1e3:.1f} ms, "
-          f"JVP of grad {jv * 1e3:.1f} ms, rater fwd+bwd {prim['rater_forward_backward'] * 1e3:.1f} ms", flush=True)
+          f"JVP of grad {jv * 1e3:.1f} ms, reverse-over-reverse (H v, d_i) {prim['rr_hvp_and_dlosses'] * 1e3:.1f} ms, "
+          f"rater fwd+bwd {prim['rater_forward_backward'] * 1e3:.1f} ms", flush=True)
 
     sweep: list[dict] = []
     for T in t_values:
         for method in METHODS:
             steps = 3 if T >= 16 else 5
             r = spawn(child_args(method, T, 1, "adam", 1e-3, steps, args))
+            if args.pinned:
+                add_pinned(r, spawn(child_args(method, T, 1, "adam", 1e-3, 1, args), env_extra=PINNED_ENV))
             # Floor (an estimate): each inner step costs a forward+backward with a graph plus one
             # backward through it (= the double-backward primitive); plus the outer loss's
             # forward+backward and one rater forward+backward.
             r["floor_sec"] = T * db + fb + prim["rater_forward_backward"]
             sweep.append(r)
             print(f"  T={T:<3} {method:<9} {r['sec_per_step']:.3f} s/step  peak {r['peak_rss_mb']:.0f} MB  "
-                  f"extra {r['extra_mb']:.0f} MB", flush=True)
+                  f"extra {r['extra_mb']:.0f} MB  pinned-allocator extra {r.get('pinned_extra_mb', math.nan):.0f} MB",
+                  flush=True)
 
     reference: list[dict] = []
     ref_steps = 3 if args.quick else 5
     for method in METHODS:
         r = spawn(child_args(method, 2, 8, "sgd", 0.01, ref_steps, args))
+        if args.pinned:
+            add_pinned(r, spawn(child_args(method, 2, 8, "sgd", 0.01, 1, args), env_extra=PINNED_ENV))
         reference.append(r)
         print(f"  reference {method:<9} {r['sec_per_step']:.3f} s/step  peak {r['peak_rss_mb']:.0f} MB", flush=True)
 
@@ -223,6 +248,8 @@ def main_parent(args) -> int:
         b, m = get[("backprop", T)], get[("mixflow", T)]
         per_t.append({"T": T, "time_ratio_mixflow_over_backprop": ratio(m["sec_per_step"], b["sec_per_step"]),
                       "extra_ratio_mixflow_over_backprop": ratio(m["extra_mb"], b["extra_mb"]),
+                      "pinned_extra_ratio_mixflow_over_backprop": ratio(m.get("pinned_extra_mb", math.nan),
+                                                                        b.get("pinned_extra_mb", math.nan)),
                       "backprop_over_floor": ratio(b["sec_per_step"], b["floor_sec"]),
                       "mixflow_over_floor": ratio(m["sec_per_step"], m["floor_sec"])})
     t_lo, t_hi = min(t_values), max(t_values)
@@ -234,6 +261,11 @@ def main_parent(args) -> int:
         f"mixflow_extra_over_backprop_extra_T{t_mid}": ratio(get[("mixflow", t_mid)]["extra_mb"],
                                                               get[("backprop", t_mid)]["extra_mb"]),
         "max_time_ratio_mixflow_over_backprop": max(p["time_ratio_mixflow_over_backprop"] for p in per_t),
+        f"pinned_mixflow_peak_T{t_hi}_over_T{t_lo}": ratio(mf_hi.get("pinned_peak_rss_mb", math.nan),
+                                                           mf_lo.get("pinned_peak_rss_mb", math.nan)),
+        f"pinned_mixflow_extra_over_backprop_extra_T{t_mid}": ratio(
+            get[("mixflow", t_mid)].get("pinned_extra_mb", math.nan),
+            get[("backprop", t_mid)].get("pinned_extra_mb", math.nan)),
     }
     targets["met"] = {
         "mixflow_peak_flat (<= 1.5)": targets[f"mixflow_peak_T{t_hi}_over_T{t_lo}"] <= 1.5,
@@ -246,14 +278,19 @@ def main_parent(args) -> int:
 
     print()
     print(f"{'T':>3} | {'backprop s':>10} {'peak MB':>8} {'extra MB':>8} | {'mixflow s':>9} {'peak MB':>8} "
-          f"{'extra MB':>8} | {'t mf/bp':>7} {'extra mf/bp':>11} | {'floor s':>7} {'bp/floor':>8} {'mf/floor':>8}")
+          f"{'extra MB':>8} | {'t mf/bp':>7} {'extra mf/bp':>11} | {'floor s':>7} {'bp/floor':>8} {'mf/floor':>8} | "
+          f"{'pinned extra bp/mf MB':>21} {'ratio':>5}")
     for T, p in zip(t_values, per_t):
         b, m = get[("backprop", T)], get[("mixflow", T)]
         print(f"{T:>3} | {b['sec_per_step']:>10.3f} {b['peak_rss_mb']:>8.0f} {b['extra_mb']:>8.0f} | "
               f"{m['sec_per_step']:>9.3f} {m['peak_rss_mb']:>8.0f} {m['extra_mb']:>8.0f} | "
               f"{p['time_ratio_mixflow_over_backprop']:>7.2f} {p['extra_ratio_mixflow_over_backprop']:>11.3f} | "
-              f"{b['floor_sec']:>7.3f} {p['backprop_over_floor']:>8.2f} {p['mixflow_over_floor']:>8.2f}")
+              f"{b['floor_sec']:>7.3f} {p['backprop_over_floor']:>8.2f} {p['mixflow_over_floor']:>8.2f} | "
+              f"{b.get('pinned_extra_mb', math.nan):>10.0f} {m.get('pinned_extra_mb', math.nan):>10.0f} "
+              f"{p['pinned_extra_ratio_mixflow_over_backprop']:>5.3f}")
     print("floor = T*double-backward + forward+backward + rater forward+backward, from the primitives above")
+    print(f"pinned: memory re-measured (1 warm-up + 1 step) with {PINNED_ENV}, which stops glibc from keeping "
+          "freed tensor memory in its heap; it shows what the engine itself holds")
     print("reference (T=2, population 8, batch 128, inner SGD lr 0.01 momentum 0.9):")
     for r in reference:
         print(f"  {r['method']:<9} {r['sec_per_step']:.3f} s/step (target <= 0.37)  peak {r['peak_rss_mb']:.0f} MB "
@@ -276,6 +313,8 @@ def main_parent(args) -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.meta_step", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="T in {1,2} only (smoke run)")
+    p.add_argument("--no-pinned", dest="pinned", action="store_false",
+                   help="skip the second memory pass with glibc's mmap threshold pinned at 64 KiB")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child: one configuration
     p.add_argument("--primitive", action="store_true", help=argparse.SUPPRESS)  # child: primitives
     p.add_argument("--method", default="mixflow", choices=METHODS)

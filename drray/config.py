@@ -41,6 +41,7 @@ class DataConfig(_Section):
     max_train: Optional[int] = Field(None, gt=0)  # cap the training pool (quick runs)
     probe_size: int = Field(2000, gt=0)  # fixed training examples scored for AUROC
     download: bool = False  # fetch a missing data set (online machines only)
+    stream: bool = False  # parquet: read train in batches, never whole (needs heldout and test splits)
 
     @field_validator("source")
     @classmethod
@@ -57,6 +58,16 @@ class DataConfig(_Section):
         if sum(s.fraction for s in specs) > 1.0:
             raise ValueError("corruption fractions add up to more than 1")
         return specs
+
+    @field_validator("stream")
+    @classmethod
+    def _stream_needs_prepared_parquet(cls, stream: bool, info) -> bool:
+        if stream and info.data.get("source") != "parquet":
+            raise ValueError("streaming reads Parquet only; set data.source=parquet")
+        if stream and info.data.get("corruption"):
+            raise ValueError("a streamed set is corrupted once when it is prepared, not while streaming; "
+                             "remove data.corruption")
+        return stream
 
 
 def _known_arch(registry_attr: str):

@@ -65,12 +65,13 @@ class ExampleSet:
 
 @dataclass
 class DataSplits:
-    train: ExampleSet  # corrupted per config
+    train: Optional[ExampleSet]  # corrupted per config; None when streamed from train_path
     heldout: ExampleSet  # clean, for the outer (meta) loss
     test: ExampleSet  # clean, for evaluation
-    probe: ExampleSet  # fixed seeded subset of train, with ground truth, for AUROC
+    probe: ExampleSet  # fixed subset of train, with ground truth, for AUROC
     num_classes: int
     image_shape: tuple[int, int]  # (H, W)
+    train_path: Optional[str] = None  # data.stream: Parquet read in batches, never whole (drray.streaming)
 
 
 def to_tensors(examples: ExampleSet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +86,10 @@ STAGE_TEST, STAGE_HELDOUT, STAGE_CAP, STAGE_PROBE = 1, 2, 3, 4
 
 def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
     """Load `cfg.source`, split off test and heldout where the source has none, cap and corrupt train."""
+    if cfg.stream:
+        from drray.streaming import stream_splits
+
+        return stream_splits(cfg)
     where = f"data source {cfg.source!r}"
     loaded = tuple(DATA_SOURCES.get(cfg.source)(cfg))
     pool, test, heldout = [
@@ -284,14 +289,19 @@ def _write_atomically(path: Path, payload: bytes) -> None:
 PARQUET_COLUMNS, SPLITS = ("id", "image", "shape", "label"), ("train", "test", "heldout")
 
 
-@DATA_SOURCES.register("parquet")
-def load_parquet_source(cfg: DataConfig):
-    """data.dir with train (train.parquet or train/ shards) and optional heldout and test."""
+def parquet_split_paths(cfg: DataConfig) -> dict[str, Optional[Path]]:
     if cfg.dir is None or not Path(cfg.dir).is_dir():
         raise DataError(f"data.dir {cfg.dir} does not exist; set data.dir to a folder with train.parquet or train/")
     paths = {name: _first_existing(Path(cfg.dir) / f"{name}.parquet", Path(cfg.dir) / name) for name in SPLITS}
     if paths["train"] is None:
         raise DataError(f"{Path(cfg.dir) / 'train.parquet'}: missing (nor a train/ folder); write train there")
+    return paths
+
+
+@DATA_SOURCES.register("parquet")
+def load_parquet_source(cfg: DataConfig):
+    """data.dir with train (train.parquet or train/ shards) and optional heldout and test."""
+    paths = parquet_split_paths(cfg)
     parts = {name: read_parquet(path) for name, path in paths.items() if path is not None}
     num_classes = max(int(part.labels.max(initial=-1)) + 1 for part in parts.values())
     for part in parts.values():
@@ -305,6 +315,11 @@ def read_parquet(path: Path) -> ExampleSet:
         table = ds.dataset(str(path), format="parquet").to_table()
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
+    return examples_from_table(table, path)
+
+
+def examples_from_table(table: pa.Table, path) -> ExampleSet:
+    """Rows of the DESIGN.md schema as an ExampleSet (checked: columns, nulls, shapes, labels)."""
     missing = [c for c in PARQUET_COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing columns {', '.join(missing)}; needs {', '.join(PARQUET_COLUMNS)}")

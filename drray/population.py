@@ -69,6 +69,15 @@ class ImageStream:
         x = self.images[index].unsqueeze(1).to(self.device, torch.float32).div_(255.0)
         return x, self.labels[index].to(self.device)
 
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def get_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
 
 @dataclass
 class LearnerStats:
@@ -78,12 +87,13 @@ class LearnerStats:
 
 
 class InnerLearner:
-    def __init__(self, cfg: Config, index: int, train: tuple[np.ndarray, np.ndarray],
-                 heldout: tuple[np.ndarray, np.ndarray], image_shape, num_classes: int, incarnation: int = 0):
+    def __init__(self, cfg: Config, index: int, train, heldout: tuple[np.ndarray, np.ndarray], image_shape,
+                 num_classes: int, incarnation: int = 0):
+        """train: (images, labels) arrays held in memory, or a stream (drray.streaming.BatchStream)."""
         self.cfg, self.index = cfg, index
         self.image_shape, self.num_classes = tuple(image_shape), num_classes
         self.problem = build_problem(cfg, self.image_shape, num_classes)
-        self.train = ImageStream(*train, cfg.run.device)
+        self.train = ImageStream(*train, cfg.run.device) if isinstance(train, tuple) else train
         self.heldout = ImageStream(*heldout, cfg.run.device)
         self.reset(incarnation)
 
@@ -96,8 +106,8 @@ class InnerLearner:
             lambda: build_inner(self.cfg.inner.arch, self.image_shape, self.num_classes), seed, self.cfg.run.device
         )
         self.state = self.problem.optimizer.init(self.theta)
-        self.train.generator.manual_seed(seed)
-        self.heldout.generator.manual_seed(seed + 1)
+        self.train.reseed(seed)
+        self.heldout.reseed(seed + 1)
         self.age = 0
 
     def meta_step(self, eta: Params) -> tuple[Params, LearnerStats]:
@@ -113,15 +123,15 @@ class InnerLearner:
     def state_dict(self) -> dict:
         state = {k: (v if isinstance(v, int) else list(v)) for k, v in self.state.items()}
         return {"theta": list(self.theta), "opt": state, "age": self.age, "incarnation": self.incarnation,
-                "train_rng": self.train.generator.get_state(), "heldout_rng": self.heldout.generator.get_state()}
+                "train_rng": self.train.get_state(), "heldout_rng": self.heldout.get_state()}
 
     def load_state_dict(self, sd: dict) -> None:
         device = self.cfg.run.device
         self.theta = tuple(t.to(device) for t in sd["theta"])
         self.state = {k: (v if isinstance(v, int) else tuple(t.to(device) for t in v)) for k, v in sd["opt"].items()}
         self.age, self.incarnation = int(sd["age"]), int(sd["incarnation"])
-        self.train.generator.set_state(sd["train_rng"])
-        self.heldout.generator.set_state(sd["heldout_rng"])
+        self.train.set_state(sd["train_rng"])
+        self.heldout.set_state(sd["heldout_rng"])
 
 
 def new_meta_optimizer(cfg: Config, image_shape, num_classes: int) -> AveragedAdam:
@@ -151,8 +161,9 @@ class Population:
     """N inner models in this process. step() is one outer step of Algorithm 1."""
 
     def __init__(self, cfg: Config, train, heldout, image_shape, num_classes: int):
+        """train(i) gives model i its training data: arrays or a stream (see InnerLearner)."""
         self.cfg, self.step_count = cfg, 0
-        self.learners = [InnerLearner(cfg, i, train, heldout, image_shape, num_classes)
+        self.learners = [InnerLearner(cfg, i, train(i), heldout, image_shape, num_classes)
                          for i in range(cfg.population.size)]
         self.meta = new_meta_optimizer(cfg, image_shape, num_classes)
 

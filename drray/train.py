@@ -84,8 +84,16 @@ def prepare_output(run_dir: RunDir, resume: bool, overwrite: bool) -> None:
 
 
 def make_population(cfg: Config, splits: DataSplits) -> Population:
-    return Population(cfg, (splits.train.images, splits.train.labels), (splits.heldout.images, splits.heldout.labels),
-                      splits.image_shape, splits.num_classes)
+    if splits.train_path is None:
+        train = lambda index: (splits.train.images, splits.train.labels)  # noqa: E731 (shared, not copied)
+    else:
+        from drray.streaming import BatchStream, local_parquet_epochs
+
+        epochs = local_parquet_epochs(splits.train_path, cfg.inner.batch_size)
+        train = lambda index: BatchStream(epochs, splits.image_shape, splits.num_classes,  # noqa: E731
+                                          cfg.run.device, splits.train_path)
+    return Population(cfg, train, (splits.heldout.images, splits.heldout.labels), splits.image_shape,
+                      splits.num_classes)
 
 
 def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, population_factory=make_population,

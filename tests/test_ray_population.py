@@ -125,3 +125,15 @@ def test_remote_failures_are_summarised_in_one_line(ray_cluster):
     with pytest.raises(ray.exceptions.RayTaskError) as info:
         ray.get(explode.remote())
     assert one_line(info.value) == "KeyError: 'boom'"
+
+
+def test_streamed_parquet_reaches_workers_through_ray_data(ray_cluster, tmp_path):
+    from tests.test_streaming import prepared_digits, stream_config
+
+    prepared_digits(tmp_path / "data")
+    cfg = stream_config(tmp_path / "data", tmp_path / "run")
+    population = RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed))
+    stats = run_steps(population, 3)
+    assert all(torch.isfinite(torch.tensor(s.outer_loss)) for s in stats)
+    held = ray.get([w.max_rows_buffered.remote() for w in population.worker_handles()])
+    assert all(0 < rows < 2 * cfg.inner.batch_size for rows in held)  # a batch or two, never the whole set
