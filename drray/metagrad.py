@@ -70,7 +70,10 @@ class _WeightedGrad(torch.autograd.Function):
         lam = cotangents[:-1]  # the last output, the mean loss, is a statistic
         x, y, *params = ctx.saved_tensors
         theta, eta = tuple(params[:n_theta]), tuple(params[n_theta:])
-        w = problem.weights(eta, x, y).detach()
+        with torch.enable_grad():  # one rater forward serves both the JVP (w) and the VJP below
+            eta_leaves = tuple(e.detach().requires_grad_() for e in eta)
+            w_graph = problem.weights(eta_leaves, x, y)
+        w = w_graph.detach()
         need_theta = any(ctx.needs_input_grad[4 : 4 + n_theta])
 
         if need_theta:
@@ -85,11 +88,7 @@ class _WeightedGrad(torch.autograd.Function):
             hvp = (None,) * n_theta
             _, dlosses = torch.func.jvp(lambda th: problem.losses(th, x, y), (theta,), (tuple(lam),))
 
-        with torch.enable_grad():
-            leaves = tuple(e.detach().requires_grad_() for e in eta)
-            eta_grads = torch.autograd.grad(
-                problem.weights(leaves, x, y), leaves, grad_outputs=dlosses, allow_unused=True
-            )
+        eta_grads = torch.autograd.grad(w_graph, eta_leaves, grad_outputs=dlosses, allow_unused=True)
         return (None, None, None, None, *hvp, *eta_grads)
 
 

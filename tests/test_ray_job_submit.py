@@ -1,7 +1,7 @@
 """The meta-train job on a real Ray cluster: start a head (`ray start --head`), submit the job with
 `ray job submit --working-dir`, and check what it wrote. The head is this test's own: its own
-temp dir and ports, stopped by its process group (never a bare `ray stop`, which would kill every
-Ray on the machine)."""
+temp dir and ports, stopped through its own process (never a bare `ray stop`, which would kill
+every Ray on the machine)."""
 import json
 import os
 import shutil
@@ -90,9 +90,10 @@ def test_meta_train_job_on_a_ray_cluster(tmp_path):
      metrics) = free_ports(9)
     env = ray_env()
     head_log = tmp_path / "head.log"
+    # --num-gpus 0: on a GPU machine gpus_per_worker=null would ask one GPU per worker.
     command = [str(RAY), "start", "--head", "--block", "--temp-dir", temp_dir, "--num-cpus", "2", "--num-gpus", "0",
-               "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--include-dashboard", "true",
-               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+               "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+               "--dashboard-port", str(dashboard),
                "--ray-client-server-port", str(client), "--node-manager-port", str(node_manager),
                "--object-manager-port", str(object_manager), "--dashboard-agent-listen-port", str(agent_http),
                "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env_agent),
