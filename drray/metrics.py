@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def corruption_auroc(scores: np.ndarray, is_corrupted: np.ndarray) -> float:
@@ -19,9 +18,18 @@ def corruption_auroc(scores: np.ndarray, is_corrupted: np.ndarray) -> float:
     n_bad, n_clean = corrupted.sum(), (~corrupted).sum()
     if n_bad == 0 or n_clean == 0:
         return float("nan")
-    ranks = rankdata(scores)  # average ranks for ties (Mann-Whitney U)
+    ranks = average_ranks(scores)  # Mann-Whitney U
     u_clean = ranks[~corrupted].sum() - n_clean * (n_clean + 1) / 2
     return float(u_clean / (n_clean * n_bad))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their ranks."""
+    order = np.argsort(values, kind="stable")
+    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return ranks
 
 
 class MetricsLog:
