@@ -38,6 +38,7 @@ class RayPopulation:
         self.scheduler = Scheduler.remote(cfg.to_dict(), train_shards(cfg, splits), heldout, splits.image_shape,
                                           splits.num_classes, gpus)
         self.step_count = 0
+        self._params_ref, self._params = ray.get(self.scheduler.params_ref.remote())[0], None
 
     def step(self) -> StepStats:
         try:
@@ -50,11 +51,14 @@ class RayPopulation:
         for index, reason in result["replaced"]:
             print(f"worker {index} failed ({reason}); replaced with a fresh inner model", file=sys.stderr, flush=True)
         self.step_count += 1
+        self._params_ref, self._params = result["params"], None
         return result["stats"]
 
     @property
     def rater_params(self):
-        return ray.get(self.scheduler.rater_params.remote())
+        if self._params is None:  # fetched from the object store once per step, when asked for
+            self._params = ray.get(self._params_ref)
+        return self._params
 
     def worker_handles(self) -> list:
         return ray.get(self.scheduler.worker_handles.remote())
@@ -65,3 +69,4 @@ class RayPopulation:
     def load_state_dict(self, state: dict) -> None:
         ray.get(self.scheduler.load_state_dict.remote(state))
         self.step_count = int(state["step"])
+        self._params_ref, self._params = ray.get(self.scheduler.params_ref.remote())[0], None

@@ -60,7 +60,8 @@ class Scheduler:
         grads, stats, replaced = self._gather(pending)
         self.eta, norms = self.server.apply.remote(*grads)  # grads go worker -> server by reference
         self.step_count += 1
-        return {"stats": summarize(stats, ray.get(norms), len(stale)), "replaced": replaced}
+        # The new parameters travel as a reference: the driver fetches them only if it needs them.
+        return {"stats": summarize(stats, ray.get(norms), len(stale)), "replaced": replaced, "params": self.eta}
 
     def _gather(self, pending: dict):
         grads, stats, replaced = [None] * self.size, [None] * self.size, []
@@ -84,8 +85,8 @@ class Scheduler:
                 pending[i] = self.workers[i].meta_step.remote(self.eta, False)
         raise WorkerFailure(f"workers kept failing after {MAX_TRIES_PER_STEP} tries: {replaced[-1][1]}")
 
-    def rater_params(self):
-        return ray.get(self.eta)
+    def params_ref(self) -> list:
+        return [self.eta]  # in a list, so the caller receives the reference, not the value
 
     def worker_handles(self) -> list:
         return list(self.workers)
