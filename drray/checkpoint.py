@@ -39,11 +39,13 @@ def atomic_torch_save(obj, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def save_checkpoint(out: Path, state: dict, rater_state_dict: dict, config: dict) -> Path:
+def save_checkpoint(out: Path, state: dict, rater: dict, config: dict) -> Path:
+    """rater: {"rater": state_dict, "arch", "image_shape", "num_classes"}: enough to rebuild and
+    use the rater without the run's data."""
     directory = Path(out) / CHECKPOINT_DIR
     atomic_write_bytes(directory / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
     atomic_torch_save(state, directory / "state.pt")
-    atomic_torch_save({"step": state["step"], "rater": rater_state_dict}, directory / "rater.pt")
+    atomic_torch_save({"step": state["step"], **rater}, directory / "rater.pt")
     return directory
 
 
@@ -61,3 +63,17 @@ def load_rater_weights(run_dir: Path) -> dict:
 
 def load_run_config(run_dir: Path) -> dict:
     return yaml.safe_load((Path(run_dir) / CHECKPOINT_DIR / "config.yaml").read_text())
+
+
+def load_rater(run_dir: Path):
+    """The trained rater of a run, ready to score: (module in eval mode, checkpoint metadata)."""
+    from drray.errors import ConfigError
+    from drray.models import build_rater
+
+    path = Path(run_dir) / CHECKPOINT_DIR / "rater.pt"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no rater checkpoint; pass the --out directory of a meta-train run")
+    saved = torch.load(path, weights_only=True, map_location="cpu")
+    rater = build_rater(saved["arch"], tuple(saved["image_shape"]), saved["num_classes"])
+    rater.load_state_dict(saved["rater"])
+    return rater.eval(), {k: v for k, v in saved.items() if k != "rater"}

@@ -18,7 +18,7 @@ from drray.config import Config
 from drray.data import DataSplits, build_splits, to_tensors
 from drray.errors import ConfigError, TrainingDiverged
 from drray.metrics import MetricsLog, Progress, corruption_auroc
-from drray.models import build_rater
+from drray.models import build_rater, choose_arch
 from drray.population import Population
 from drray.storage import RunDir
 
@@ -37,7 +37,9 @@ class Prober:
     """Scores the fixed probe set (training examples with ground truth) with the current rater."""
 
     def __init__(self, cfg: Config, splits: DataSplits):
-        self.rater = build_rater(cfg.rater.arch, splits.image_shape, splits.num_classes)
+        self.arch = choose_arch(cfg.rater.arch, splits.image_shape)
+        self.image_shape, self.num_classes = tuple(splits.image_shape), splits.num_classes
+        self.rater = build_rater(self.arch, self.image_shape, self.num_classes)
         self.x, self.y = to_tensors(splits.probe)
         self.probe = splits.probe
 
@@ -59,8 +61,10 @@ class Prober:
                 "mean_score_clean": float(scores[~bad].mean()) if (~bad).any() else math.nan,
                 "mean_score_corrupted": float(scores[bad].mean()) if bad.any() else math.nan}
 
-    def rater_state_dict(self, params) -> dict:
-        return {name: value.detach().clone() for (name, _), value in zip(self.rater.named_parameters(), params)}
+    def rater_checkpoint(self, params) -> dict:
+        weights = {name: value.detach().clone() for (name, _), value in zip(self.rater.named_parameters(), params)}
+        return {"rater": weights, "arch": self.arch, "image_shape": list(self.image_shape),
+                "num_classes": self.num_classes}
 
 
 RUN_FILES = ["metrics.jsonl", "tb", checkpoint.CHECKPOINT_DIR]
@@ -135,7 +139,7 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
 
 def save(out: Path, cfg: Config, population, prober: Prober) -> None:
     state = {"step": population.step_count, "population": population.state_dict()}
-    checkpoint.save_checkpoint(out, state, prober.rater_state_dict(population.rater_params), cfg.to_dict())
+    checkpoint.save_checkpoint(out, state, prober.rater_checkpoint(population.rater_params), cfg.to_dict())
 
 
 def format_report(summary: RunSummary) -> str:
