@@ -70,3 +70,25 @@ class RunDir:
                 self.fs.delete_dir(target)
             elif info.type == pafs.FileType.File:
                 self.fs.delete_file(target)
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or any pyarrow filesystem URI."""
+    if is_uri(location):
+        try:
+            return pafs.FileSystem.from_uri(location)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"{location}: not a filesystem pyarrow can open ({exc})") from None
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def claim_output(location: str, overwrite: bool) -> tuple[pafs.FileSystem, str]:
+    """Make sure a job may write `location`: an existing file or directory is refused unless
+    overwrite, and then removed. Call before any work, so a refusal leaves nothing half-done."""
+    fs, path = resolve(location)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.NotFound:
+        if not overwrite:
+            raise ConfigError(f"{location} already exists; pass --overwrite to replace it or choose another output")
+        fs.delete_dir(path) if info.type == pafs.FileType.Directory else fs.delete_file(path)
+    return fs, path
