@@ -1,0 +1,397 @@
+"""Filtering: the maths of drray.filtering (hand-worked thresholds, P_accept against a simulation of
+the batch rule, the CDF, top-B batches), and jobs.filter on a small scored Parquet on a local Ray."""
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from drray.filtering import (
+    BatchFilter, SampleRule, batch_draw_size, empirical_cdf, filter_stream_batches, kept_count, p_accept,
+    quantile_cut, quantile_threshold, round_half_up, row_uniforms, summarize, top_b_indices,
+)  # fmt: skip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------- quantile
+
+
+@pytest.mark.parametrize("n,discard,kept", [
+    (10, 0.25, 8),  # 7.5 rounds half up
+    (10, 0.35, 7),  # 6.5 too (not to even)
+    (10, 0.3, 7),  # 0.7 * 10 = 6.999999999999999
+    (4, 0.0, 4),
+    (3, 0.9, 0),  # 0.3 -> nothing kept
+    (1000, 0.1, 900),
+])  # fmt: skip
+def test_kept_count_rounds_half_up(n, discard, kept):
+    assert kept_count(n, discard) == kept
+    assert round_half_up(2.5) == 3 and round_half_up(3.5) == 4
+
+
+def test_quantile_threshold_hand_worked():
+    scores = np.array([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert quantile_threshold(scores, 0.4) == 3.0  # keep 3: {5, 4, 3}
+    assert quantile_threshold(scores, 0.0) == 1.0  # keep all
+    assert quantile_threshold(scores, 0.5) == 3.0  # 2.5 kept rounds up to 3
+    assert quantile_threshold(scores, 0.7) == 4.0  # 1.5 -> 2 kept: {5, 4}
+    assert quantile_threshold(scores, 0.95) == np.inf  # 0.25 -> nothing kept
+    assert quantile_threshold(np.array([3, 1, 2]), 1 / 3) == 2.0  # integer scores work too
+    with pytest.raises(ValueError):
+        quantile_threshold(np.array([1.0, np.nan]), 0.5)
+    with pytest.raises(ValueError):
+        quantile_threshold(scores, 1.0)
+
+
+def test_quantile_cut_breaks_ties_by_smallest_id():
+    scores = np.array([1.0, 2.0, 2.0, 2.0, 3.0])
+    ids = np.array([14, 13, 12, 11, 10])
+    cut = quantile_cut(scores, 0.4, ids)  # keep 3: the 3, then two of the three 2s
+    assert (cut.threshold, cut.tie_id, cut.kept) == (2.0, 12, 3)
+    assert cut.keep(scores, ids).tolist() == [False, False, True, True, True]  # ids 12 and 11 of the tied
+    loose = quantile_cut(scores, 0.4)  # no ids: every tie is kept
+    assert loose.tie_id is None and loose.keep(scores).tolist() == [False, True, True, True, True]
+    nothing = quantile_cut(np.array([np.inf, 1.0]), 0.9, np.array([0, 1]))
+    assert not nothing.keep(np.array([np.inf, 1.0]), np.array([0, 1])).any()
+
+
+def test_quantile_cut_keeps_exact_count_and_the_highest_scores():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, size=997).astype(np.float32)  # heavy ties
+    ids = rng.permutation(5000)[:997]
+    for discard in (0.0, 0.1, 0.25, 0.5, 0.9, 0.999):
+        keep = quantile_cut(scores, discard, ids).keep(scores, ids)
+        assert keep.sum() == kept_count(len(scores), discard)
+        if keep.any() and (~keep).any():
+            assert scores[keep].min() >= scores[~keep].max()
+        order = np.lexsort((ids, -scores))  # by score descending, then id ascending
+        assert set(ids[order[: keep.sum()]]) == set(ids[keep])
+
+
+# --------------------------------------------------------------------------------------------- batch rule
+
+
+def test_batch_draw_size():
+    assert batch_draw_size(0.25, 128) == 171  # 170.67
+    assert batch_draw_size(0.5, 4) == 8 and batch_draw_size(0.0, 5) == 5
+    assert batch_draw_size(1 / 3, 2) == 3  # 2.9999999 must not round to 2 extra draws
+    with pytest.raises(ValueError):
+        batch_draw_size(0.2, 0)
+
+
+def test_p_accept_closed_forms():
+    u = np.linspace(0, 1, 101)
+    np.testing.assert_allclose(p_accept(u, 0.5, 1), u, atol=1e-12)  # N=2, B=1: beat the other one
+    np.testing.assert_allclose(p_accept(u, 2 / 3, 1), u**2, atol=1e-12)  # N=3, B=1: beat both
+    np.testing.assert_allclose(p_accept(u, 1 / 3, 2), 1 - (1 - u) ** 2, atol=1e-12)  # N=3, B=2: beat one
+    np.testing.assert_array_equal(p_accept(u, 0.0, 16), np.ones_like(u))
+    assert p_accept(np.array([[0.0, 1.0]]), 0.25, 128).tolist() == [[0.0, 1.0]]  # shape kept, ends exact
+
+
+@pytest.mark.parametrize("discard,batch_size", [(0.25, 128), (0.5, 10), (0.9, 4), (0.3, 7), (0.95, 64)])
+def test_p_accept_mean_is_the_kept_fraction(discard, batch_size):
+    draw = batch_draw_size(discard, batch_size)
+    u = (np.arange(200_000) + 0.5) / 200_000  # midpoint rule on U(0, 1)
+    p = p_accept(u, discard, batch_size)
+    assert p.mean() == pytest.approx(batch_size / draw, abs=1e-6)
+    assert np.all(np.diff(p) >= -1e-12)  # higher CDF, never less likely to be kept
+    if (batch_size / (1 - discard)).is_integer():
+        assert p.mean() == pytest.approx(1 - discard, abs=1e-6)
+
+
+@pytest.mark.parametrize("discard,batch_size", [(0.5, 4), (0.25, 6), (0.8, 3)])
+def test_p_accept_matches_a_simulation_of_the_batch_rule(discard, batch_size):
+    draw = batch_draw_size(discard, batch_size)
+    rng = np.random.default_rng(1)
+    pools = rng.random((40_000, draw))  # scores ~ U(0, 1), so a score is its own CDF value
+    kept = np.zeros(pools.shape, dtype=bool)
+    np.put_along_axis(kept, np.argsort(-pools, axis=1)[:, :batch_size], True, axis=1)
+    bins = np.minimum((pools * 20).astype(int), 19)
+    predicted = p_accept(pools.ravel(), discard, batch_size).reshape(pools.shape)
+    for b in range(20):
+        in_bin = bins == b
+        assert kept[in_bin].mean() == pytest.approx(predicted[in_bin].mean(), abs=0.015)
+    assert kept.mean() == pytest.approx(batch_size / draw)
+
+
+def test_top_b_indices_ties_nan_and_order():
+    assert top_b_indices(np.array([0.1, 0.9, 0.5, 0.9]), 2).tolist() == [1, 3]
+    assert top_b_indices(np.array([1.0, 1.0, 1.0]), 2).tolist() == [0, 1]  # ties: earlier rows
+    assert top_b_indices(np.array([np.nan, 0.0, -1.0]), 2).tolist() == [1, 2]  # NaN is the lowest
+    assert top_b_indices(np.array([3.0, 2.0]), 5).tolist() == [0, 1]
+
+
+def _reference_top_b(scores, discard, batch_size):
+    """Kept row indices of the batch rule over a stream, written out plainly."""
+    draw, kept = batch_draw_size(discard, batch_size), []
+    for start in range(0, len(scores), draw):
+        pool = scores[start : start + draw]
+        b = batch_size if len(pool) == draw else round_half_up(len(pool) * batch_size / draw)
+        kept += sorted(start + i for i in sorted(range(len(pool)), key=lambda i: (-pool[i], i))[:b])
+    return kept
+
+
+def test_batch_filter_keeps_the_top_b_of_every_n():
+    rng = np.random.default_rng(2)
+    n, discard, batch_size = 203, 0.5, 4  # N = 8; the last pool has 3 rows and keeps round(1.5) = 2
+    features = torch.arange(n, dtype=torch.float32).unsqueeze(1)  # the row number, to check which rows came
+    labels = torch.from_numpy(rng.integers(0, 10, n))
+    true_scores = torch.from_numpy(rng.normal(size=n).astype(np.float32))
+    score_of = dict(zip(range(n), true_scores.tolist()))
+
+    def score_fn(batch):
+        rows, _ = batch
+        return torch.tensor([score_of[int(r)] for r in rows[:, 0]])
+
+    sizes = [5, 7, 1, 30, 160]  # source batches of uneven sizes, regrouped into pools of 8
+    starts = np.cumsum([0] + sizes)
+    source = [(features[a:b], labels[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+    out = list(BatchFilter(source, score_fn, discard, batch_size))
+    assert [len(rows) for rows, _ in out] == [4] * 25 + [2]
+    got = torch.cat([rows for rows, _ in out])[:, 0].long().tolist()
+    assert got == _reference_top_b(true_scores.numpy(), discard, batch_size)
+    assert torch.equal(torch.cat([y for _, y in out]), labels[got])
+    dropped = list(BatchFilter(source, score_fn, discard, batch_size, drop_last=True))
+    assert len(dropped) == 25
+
+    examples = [(features[i], labels[i]) for i in range(16)]  # single examples, collated
+    loader = torch.utils.data.DataLoader(BatchFilter(examples, score_fn, discard, batch_size, batched=False),
+                                         batch_size=None)
+    rows = torch.cat([x for x, _ in loader])[:, 0].long().tolist()
+    assert rows == _reference_top_b(true_scores.numpy()[:16], discard, batch_size)
+
+
+def test_filter_stream_batches_over_arrow_batches():
+    rng = np.random.default_rng(3)
+    n = 100
+    table = pa.table({"id": np.arange(n), "score": rng.normal(size=n)})
+    batches = table.to_batches(max_chunksize=9)  # as Ray Data's iter_batches(batch_format="pyarrow") would
+    out = list(filter_stream_batches(batches, lambda t: t.column("score"), 0.25, 6))  # N = 8
+    ids = np.concatenate([t.column("id").to_numpy() for t in out])
+    assert ids.tolist() == _reference_top_b(table.column("score").to_numpy(), 0.25, 6)
+    as_numpy = [{"score": table.column("score").to_numpy()}]
+    numpy_out = list(filter_stream_batches(as_numpy, lambda b: b["score"], 0.25, 6))
+    assert sum(len(b["score"]) for b in numpy_out) == len(ids)
+
+
+# --------------------------------------------------------------------------------------------- sample rule
+
+
+def test_empirical_cdf_midpoint_ties():
+    cdf = empirical_cdf(np.array([2.0, 1.0, 3.0, 2.0]))
+    assert cdf(np.array([0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0])).tolist() == [0, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 7 / 8, 1]
+    with pytest.raises(ValueError):
+        empirical_cdf(np.array([]))
+
+
+def test_row_uniforms_are_deterministic_and_uniform():
+    ids = np.arange(-1000, 99_000)
+    u = row_uniforms(ids, seed=7)
+    assert np.array_equal(u, row_uniforms(ids.copy(), seed=7)) and not np.array_equal(u, row_uniforms(ids, 8))
+    assert u.min() >= 0 and u.max() < 1 and u.mean() == pytest.approx(0.5, abs=0.005)
+    assert np.histogram(u, bins=10, range=(0, 1))[0].min() > 9500
+    assert np.array_equal(row_uniforms(ids[::-1], 7), u[::-1])  # a row's draw depends on its id alone
+
+
+def test_sample_rule_tabulation_matches_the_formula():
+    rng = np.random.default_rng(4)
+    sample, scores = rng.normal(size=500), np.concatenate([rng.normal(size=3000), [-9.0, 9.0]])
+    rule = SampleRule(sample, 0.25, 16, seed=0)
+    np.testing.assert_allclose(rule.probability(scores), p_accept(empirical_cdf(sample)(scores), 0.25, 16),
+                               atol=1e-12)
+    keep = rule.keep(scores, np.arange(len(scores)))
+    assert abs(keep.mean() - 16 / batch_draw_size(0.25, 16)) < 0.03
+    assert scores[keep].mean() > scores[~keep].mean()
+
+
+def test_summarize_hand_worked():
+    scores = np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.3])
+    kept = np.array([True, True, False, False, True, True])
+    bad = np.array([False, False, True, False, False, True])
+    summary = summarize(scores, kept, bad)
+    assert summary["rows_in"] == 6 and summary["rows_kept"] == 4 and summary["rows_removed"] == 2
+    assert summary["corrupted_removed"] == 1 and summary["corrupted_removed_fraction"] == 0.5
+    assert summary["removal_precision"] == 0.5  # removed {0.1 (bad), 0.2 (clean)}
+    assert summary["auroc"] == pytest.approx(7 / 8)  # clean > bad in 7 of the 4 x 2 pairs (0.2 < 0.3)
+    assert summary["corrupted_fraction_kept"] == 0.25
+    assert summarize(scores, np.ones(6, bool), bad)["removal_precision"] is None
+    assert summarize(scores, kept, np.zeros(6, bool))["auroc"] is None
+    assert set(summarize(scores, kept)) == {"rows_in", "rows_kept", "rows_removed"}
+
+
+# --------------------------------------------------------------------------------------------- jobs.filter
+
+
+def write_scored(directory: Path, n: int, seed: int = 0, files: int = 3, with_id: bool = True) -> dict:
+    """A small scored data set in the DESIGN.md schema plus score; corrupted rows score lower."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    bad = rng.random(n) < 0.3
+    score = (rng.normal(size=n) - 1.5 * bad).astype(np.float32)
+    score[rng.choice(n, 40, replace=False)] = np.float32(-0.25)  # a block of ties near the middle
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 256, (n, 16), dtype=np.uint8)
+    bounds = np.linspace(0, n, files + 1).astype(int)
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        columns = {
+            "id": ids[a:b],
+            "image": pa.FixedSizeListArray.from_arrays(pa.array(images[a:b].ravel(), pa.uint8()), 16),
+            "shape": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([4, 4], b - a), pa.int32()), 2),
+            "label": labels[a:b],
+            "is_corrupted": bad[a:b],
+            "corruption": np.where(bad[a:b], "label_flip", ""),
+            "score": score[a:b],
+        }
+        if not with_id:
+            del columns["id"]
+        pq.write_table(pa.table(columns), directory / f"part-{i:05d}.parquet")
+    (directory / "summary.json").write_text("{}")  # a non-Parquet file beside the data is skipped
+    return {"id": ids, "score": score, "is_corrupted": bad, "label": labels}
+
+
+def read_output(path: Path) -> pa.Table:
+    files = sorted(str(p) for p in path.glob("*.parquet"))
+    return pads.dataset(files, format="parquet").to_table()
+
+
+def auroc_by_pairs(scores, bad):
+    clean, corrupt = scores[~bad][:, None], scores[bad][None, :]
+    return float(((clean > corrupt) + 0.5 * (clean == corrupt)).mean())
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="drray-"),
+                 configure_logging=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def run_filter(capsys, *args):
+    from jobs.filter import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_filter_quantile_end_to_end(ray_cluster, tmp_path, capsys):
+    truth = write_scored(tmp_path / "scored", 600)
+    out = tmp_path / "curated"
+    code, stdout, err = run_filter(capsys, "--input", tmp_path / "scored", "--discard", 0.25, "--mode", "quantile",
+                                   "--output", out)
+    assert code == 0, err
+    table = read_output(out)
+    k = kept_count(600, 0.25)
+    assert table.num_rows == k == 450
+    order = np.lexsort((truth["id"], -truth["score"]))  # score descending, ties by smallest id
+    want = np.zeros(600, dtype=bool)
+    want[order[:k]] = True
+    assert table.column("id").to_pylist() == truth["id"][want].tolist()  # the right rows, in input order
+    assert table.column_names == ["id", "image", "shape", "label", "is_corrupted", "corruption", "score"]
+    summary = json.loads((out / "summary.json").read_text())
+    bad = truth["is_corrupted"]
+    assert summary["rows_in"] == 600 and summary["rows_kept"] == 450 and summary["mode"] == "quantile"
+    assert summary["threshold"] == float(truth["score"][want].min())
+    assert summary["auroc"] == pytest.approx(auroc_by_pairs(truth["score"].astype(np.float64), bad), abs=1e-12)
+    assert summary["corrupted_removed_fraction"] == pytest.approx((bad & ~want).sum() / bad.sum())
+    assert summary["removal_precision"] == pytest.approx((bad & ~want).sum() / (~want).sum())
+    assert "kept 450 of 600 rows" in stdout
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_filter_sample_end_to_end(ray_cluster, tmp_path, capsys):
+    n, discard, batch_size = 2000, 0.4, 12  # N = 20: keeps B/N = 0.6 in expectation
+    truth = write_scored(tmp_path / "scored", n, seed=1)
+    out = tmp_path / "curated"
+    out.mkdir()
+    (out / "old.txt").write_text("replaced")
+    code, _, err = run_filter(capsys, "--input", tmp_path / "scored", "--discard", discard, "--mode", "sample",
+                              "--batch-size", batch_size, "--seed", 5, "--output", out, "--overwrite")
+    assert code == 0, err
+    assert not (out / "old.txt").exists()
+    table = read_output(out)
+    # the same draws, computed here from the formula (the CDF sample is every score: n < --cdf-sample)
+    p = p_accept(empirical_cdf(truth["score"])(truth["score"]), discard, batch_size)
+    want = row_uniforms(truth["id"], 5) < p
+    assert table.column("id").to_pylist() == truth["id"][want].tolist()
+    mean, sd = p.sum(), np.sqrt((p * (1 - p)).sum())
+    assert abs(table.num_rows - n * 0.6) < 4 * sd and mean == pytest.approx(n * 0.6, rel=1e-3)
+    kept_scores = table.column("score").to_numpy()
+    assert kept_scores.mean() > truth["score"][~want].mean() + 0.5  # prefers high scores
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_kept"] == table.num_rows and summary["cdf_sample_size"] == n
+    assert summary["draw_size"] == 20 and summary["expected_rows_kept"] == pytest.approx(mean)
+    bad = truth["is_corrupted"]
+    assert summary["corrupted_removed"] == int((bad & ~want).sum())
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("no_score", "no score column"),
+    ("missing_input", "not found"),
+    ("discard_one", "--discard must be in [0, 1)"),
+    ("discard_negative", "--discard must be in [0, 1)"),
+    ("existing_output", "already exists"),
+    ("output_in_input", "overlaps --input"),
+    ("sample_without_id", "needs an integer id"),
+    ("nan_score", "NaN score"),
+])  # fmt: skip
+def test_filter_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, expected):
+    scored, out = tmp_path / "scored", tmp_path / "curated"
+    if case == "no_score":
+        truth_dir = tmp_path / "plain"
+        write_scored(truth_dir, 50)
+        table = pq.read_table(truth_dir / "part-00000.parquet").drop(["score"])
+        scored.mkdir()
+        pq.write_table(table, scored / "a.parquet")
+    elif case == "sample_without_id":
+        write_scored(scored, 50, with_id=False)
+    elif case == "nan_score":
+        write_scored(scored, 50, files=1)
+        table = pq.read_table(scored / "part-00000.parquet")
+        values = table.column("score").to_numpy().copy()
+        values[3] = np.nan
+        pq.write_table(table.set_column(6, "score", pa.array(values)), scored / "part-00000.parquet")
+    elif case != "missing_input":
+        write_scored(scored, 50)
+    args = ["--input", scored, "--discard", 0.25, "--output", out]
+    if case == "discard_one":
+        args[3] = 1.0
+    elif case == "discard_negative":
+        args[3] = -0.1
+    elif case == "existing_output":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    elif case == "output_in_input":
+        args[-1] = out = scored / "curated"
+        args.append("--overwrite")
+    elif case == "sample_without_id":
+        args += ["--mode", "sample"]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, _, err = run_filter(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written or removed
+
+
+def test_filter_job_as_a_subprocess_reports_bad_input(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jobs.filter", "--input", str(tmp_path / "nope"),
+                             "--discard", "0.5", "--output", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not found" in result.stderr
+    assert not (tmp_path / "out").exists()
