@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUBCOMMANDS = {"meta-train": "jobs.meta_train"}
+SUBCOMMANDS = {"meta-train": "jobs.meta_train", "prepare": "jobs.prepare", "score": "jobs.score", "filter": "jobs.filter"}
 
 
 def main(argv=None) -> int:

@@ -46,6 +46,8 @@ def test_drray_command_dispatches_to_jobs(tmp_path):
     from jobs.cli import main
 
     assert main(["no-such-job"]) == 2
-    result = subprocess.run([sys.executable, "-m", "jobs.cli", "meta-train", "--help"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "--resume" in result.stdout
+    for name, flag in [("meta-train", "--resume"), ("prepare", "--corrupt"), ("score", "--rater"),
+                       ("filter", "--discard")]:
+        result = subprocess.run([sys.executable, "-m", "jobs.cli", name, "--help"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and flag in result.stdout, (name, result.stderr)
