@@ -123,7 +123,8 @@ class RunConfig(_Section):
     seed: int = 0
     out: str = "runs/default"
     checkpoint_every: int = Field(100, ge=1)
-    log_every: int = Field(10, ge=1)  # progress line and AUROC every this many steps
+    log_every: int = Field(10, ge=1)  # a progress line every this many steps
+    auroc_every: int = Field(1, ge=1)  # score the probe set every this many steps (and at the last)
     device: str = "cpu"
 
 

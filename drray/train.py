@@ -123,7 +123,7 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
                     "(lower meta.lr or inner.lr, or set meta.clip_norm)")
             record = {"step": step, "outer_loss": stats.outer_loss, "inner_loss": stats.inner_loss,
                       "meta_grad_norm": stats.meta_grad_norm, "resets": stats.resets}
-            if has_truth:
+            if has_truth and ((step + 1) % cfg.run.auroc_every == 0 or step + 1 == cfg.meta.steps):
                 record["auroc"] = prober.auroc(population.rater_params)
             log.write(record)
             progress.update(step, record)

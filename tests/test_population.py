@@ -130,3 +130,10 @@ def test_outputs_to_a_filesystem_uri_and_resume_from_it(tmp_path):
     with pytest.raises(ConfigError, match="already holds a run"):
         meta_train(load_config(None, TINY + [f"run.out={uri}"]))
 
+
+
+def test_auroc_every_n_steps_and_at_the_last(tmp_path):
+    cfg = tiny_config(tmp_path, "run.auroc_every=4")
+    meta_train(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "auroc" in r] == [3, 5]

@@ -1,0 +1,197 @@
+"""Scoring a data set with a trained rater (DESIGN.md, "Using a trained rater").
+
+`score_table` is the maths of one batch: Arrow rows of the DESIGN.md schema in, the same rows
+out with a float32 `score` column. Both `jobs.score` (Ray Data, a pool of `RaterScorer`
+actors) and a plain single-process loop call it, so the two are the same computation.
+
+`check_schema` refuses, before anything is written, an input the rater cannot read: a missing
+column, a wrong image size or dtype. Problems of single rows (a null or undecodable image, a
+pixel that is NaN or outside 0..255, a label outside the rater's classes) are found per batch:
+`on_bad_row="fail"` stops with a one-line error naming the row's id; `"drop"` removes the rows.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from drray.errors import ConfigError, DataError
+from drray.streaming import decode_batch
+
+SCORE = "score"
+REQUIRED_COLUMNS = ("image", "shape", "label")
+BAD_ROW_MODES = ("fail", "drop")
+# Rows per forward pass. On CPU a conv rater runs slower on bigger batches (the activations fall
+# out of cache), so a large Ray Data batch is scored in chunks of this many rows.
+CHUNK_ROWS = 1024
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
+def _describe(info: dict) -> str:
+    height, width = info["image_shape"]
+    return f"the rater ({info.get('arch', '?')}, step {info.get('step', '?')}) takes {height}x{width} images"
+
+
+def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.Table] = None) -> None:
+    """A one-line DataError unless rows of `schema` can be scored by the rater of `info`
+    (load_rater's metadata). `first`: the data set's first row(s), to check the image size
+    where the schema alone cannot (variable-length lists)."""
+    height, width = info["image_shape"]
+    pixels = height * width
+    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
+    if missing:
+        raise DataError(f"{where}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+                        f"{_describe(info)} as image (list of uint8), shape [H, W] and label (see DESIGN.md, Data)")
+    image, shape, label = (schema.field(name).type for name in REQUIRED_COLUMNS)
+    if not _is_list(image) or not (pa.types.is_integer(image.value_type) or pa.types.is_floating(image.value_type)):
+        raise DataError(f"{where}: column image is {image}, not a list of pixels; store images as list<uint8>")
+    if not _is_list(shape) or not pa.types.is_integer(shape.value_type):
+        raise DataError(f"{where}: column shape is {shape}, not a list of integers [H, W]; rewrite the shape column")
+    if not pa.types.is_integer(label):
+        raise DataError(f"{where}: column label is {label}, not an integer class; store labels as int64")
+    if pa.types.is_fixed_size_list(image) and image.list_size != pixels:
+        raise DataError(f"{where}: images have {image.list_size} pixels but {_describe(info)} ({pixels} pixels); "
+                        "score data of the rater's image size, or use a rater trained on this data")
+    if first is not None and first.num_rows:
+        first_shape = first.column("shape")[0].as_py()
+        if first_shape is not None and list(first_shape) != [height, width]:
+            size = "x".join(str(side) for side in first_shape)
+            raise DataError(f"{where}: images are {size} (shape of the first row) but {_describe(info)}; "
+                            "score data of the rater's image size, or use a rater trained on this data")
+        first_image = first.column("image")[0]
+        if first_image.is_valid and len(first_image) != pixels:
+            raise DataError(f"{where}: the first row's image has {len(first_image)} pixels but {_describe(info)} "
+                            f"({pixels} pixels); score data of the rater's image size")
+
+
+def _shape_ok(shape: pa.ChunkedArray, height: int, width: int) -> np.ndarray:
+    if isinstance(shape, pa.ChunkedArray):
+        shape = shape.combine_chunks()  # 2 ints a row: a cheap copy
+    ok = pc.fill_null(pc.equal(pc.list_value_length(shape), 2), False).to_numpy(zero_copy_only=False)
+    if ok.any():
+        pairs = shape.filter(pa.array(ok))
+        first = pc.fill_null(pc.list_element(pairs, 0), -1).to_numpy(zero_copy_only=False)
+        second = pc.fill_null(pc.list_element(pairs, 1), -1).to_numpy(zero_copy_only=False)
+        ok[ok] = (first == height) & (second == width)
+    return ok
+
+
+def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optional[np.ndarray], str]:
+    """(mask of rows the rater cannot score, or None when every row is fine; why the first is bad)."""
+    height, width = image_shape
+    pixels = height * width
+    n = table.num_rows
+    checks: list[tuple[np.ndarray, str]] = []
+    image, label = table.column("image"), table.column("label")
+    if image.null_count:
+        checks.append((image.is_null().to_numpy(zero_copy_only=False), "image is null"))
+    if not pa.types.is_fixed_size_list(image.type):
+        lengths = pc.fill_null(pc.list_value_length(image), pixels).to_numpy(zero_copy_only=False)
+        checks.append((lengths != pixels, f"image does not have {height}x{width}={pixels} pixels"))
+    shape_bad = ~_shape_ok(table.column("shape"), height, width)
+    checks.append((shape_bad, f"shape is not [{height}, {width}]"))
+    labels = pc.fill_null(label, -1).to_numpy(zero_copy_only=False)
+    checks.append(((labels < 0) | (labels >= num_classes), f"label outside the rater's classes 0..{num_classes - 1}"))
+    if image.type.value_type != pa.uint8():  # NaN, fractions, out-of-range values: not a uint8 pixel
+        decodable = ~np.logical_or.reduce([mask for mask, _ in checks])
+        if decodable.any():
+            values = pc.list_flatten(image.filter(pa.array(decodable))).to_numpy(zero_copy_only=False)
+            values = values.reshape(-1, pixels).astype(np.float64, copy=False)
+            with np.errstate(invalid="ignore"):
+                wrong = ~((values >= 0) & (values <= 255) & (values == np.rint(values)))
+            bad_pixels = np.zeros(n, dtype=bool)
+            bad_pixels[decodable] = wrong.any(axis=1)
+            checks.append((bad_pixels, "pixel values must be whole numbers 0..255 (NaN or out of range)"))
+    bad = np.logical_or.reduce([mask for mask, _ in checks]) if checks else np.zeros(n, dtype=bool)
+    if not bad.any():
+        return None, ""
+    first = int(np.flatnonzero(bad)[0])
+    why = next(why for mask, why in checks if mask[first])
+    return bad, f"{_row_name(table, first)}: {why}"
+
+
+def _row_name(table: pa.Table, row: int) -> str:
+    if "id" in table.column_names:
+        return f"row id {table.column('id')[row].as_py()}"
+    return "a row (no id column)"
+
+
+def score_table(rater: torch.nn.Module, table: pa.Table, image_shape, num_classes: int,
+                on_bad_row: str = "fail", where: str = "input", device: str | torch.device = "cpu",
+                chunk_rows: int = CHUNK_ROWS) -> pa.Table:
+    """`table` with a float32 `score` column (replacing one already there), every other column
+    kept as it is. Rows the rater cannot score raise a DataError (fail) or are removed (drop);
+    the caller counts them as rows in minus rows out."""
+    if on_bad_row not in BAD_ROW_MODES:
+        raise ConfigError(f"on_bad_row={on_bad_row!r}: choose one of {', '.join(BAD_ROW_MODES)}")
+    bad, reason = find_bad_rows(table, image_shape, num_classes)
+    if bad is not None:
+        if on_bad_row == "fail":
+            raise DataError(f"{where}: {reason} ({int(bad.sum())} bad rows in this batch); fix those rows "
+                            "or pass --on-bad-row drop to leave them out")
+        table = table.filter(pa.array(~bad))
+    scores = np.empty(table.num_rows, dtype=np.float32)
+    start = 0
+    with torch.no_grad():
+        # Record batches are contiguous: flattening their image lists is zero-copy.
+        for batch in table.select(["image", "label"]).to_batches(max_chunksize=chunk_rows):
+            images, labels = decode_batch(batch, image_shape, num_classes, where)
+            # (Arrow's buffers are read-only: convert in numpy on CPU, copy the uint8 for a GPU.)
+            if torch.device(device).type == "cpu":
+                x = torch.from_numpy(images.astype(np.float32))
+            else:
+                x = torch.from_numpy(images.copy()).to(device).to(torch.float32)
+            x = x.unsqueeze(1).div_(255.0)  # as drray.data.to_tensors
+            y = torch.from_numpy(labels).to(device)
+            scores[start:start + len(labels)] = rater(x, y).float().cpu().numpy()
+            start += len(labels)
+    column = pa.array(scores, type=pa.float32())
+    if SCORE in table.column_names:
+        return table.set_column(table.column_names.index(SCORE), SCORE, column)
+    return table.append_column(SCORE, column)
+
+
+def rater_from_bytes(blob: bytes) -> tuple[torch.nn.Module, dict]:
+    """Like checkpoint.load_rater, from the bytes of a rater.pt (shipped to remote actors, which
+    may not see the run directory): (module in eval mode, metadata)."""
+    from drray.models import build_rater
+
+    saved = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+    rater = build_rater(saved["arch"], tuple(saved["image_shape"]), saved["num_classes"])
+    rater.load_state_dict(saved["rater"])
+    return rater.eval(), {key: value for key, value in saved.items() if key != "rater"}
+
+
+class RaterScorer:
+    """The callable class of a Ray Data actor pool: builds the rater once per actor, then
+    scores pyarrow batches with `score_table`. On the GPU when the actor was given one."""
+
+    def __init__(self, rater_blob: bytes, on_bad_row: str = "fail", threads: Optional[int] = None,
+                 where: str = "input", chunk_rows: int = CHUNK_ROWS):
+        """rater_blob: the bytes of a rater.pt (the actors may not see the run directory)."""
+        if threads:
+            torch.set_num_threads(int(threads))  # Ray leaves one thread to an actor of num_cpus <= 1
+        self.rater, info = rater_from_bytes(rater_blob)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray hides unassigned GPUs
+        self.rater.to(self.device)
+        self.image_shape, self.num_classes = tuple(info["image_shape"]), int(info["num_classes"])
+        self.on_bad_row, self.where, self.chunk_rows = on_bad_row, where, chunk_rows
+        self.reported = 0
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        scored = score_table(self.rater, batch, self.image_shape, self.num_classes, self.on_bad_row,
+                             self.where, self.device, self.chunk_rows)
+        dropped = batch.num_rows - scored.num_rows
+        if dropped and self.reported < 3:  # the total is reported by the job; a few examples here
+            self.reported += 1
+            _, reason = find_bad_rows(batch, self.image_shape, self.num_classes)
+            print(f"warning: {self.where}: dropped {dropped} bad rows of a batch ({reason})", file=sys.stderr)
+        return scored
