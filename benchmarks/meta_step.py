@@ -81,16 +81,18 @@ def run_one(args) -> dict:
     population = make_population(cfg, splits)
     baseline = reset_peak_rss()
     population.step()  # warm-up (allocator, autograd caches)
-    times = []
+    times, cpu = [], []
     for _ in range(args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         population.step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     peak = proc_status_mb("VmHWM")
     return {
         "kind": "meta_step", "method": args.method, "T": args.T, "pop": args.pop, "optimizer": args.optimizer,
         "lr": args.lr, "batch": args.batch, "steps_timed": args.steps,
         "sec_per_step": statistics.median(times), "sec_min": min(times), "sec_all": times,
+        "cpu_sec_per_step": statistics.median(cpu),  # process CPU time (both threads): robust to a busy machine
         "baseline_rss_mb": baseline, "peak_rss_mb": peak, "extra_mb": peak - baseline,
         "torch_threads": torch.get_num_threads(),
     }
@@ -247,6 +249,8 @@ def main_parent(args) -> int:
     for T in t_values:
         b, m = get[("backprop", T)], get[("mixflow", T)]
         per_t.append({"T": T, "time_ratio_mixflow_over_backprop": ratio(m["sec_per_step"], b["sec_per_step"]),
+                      "min_time_ratio_mixflow_over_backprop": ratio(m["sec_min"], b["sec_min"]),
+                      "cpu_time_ratio_mixflow_over_backprop": ratio(m["cpu_sec_per_step"], b["cpu_sec_per_step"]),
                       "extra_ratio_mixflow_over_backprop": ratio(m["extra_mb"], b["extra_mb"]),
                       "pinned_extra_ratio_mixflow_over_backprop": ratio(m.get("pinned_extra_mb", math.nan),
                                                                         b.get("pinned_extra_mb", math.nan)),
@@ -261,12 +265,24 @@ def main_parent(args) -> int:
         f"mixflow_extra_over_backprop_extra_T{t_mid}": ratio(get[("mixflow", t_mid)]["extra_mb"],
                                                               get[("backprop", t_mid)]["extra_mb"]),
         "max_time_ratio_mixflow_over_backprop": max(p["time_ratio_mixflow_over_backprop"] for p in per_t),
+        "max_cpu_time_ratio_mixflow_over_backprop": max(p["cpu_time_ratio_mixflow_over_backprop"] for p in per_t),
         f"pinned_mixflow_peak_T{t_hi}_over_T{t_lo}": ratio(mf_hi.get("pinned_peak_rss_mb", math.nan),
                                                            mf_lo.get("pinned_peak_rss_mb", math.nan)),
         f"pinned_mixflow_extra_over_backprop_extra_T{t_mid}": ratio(
             get[("mixflow", t_mid)].get("pinned_extra_mb", math.nan),
             get[("backprop", t_mid)].get("pinned_extra_mb", math.nan)),
     }
+    # Memory per extra inner step (slope of extra memory in T, from T=2 on): the T-independent part
+    # (the transient of one step's second-order product, the outer batch, allocator slack) cancels.
+    # From T=2, not T=1: at T=1 mixflow's backward needs no Hessian-vector product (theta_0 is a
+    # constant), so its transient is smaller there.
+    t_2 = min(t for t in t_values if t >= 2)
+    for tag, key in (("", "extra_mb"), ("pinned_", "pinned_extra_mb")):
+        slopes = {m: ratio(get[(m, t_hi)].get(key, math.nan) - get[(m, t_2)].get(key, math.nan), t_hi - t_2)
+                  for m in METHODS}
+        targets[f"{tag}backprop_mb_per_inner_step"] = slopes["backprop"]
+        targets[f"{tag}mixflow_mb_per_inner_step"] = slopes["mixflow"]
+        targets[f"{tag}slope_ratio_mixflow_over_backprop"] = ratio(slopes["mixflow"], slopes["backprop"])
     targets["met"] = {
         "mixflow_peak_flat (<= 1.5)": targets[f"mixflow_peak_T{t_hi}_over_T{t_lo}"] <= 1.5,
         "mixflow_extra_vs_backprop (<= 0.1)": targets[f"mixflow_extra_over_backprop_extra_T{t_mid}"] <= 0.1,
@@ -278,16 +294,18 @@ def main_parent(args) -> int:
 
     print()
     print(f"{'T':>3} | {'backprop s':>10} {'peak MB':>8} {'extra MB':>8} | {'mixflow s':>9} {'peak MB':>8} "
-          f"{'extra MB':>8} | {'t mf/bp':>7} {'extra mf/bp':>11} | {'floor s':>7} {'bp/floor':>8} {'mf/floor':>8} | "
+          f"{'extra MB':>8} | {'t mf/bp':>7} {'min':>5} {'cpu':>5} {'extra mf/bp':>11} | {'floor s':>7} {'bp/floor':>8} {'mf/floor':>8} | "
           f"{'pinned extra bp/mf MB':>21} {'ratio':>5}")
     for T, p in zip(t_values, per_t):
         b, m = get[("backprop", T)], get[("mixflow", T)]
         print(f"{T:>3} | {b['sec_per_step']:>10.3f} {b['peak_rss_mb']:>8.0f} {b['extra_mb']:>8.0f} | "
               f"{m['sec_per_step']:>9.3f} {m['peak_rss_mb']:>8.0f} {m['extra_mb']:>8.0f} | "
-              f"{p['time_ratio_mixflow_over_backprop']:>7.2f} {p['extra_ratio_mixflow_over_backprop']:>11.3f} | "
+              f"{p['time_ratio_mixflow_over_backprop']:>7.2f} {p['min_time_ratio_mixflow_over_backprop']:>5.2f} "
+              f"{p['cpu_time_ratio_mixflow_over_backprop']:>5.2f} {p['extra_ratio_mixflow_over_backprop']:>11.3f} | "
               f"{b['floor_sec']:>7.3f} {p['backprop_over_floor']:>8.2f} {p['mixflow_over_floor']:>8.2f} | "
               f"{b.get('pinned_extra_mb', math.nan):>10.0f} {m.get('pinned_extra_mb', math.nan):>10.0f} "
               f"{p['pinned_extra_ratio_mixflow_over_backprop']:>5.3f}")
+    print("t mf/bp: median wall time ratio; min: ratio of the fastest steps; cpu: ratio of process CPU time")
     print("floor = T*double-backward + forward+backward + rater forward+backward, from the primitives above")
     print(f"pinned: memory re-measured (1 warm-up + 1 step) with {PINNED_ENV}, which stops glibc from keeping "
           "freed tensor memory in its heap; it shows what the engine itself holds")
