@@ -23,15 +23,21 @@ def _reachable(address: str, timeout: float = 5.0) -> bool:
         return False
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join (--address, else RAY_ADDRESS), checked reachable; None: run locally."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and not _reachable(address):
+        raise ConfigError(f"cannot reach a Ray cluster at {address}; check the address "
+                          "(host:port of the head's GCS, 6379 by default) or leave it out to run locally")
+    return address
+
+
 def connect(address: str | None) -> bool:
     """Returns True when this call started a local Ray (and so should shut it down)."""
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     if address:
-        if not _reachable(address):
-            raise ConfigError(f"cannot reach a Ray cluster at {address}; check the address "
-                              "(host:port of the head's GCS, 6379 by default) or leave it out to run locally")
         try:
             ray.init(address=address, log_to_driver=True)
         except (ConnectionError, RuntimeError) as exc:

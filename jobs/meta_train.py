@@ -47,9 +47,10 @@ def run(cfg, args):
 
     if cfg.run.backend == "local":
         return meta_train(cfg, resume=args.resume, overwrite=args.overwrite)
-    from actors.cluster import connect
+    from actors.cluster import cluster_address, connect
     from actors.population import RayPopulation
 
+    cluster_address(args.address)  # an unreachable address fails before any output is written
     started = []
 
     def ray_population(cfg, splits):  # called after the data and the output dir are checked

@@ -32,6 +32,7 @@ def test_meta_train_job_end_to_end(tmp_path):
     (["--set", "inner.optimizer=rmsprop"], "inner.optimizer"),
     (["--config", "configs/nope.yaml"], "config file not found"),
     (["--set", "data.source=idx", "--set", "data.dir=/nonexistent/mnist"], "/nonexistent/mnist"),
+    (["--address", "127.0.0.1:1", *TINY], "cannot reach a Ray cluster at 127.0.0.1:1"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, expected):
     out = tmp_path / "run"
