@@ -1,0 +1,288 @@
+"""Score a Parquet data set with a trained rater: adds a float32 `score` column, keeps every other.
+
+    python -m jobs.score --rater RUN_DIR --input PATH --output PATH [--actors N] [--batch-size 4096]
+                         [--address ADDR] [--on-bad-row fail|drop] [--overwrite]
+
+Ray Data reads the Parquet (a file or a folder of shards; local or any pyarrow filesystem URI),
+a pool of rater actors scores it batch by batch (on GPUs where the cluster has them) and the
+result is written as Parquet shards under --output, streaming: memory stays bounded whatever
+the input's size. The input is checked against the rater, and --output claimed, before any work.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+from drray.errors import ConfigError, DataError, DrrayError
+from drray.scoring import BAD_ROW_MODES
+
+DEFAULT_BATCH_SIZE = 4096
+ROWS_PER_FILE = 65536  # output files of at least this many rows (the last may be smaller)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="drray score", description=__doc__.splitlines()[0])
+    parser.add_argument("--rater", required=True, help="the --out directory of a meta-train run (its checkpoint/rater.pt)")
+    parser.add_argument("--input", required=True, help="Parquet file or folder of shards (path or URI)")
+    parser.add_argument("--output", required=True, help="folder for the scored Parquet shards (path or URI)")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="rater actors (default: one per GPU where the cluster has GPUs, else one per CPU, "
+                             "at most one per input file)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per actor (default: the cluster's CPUs shared among the actors)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per batch sent to an actor")
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
+    parser.add_argument("--on-bad-row", choices=BAD_ROW_MODES, default="fail",
+                        help="rows that cannot be scored (null/undecodable image, NaN pixels, label out of range): "
+                             "stop with an error naming the row (fail) or leave them out (drop)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class ScoreSummary:
+    rows_in: int
+    rows_out: int
+    seconds: float
+    output: str
+    actors: int
+    device: str
+
+    @property
+    def dropped(self) -> int:
+        return self.rows_in - self.rows_out
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_out / self.seconds if self.seconds > 0 else float("nan")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except DrrayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: ScoreSummary) -> str:
+    dropped = f"; dropped {summary.dropped} bad rows" if summary.dropped else ""
+    return (f"scored {summary.rows_out} rows in {summary.seconds:.1f} s ({summary.rows_per_s:,.0f} rows/s, "
+            f"{summary.actors} actor{'s' if summary.actors != 1 else ''} on {summary.device}){dropped} -> {summary.output}")
+
+
+def read_rater(run_dir: str):
+    """(rater.pt bytes, metadata), checked to rebuild into this version's rater."""
+    from pathlib import Path
+
+    from drray.checkpoint import CHECKPOINT_DIR, load_rater
+
+    try:
+        _, info = load_rater(run_dir)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        if isinstance(exc, DrrayError):
+            raise
+        path = Path(run_dir) / CHECKPOINT_DIR / "rater.pt"
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: this rater checkpoint does not fit this version's raters ({detail}); "
+                          "score with the drray version that trained it, or retrain") from None
+    return (Path(run_dir) / CHECKPOINT_DIR / "rater.pt").read_bytes(), info
+
+
+def open_input(location: str):
+    """(pyarrow filesystem, path, pyarrow dataset) of the input; DataError when it is not Parquet."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    from drray.storage import resolve
+
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise DataError(f"{location}: no such file or folder; pass a Parquet file or a folder of Parquet shards")
+    try:
+        dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{location}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
+    if not dataset.files:
+        raise DataError(f"{location}: no Parquet files there; pass a Parquet file or a folder of shards")
+    return fs, path, dataset
+
+
+@dataclass
+class Plan:
+    """How the pipeline runs on this cluster."""
+    actors: int
+    threads: int  # torch threads per actor
+    actor_cpus: float  # logical CPUs requested per actor (and per read, which is fused into it)
+    actor_gpus: float
+    write_cpus: float
+
+
+def plan_resources(actors: int | None, threads: int | None, files: int) -> Plan:
+    """Actors and the resources they request. Requests must fit the cluster (one that cannot fit
+    waits forever); what an actor requests does not limit the torch threads it runs.
+
+    On CPUs the default is one single-threaded actor per CPU (at most one per input file, as
+    each file is read inside one actor): on 2 cores two 1-thread actors score faster than one
+    2-thread actor (BENCHMARKS.md)."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 1.0), int(total.get("GPU", 0))
+    reserve = min(1.0, cpus / 2)  # for the write tasks
+    if gpus:
+        actors = actors or gpus
+        if actors > gpus:
+            raise ConfigError(f"--actors {actors} asks for a GPU each but the cluster has {gpus}; "
+                              f"pass --actors {gpus} or fewer")
+        return Plan(actors, threads or 1, min(1.0, max(0.1, (cpus - reserve) / actors)), 1.0, reserve)
+    actors = actors or max(1, min(int(cpus), files))
+    threads = threads or max(1, int(cpus) // actors)
+    return Plan(actors, threads, min(float(threads), max(0.1, (cpus - reserve) / actors)), 0.0, reserve)
+
+
+def bytes_per_row(dataset) -> float:
+    """Uncompressed bytes a row of the input takes, from the first file's Parquet footer."""
+    try:
+        metadata = dataset.get_fragments().__next__().metadata
+        sizes = [metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)]
+        return max(1.0, sum(sizes) / max(1, metadata.num_rows))
+    except (StopIteration, OSError, AttributeError):
+        return 1024.0
+
+
+def run(args) -> ScoreSummary:
+    import pyarrow.dataset as pads
+
+    from drray.scoring import check_schema
+    from drray.storage import claim_output
+
+    if args.actors is not None and args.actors < 1:
+        raise ConfigError(f"--actors {args.actors}: need at least 1")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: need at least 1")
+    blob, info = read_rater(args.rater)
+    in_fs, in_path, dataset = open_input(args.input)
+    check_schema(dataset.schema, info, args.input, dataset.head(1, columns=["image", "shape"]))
+    rows_in = dataset.count_rows()  # from the Parquet footers
+    out_fs, out_path = claim_output(args.output, args.overwrite)
+
+    from actors.cluster import connect
+
+    started = connect(args.address)
+    try:
+        plan = plan_resources(args.actors, args.threads, len(dataset.files))
+        block_bytes = max(2**16, int(args.batch_size * bytes_per_row(dataset)))
+        begin = time.perf_counter()
+        try:
+            pipeline((in_path, in_fs, dataset.files), (out_path, out_fs), blob, args, plan, block_bytes)
+        except Exception as exc:  # the output is ours (claimed above): leave no half-written data set
+            _remove(out_fs, out_path)
+            error = _drray_error(exc)
+            if error is not None:  # Ray Data appends lines about retries to the message: keep ours
+                raise type(error)(str(error).splitlines()[0]) from None
+            raise
+        seconds = time.perf_counter() - begin
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    rows_out = pads.dataset(out_path, filesystem=out_fs, format="parquet").count_rows()
+    device = "GPU" if plan.actor_gpus else f"CPU, {plan.threads} thread{'s' if plan.threads != 1 else ''} each"
+    return ScoreSummary(rows_in, rows_out, seconds, args.output, plan.actors, device)
+
+
+class _QuietUserErrors(logging.Filter):
+    """Ray Data logs an actor's exception (with a stack trace) before raising it; the job reports
+    it itself, in one line for a DrrayError, with the traceback for anything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+QUIET_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
+
+
+def pipeline(source, sink, blob: bytes, args, plan: Plan, block_bytes: int) -> None:
+    """read_parquet -> a pool of RaterScorer actors -> write_parquet, streaming.
+
+    Tuned for throughput (BENCHMARKS.md): the read is fused into the actors (Read->MapBatches runs
+    in the actor: no read tasks, no copy of the input through the object store), which needs
+    map_batches(batch_size=None), the read's resources equal to the actors', and one read task
+    per file (no block splitting); the batch size is then set through the read's block size.
+    The legacy Parquet datasource decodes list columns several times cheaper than the v2 one."""
+    import ray
+
+    from drray.scoring import RaterScorer
+
+    (in_path, in_fs, files), (out_path, out_fs) = source, sink
+    context = ray.data.DataContext.get_current()
+    settings = {
+        "raise_original_map_exception": True,  # an actor's DataError, not Ray Data's UserCodeException
+        "use_datasource_v2": False,
+        "target_max_block_size": block_bytes,  # blocks of about --batch-size rows
+        "decoding_size_estimation": False,  # skips sampling the files in extra tasks before the run
+    }
+    saved = {name: getattr(context, name) for name in settings}
+    quiet = _QuietUserErrors()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).addFilter(quiet)
+    try:
+        for name, value in settings.items():
+            setattr(context, name, value)
+        dataset = ray.data.read_parquet(in_path, filesystem=in_fs, num_cpus=plan.actor_cpus,
+                                        override_num_blocks=len(files))
+        scored = dataset.map_batches(
+            RaterScorer,
+            fn_constructor_args=(blob, args.on_bad_row, plan.threads, args.input),
+            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            batch_format="pyarrow",
+            batch_size=None,  # whole blocks: lets the read fuse into the actors
+            num_cpus=plan.actor_cpus,
+            num_gpus=plan.actor_gpus,
+        )
+        scored.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=ROWS_PER_FILE,
+                             ray_remote_args={"num_cpus": plan.write_cpus})
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
+
+
+def _drray_error(exc: BaseException):
+    """The DrrayError an actor raised, found inside Ray's wrappers (RayTaskError, UserCodeException)."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)  # RayTaskError(DataError) is a DataError too, its text a traceback
+        if isinstance(current, DrrayError) and not isinstance(inner, DrrayError):
+            return current
+        stack += [current.__context__, current.__cause__, inner]
+    return None
+
+
+def _remove(fs, path) -> None:
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
