@@ -3,7 +3,6 @@ the batch rule, the CDF, top-B batches), and jobs.filter on a small scored Parqu
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -268,17 +267,6 @@ def auroc_by_pairs(scores, bad):
     return float(((clean > corrupt) + 0.5 * (clean == corrupt)).mean())
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="drray-"),
-                 configure_logging=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 def run_filter(capsys, *args):

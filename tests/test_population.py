@@ -1,7 +1,6 @@
 """Population logic in one process: schedule, truncated BPTT, determinism, resume, divergence."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -2,7 +2,6 @@
 `jobs.score` (Ray Data, a pool of rater actors) on a local Ray."""
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,6 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 
 from drray.checkpoint import load_rater, save_checkpoint
@@ -25,15 +23,6 @@ from jobs.score import main as score_main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="drray-t-"),
-                 configure_logging=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
