@@ -1,12 +1,13 @@
 """Score a Parquet data set with a trained rater: adds a float32 `score` column, keeps every other.
 
-    python -m jobs.score --rater RUN_DIR --input PATH --output PATH [--actors N] [--batch-size 4096]
-                         [--address ADDR] [--on-bad-row fail|drop] [--overwrite]
+    python -m jobs.score --rater RUN_DIR --input PATH --output PATH [--actors N] [--threads T]
+                         [--batch-size 4096] [--address ADDR] [--on-bad-row fail|drop] [--overwrite]
 
 Ray Data reads the Parquet (a file or a folder of shards; local or any pyarrow filesystem URI),
-a pool of rater actors scores it batch by batch (on GPUs where the cluster has them) and the
-result is written as Parquet shards under --output, streaming: memory stays bounded whatever
-the input's size. The input is checked against the rater, and --output claimed, before any work.
+a pool of rater actors scores it block by block (on GPUs where the cluster has them) and the
+result is written as Parquet files under --output, streaming: memory stays bounded whatever the
+input's size. The input is checked against the rater, and --output claimed, before any work.
+A `score` column already in the input is replaced. Row order is not kept; `id` identifies rows.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from drray.errors import ConfigError, DataError, DrrayError
 from drray.scoring import BAD_ROW_MODES
 
 DEFAULT_BATCH_SIZE = 4096
-ROWS_PER_FILE = 65536  # output files of at least this many rows (the last may be smaller)
+ROWS_PER_FILE = 32768  # output files of at least this many rows (the last may be smaller)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "at most one per input file)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per actor (default: the cluster's CPUs shared among the actors)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per batch sent to an actor")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="about this many rows per block an actor scores at once")
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     parser.add_argument("--on-bad-row", choices=BAD_ROW_MODES, default="fail",
                         help="rows that cannot be scored (null/undecodable image, NaN pixels, label out of range): "
@@ -81,17 +83,25 @@ def read_rater(run_dir: str):
     """(rater.pt bytes, metadata), checked to rebuild into this version's rater."""
     from pathlib import Path
 
+    import torch
+
     from drray.checkpoint import CHECKPOINT_DIR, load_rater
 
     try:
         _, info = load_rater(run_dir)
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, DrrayError):
             raise
         path = Path(run_dir) / CHECKPOINT_DIR / "rater.pt"
+        try:
+            saved = torch.load(path, weights_only=True, map_location="cpu")
+            height, width = saved["image_shape"]
+            made = f"arch {saved['arch']}, {height}x{width} images, {saved['num_classes']} classes"
+        except Exception:  # noqa: BLE001 - unreadable metadata: say so instead
+            made = "unreadable metadata"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: this rater checkpoint does not fit this version's raters ({detail}); "
-                          "score with the drray version that trained it, or retrain") from None
+        raise ConfigError(f"{path}: the checkpoint ({made}) does not load into this version's rater of that "
+                          f"config ({detail}); score with the drray version that trained it, or retrain") from None
     return (Path(run_dir) / CHECKPOINT_DIR / "rater.pt").read_bytes(), info
 
 
@@ -172,6 +182,8 @@ def run(args) -> ScoreSummary:
     in_fs, in_path, dataset = open_input(args.input)
     check_schema(dataset.schema, info, args.input, dataset.head(1, columns=["image", "shape"]))
     rows_in = dataset.count_rows()  # from the Parquet footers
+    if rows_in == 0:
+        raise DataError(f"{args.input}: no rows to score")
     out_fs, out_path = claim_output(args.output, args.overwrite)
 
     from actors.cluster import connect

@@ -225,7 +225,8 @@ def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_pat
     # A checkpoint that does not fit this version's raters names the checkpoint and the problem.
     save_checkpoint(tmp_path / "odd", {"step": 3}, {"rater": build_rater("mlp", (8, 8), 10).state_dict(), "arch": "cnn",
                                                     "image_shape": [8, 8], "num_classes": 10}, {})
-    with pytest.raises(ConfigError, match=r"odd/checkpoint/rater.pt: this rater checkpoint does not fit"):
+    with pytest.raises(ConfigError, match=r"odd/checkpoint/rater.pt: the checkpoint \(arch cnn, 8x8 images, 10 classes\) "
+                       r"does not load into this version's rater of that config \(Error"):
         from jobs.score import read_rater
 
         read_rater(str(tmp_path / "odd"))
