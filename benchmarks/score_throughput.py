@@ -9,12 +9,14 @@ Data: synthetic MNIST-shaped rows (28x28 uint8 images, ~20% of pixels lit, label
 50,000 rows, written once under /tmp/drray-score-bench/ and reused; the data sets of each size
 hard-link the same shards. Rater: the MNIST `cnn` rater with random weights (seed 0) in the
 checkpoint format. Both ways read the Parquet and write the scored Parquet (the plain loop with
-torch's default threads, batches of 4096 rows, one ParquetWriter); at the smallest size the plain
-loop also runs without writing, for reference. Ray's rows/s is the job's own figure: its pipeline
-from read to the last file written, actor start-up included, on a local Ray the job starts (that
-start is in the command's wall time only). Runs alternate between the ways (median of --repeats
-at the smallest size, one run above), so a shared machine's drifts hit both. CPU-s: the CPU time
-of every process of each way. Memory: the Ray job's peak PSS, sampled every 0.2 s; a size the
+torch's default threads, batches of 16384 rows as the job's blocks, one ParquetWriter); at the
+smallest size the plain loop also runs without writing, for reference. Ray's rows/s is the job's
+own figure: its pipeline from read to the last file written, actor start-up included, on a local
+Ray the job starts (that start is in the command's wall time only). Runs alternate between the
+ways (median of --repeats at the smallest size, one run above), so a shared machine's drifts hit
+both. CPU-s: the CPU time of every process of each way (for Ray, of the whole command, Ray's
+start included). Steady state: per way, seconds = fixed + rows / rate, fitted through the smallest
+and largest sizes. Memory: the Ray job's peak PSS, sampled every 0.2 s; a size the
 throughput runs covered is not run again. Writes benchmarks/results/score_throughput.json.
 """
 from __future__ import annotations
@@ -42,12 +44,13 @@ import torch  # noqa: E402
 from drray.checkpoint import load_rater, save_checkpoint  # noqa: E402
 from drray.models import build_rater  # noqa: E402
 from drray.scoring import score_table  # noqa: E402
+from jobs.score import DEFAULT_BATCH_SIZE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("DRRAY_BENCH_CACHE", "/tmp/drray-score-bench"))
 SHARD_ROWS = 50_000
 HEIGHT = WIDTH = 28
-BATCH = 4096
+BATCH = DEFAULT_BATCH_SIZE  # rows per batch of the plain loop, as the job's default block
 
 
 # ---------------------------------------------------------------- data and rater
@@ -236,6 +239,21 @@ def median_of(runs: list[dict], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
+def fixed_and_marginal(throughput: list[dict]) -> dict:
+    """Per way, from the smallest and largest sizes: seconds = fixed + rows / marginal rate.
+    The fixed part is start-up (for Ray: reading the footers, starting the actor processes, which
+    import torch) plus the tail after the last block; the marginal rate is the steady state."""
+    if len(throughput) < 2:
+        return {}
+    small, large = throughput[0], throughput[-1]
+    fit = {}
+    for way in ("plain", "ray"):
+        rate = (large["rows"] - small["rows"]) / (large[f"{way}_s"] - small[f"{way}_s"])
+        fit[way] = {"marginal_rows_per_s": rate, "fixed_s": small[f"{way}_s"] - small["rows"] / rate}
+    fit["marginal_ratio"] = fit["ray"]["marginal_rows_per_s"] / fit["plain"]["marginal_rows_per_s"]
+    return fit
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -286,6 +304,12 @@ def main() -> None:
         print(f"{rows:>9,} rows  plain {row['plain_rows_per_s']:>6,.0f} rows/s ({row['plain_cpu_s']:.0f} CPU-s)  "
               f"ray {row['ray_rows_per_s']:>6,.0f} rows/s ({row['ray_cpu_s']:.0f} CPU-s)  ratio {row['ratio']:.2f}x  "
               f"[ray command wall {row['ray_wall_s']:.0f} s incl. Ray start; median of {repeats}]", flush=True)
+    fit = fixed_and_marginal(throughput)
+    if fit:
+        print(f"steady state (from {throughput[0]['rows']:,} and {throughput[-1]['rows']:,} rows): plain "
+              f"{fit['plain']['marginal_rows_per_s']:,.0f} rows/s + {fit['plain']['fixed_s']:.1f} s fixed, ray "
+              f"{fit['ray']['marginal_rows_per_s']:,.0f} rows/s + {fit['ray']['fixed_s']:.1f} s fixed "
+              f"(marginal ratio {fit['marginal_ratio']:.2f}x)", flush=True)
     memory = []
     if not args.no_memory:
         for rows in args.memory_rows:
@@ -304,7 +328,7 @@ def main() -> None:
     result = {
         "command": "python -m benchmarks.score_throughput " + " ".join(sys.argv[1:]),
         "cpus": os.cpu_count(), "torch_threads_plain": torch.get_num_threads(), "batch_size": BATCH,
-        "job_args": extra, "throughput": throughput, "memory": memory,
+        "job_args": extra, "throughput": throughput, "steady_state": fit, "memory": memory,
     }  # fmt: skip
     if len(memory) >= 2:
         result["memory_ratio"] = memory[-1]["peak_pss_bytes"] / memory[0]["peak_pss_bytes"]

@@ -100,7 +100,8 @@ def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optio
     checks.append((shape_bad, f"shape is not [{height}, {width}]"))
     labels = pc.fill_null(label, -1).to_numpy(zero_copy_only=False)
     checks.append(((labels < 0) | (labels >= num_classes), f"label outside the rater's classes 0..{num_classes - 1}"))
-    if image.type.value_type != pa.uint8():  # NaN, fractions, out-of-range values: not a uint8 pixel
+    if image.type.value_type != pa.uint8() or pc.list_flatten(image).null_count:
+        # NaN, null, fractional or out-of-range pixel values: not a uint8 pixel
         decodable = ~np.logical_or.reduce([mask for mask, _ in checks])
         if decodable.any():
             values = pc.list_flatten(image.filter(pa.array(decodable))).to_numpy(zero_copy_only=False)
@@ -109,7 +110,7 @@ def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optio
                 wrong = ~((values >= 0) & (values <= 255) & (values == np.rint(values)))
             bad_pixels = np.zeros(n, dtype=bool)
             bad_pixels[decodable] = wrong.any(axis=1)
-            checks.append((bad_pixels, "pixel values must be whole numbers 0..255 (NaN or out of range)"))
+            checks.append((bad_pixels, "pixel values must be whole numbers 0..255 (NaN, null or out of range)"))
     bad = np.logical_or.reduce([mask for mask, _ in checks]) if checks else np.zeros(n, dtype=bool)
     if not bad.any():
         return None, ""

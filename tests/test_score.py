@@ -30,8 +30,9 @@ def trained(tmp_path_factory):
     """(run dir of a 5-step digits rater, its training split written as Parquet, the split)."""
     root = tmp_path_factory.mktemp("score")
     cfg = load_config(None, ["data.source=digits", "data.max_train=300", "data.probe_size=100", "population.size=2",
-                             "meta.steps=5", "inner.batch_size=32", "meta.outer_batch_size=32", f"run.out={root / 'run'}",
-                             "run.backend=local", "data.corruption=[{kind: label_flip, fraction: 0.3}]"])
+                             "meta.steps=5", "inner.batch_size=32", "meta.outer_batch_size=32",
+                             f"run.out={root / 'run'}", "run.backend=local",
+                             "data.corruption=[{kind: label_flip, fraction: 0.3}]"])
     meta_train(cfg)
     splits = build_splits(cfg.data, cfg.run.seed)
     data = root / "train.parquet"
@@ -53,7 +54,8 @@ def one_line_error(capsys, after_ray: bool = False) -> str:
     """The job's error line; after Ray ran, Ray Data's progress lines may precede it, no traceback."""
     lines = capsys.readouterr().err.strip().splitlines()
     if after_ray:
-        lines = _without_logging_errors(lines)  # the actor's traceback and Ray Data's retry advice are not repeated to the user
+        lines = _without_logging_errors(lines)
+        # The actor's traceback and Ray Data's retry advice are not repeated to the user.
         assert not any("scoring.py" in line or "Failed to apply UDF" in line for line in lines), lines
         lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
@@ -63,7 +65,7 @@ def one_line_error(capsys, after_ray: bool = False) -> str:
 def _without_logging_errors(lines: list[str]) -> list[str]:
     """Under pytest, Ray's log handlers can outlive an earlier test's captured stderr; each record
     then prints a '--- Logging error ---' block (with whatever exception is being handled). Not
-    seen outside pytest (test_job_as_a_command_prints_one_line_errors runs the real command)."""
+    seen when the job runs as a command."""
     kept, skipping = [], False
     for line in lines:
         if line == "--- Logging error ---":
@@ -88,7 +90,8 @@ def test_score_table_keeps_columns_and_matches_the_rater(trained):
     scored = score_table(rater, table, tuple(info["image_shape"]), info["num_classes"], chunk_rows=64)
     assert scored.column_names == table.column_names + [SCORE] and scored.schema.field(SCORE).type == pa.float32()
     assert scored.drop_columns([SCORE]).equals(table)
-    np.testing.assert_allclose(scored.column(SCORE).to_numpy(), expected_scores(run_dir, examples), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(scored.column(SCORE).to_numpy(), expected_scores(run_dir, examples),
+                               rtol=1e-6, atol=1e-6)
     rescored = score_table(rater, scored, tuple(info["image_shape"]), info["num_classes"])  # replaces, not duplicates
     assert rescored.column_names == scored.column_names
 
@@ -125,6 +128,9 @@ def test_bad_rows_are_found_named_and_dropped(trained):
                                                   pa.list_(pa.uint8())))
     with pytest.raises(DataError, match=f"row id {ids[4]}: image does not have 8x8=64 pixels"):
         score_table(rater, ragged, shape, classes)
+    holes = [row[:3] + [None] + row[4:] if i == 3 else row for i, row in enumerate(rows)]
+    with pytest.raises(DataError, match=f"row id {ids[3]}: pixel values"):
+        score_table(rater, with_column(table, "image", pa.array(holes, pa.list_(pa.uint8()))), shape, classes)
     shapes = pa.array([[8, 8]] * 5 + [[4, 16]], pa.list_(pa.int32()))
     with pytest.raises(DataError, match=rf"row id {ids[5]}: shape is not \[8, 8\]"):
         score_table(rater, with_column(table, "shape", shapes), shape, classes)
@@ -225,8 +231,9 @@ def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_pat
     # A checkpoint that does not fit this version's raters names the checkpoint and the problem.
     save_checkpoint(tmp_path / "odd", {"step": 3}, {"rater": build_rater("mlp", (8, 8), 10).state_dict(), "arch": "cnn",
                                                     "image_shape": [8, 8], "num_classes": 10}, {})
-    with pytest.raises(ConfigError, match=r"odd/checkpoint/rater.pt: the checkpoint \(arch cnn, 8x8 images, 10 classes\) "
-                       r"does not load into this version's rater of that config \(Error"):
+    with pytest.raises(ConfigError, match=r"odd/checkpoint/rater.pt: the checkpoint "
+                       r"\(arch cnn, 8x8 images, 10 classes\) does not load into this version's rater "
+                       r"of that config \(Error"):
         from jobs.score import read_rater
 
         read_rater(str(tmp_path / "odd"))
