@@ -74,6 +74,10 @@ def load_rater(run_dir: Path):
     if not path.is_file():
         raise ConfigError(f"{path}: no rater checkpoint; pass the --out directory of a meta-train run")
     saved = torch.load(path, weights_only=True, map_location="cpu")
+    missing = [key for key in ("rater", "arch", "image_shape", "num_classes") if key not in saved]
+    if missing:
+        raise ConfigError(f"{path}: not a drray rater checkpoint (no {', '.join(missing)}); "
+                          "meta-train the rater again with this version")
     rater = build_rater(saved["arch"], tuple(saved["image_shape"]), saved["num_classes"])
     rater.load_state_dict(saved["rater"])
     return rater.eval(), {k: v for k, v in saved.items() if k != "rater"}

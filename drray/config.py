@@ -128,6 +128,22 @@ class RunConfig(_Section):
     device: str = "cpu"
 
 
+class EvaluateConfig(_Section):
+    """jobs.evaluate: fresh models trained with the inner section's arch, optimizer, lr and batch size."""
+    steps: int = Field(1000, ge=1)  # training steps of every fresh model, whatever the method
+    seeds: int = Field(5, ge=1)
+    discard: list[float] = [0.1, 0.25, 0.5]
+    methods: list[Literal["baseline", "datarater", "random", "loss"]] = ["baseline", "datarater", "random", "loss"]
+
+    @field_validator("discard")
+    @classmethod
+    def _fractions(cls, discard: list[float]) -> list[float]:
+        bad = [d for d in discard if not 0.0 <= d < 1.0]
+        if bad or not discard:
+            raise ValueError(f"discard fractions must be in [0, 1) (got {bad[0] if bad else 'none'})")
+        return sorted(set(discard))
+
+
 class Config(_Section):
     data: DataConfig = DataConfig()
     rater: RaterConfig = RaterConfig()
@@ -136,6 +152,7 @@ class Config(_Section):
     meta: MetaConfig = MetaConfig()
     resources: ResourcesConfig = ResourcesConfig()
     run: RunConfig = RunConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUBCOMMANDS = {"meta-train": "jobs.meta_train", "prepare": "jobs.prepare", "score": "jobs.score", "filter": "jobs.filter"}
+SUBCOMMANDS = {"meta-train": "jobs.meta_train", "prepare": "jobs.prepare", "score": "jobs.score", "filter": "jobs.filter",
+               "evaluate": "jobs.evaluate", "tune": "jobs.tune"}
 
 
 def main(argv=None) -> int:

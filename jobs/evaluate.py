@@ -1,0 +1,148 @@
+"""Evaluate a trained rater: does training on the data it keeps beat training on everything?
+
+    python -m jobs.evaluate --config configs/mnist.yaml --rater RUN_DIR --discard 0.1,0.25,0.5 --seeds 5 --out DIR
+
+Fresh inner models (the config's inner arch, optimizer, lr and batch size; --steps steps each)
+are trained from scratch on the config's training split: on all of it (baseline), and with the
+paper's batch rule driven by the rater's score (datarater), by a random score (random drop) and by
+minus the loss under a model trained on the held-out split (loss heuristic), at every --discard
+fraction. The runs are Ray tasks (a local Ray is started when there is no cluster address). OUT
+gets results.json (a row per method and fraction: test accuracy mean, std, standard error, n and,
+with ground truth, AUROC and precision of removal), results.md, accuracy.png and scores.png.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+from drray.errors import ConfigError, DrrayError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="drray evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config of the data and the inner model (every field has a default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config field; repeatable")
+    parser.add_argument("--rater", help="the --out directory of a meta-train run (needed for the datarater method)")
+    parser.add_argument("--discard", help="comma-separated fractions in [0, 1) (default: evaluate.discard, 0.1,0.25,0.5)")
+    parser.add_argument("--seeds", type=int, help="seeds per method and fraction (default: evaluate.seeds, 5)")
+    parser.add_argument("--steps", type=int, help="training steps of every fresh model (default: evaluate.steps, 1000)")
+    parser.add_argument("--methods", help="comma-separated subset of baseline,datarater,random,loss (default: all)")
+    parser.add_argument("--out", required=True, help="output directory (local path or URI)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in OUT")
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace):
+    from drray.config import load_config
+
+    overrides = list(args.overrides)
+    for flag, key, wrap in (("discard", "discard", True), ("seeds", "seeds", False), ("steps", "steps", False),
+                            ("methods", "methods", True)):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"evaluate.{key}=[{value}]" if wrap else f"evaluate.{key}={value}")
+    cfg = load_config(args.config, overrides)
+    if "datarater" in cfg.evaluate.methods and not args.rater:
+        raise ConfigError("--rater RUN_DIR is needed for the datarater method (or leave it out of --methods)")
+    return cfg
+
+
+def check_rater_fits(meta: dict, rater_dir: str, splits, data_name: str) -> None:
+    shape, classes = tuple(meta["image_shape"]), int(meta["num_classes"])
+    if shape != tuple(splits.image_shape) or classes != splits.num_classes:
+        raise ConfigError(
+            f"rater {rater_dir} was trained on {shape[0]}x{shape[1]} images with {classes} classes, but data "
+            f"{data_name} has {splits.image_shape[0]}x{splits.image_shape[1]} images with {splits.num_classes} "
+            "classes; evaluate it with the config it was meta-trained on")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except DrrayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report, flush=True)
+    return 0
+
+
+def run(args: argparse.Namespace) -> str:
+    from drray.checkpoint import load_rater
+    from drray.data import build_splits
+    from drray.storage import RunDir
+
+    cfg = config_from_args(args)
+    out = RunDir(args.out)
+    out.pull()
+    if (out.local / "results.json").exists() and not args.overwrite:
+        raise ConfigError(f"{out.display()} already holds an evaluation; pass --overwrite or choose another --out")
+    rater = None
+    if "datarater" in cfg.evaluate.methods:
+        rater, meta = load_rater(args.rater)
+    splits = build_splits(cfg.data, cfg.run.seed)
+    if splits.train is None:
+        raise ConfigError("evaluate needs the training set in memory; set data.stream=false")
+    if rater is not None:
+        check_rater_fits(meta, args.rater, splits, cfg.data.source)
+    from actors.cluster import connect
+
+    started = connect(args.address)
+    try:
+        return evaluate(cfg, splits, rater, out)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def evaluate(cfg, splits, rater, out) -> str:
+    from actors.tasks import map_tasks
+    from drray import evaluation as ev
+    from drray.models import choose_arch
+    from drray.evaluation_report import plot_accuracy, plot_score_histograms, results_markdown, write_results
+
+    budget, settings = ev.Budget.from_config(cfg), cfg.evaluate
+    scores = {}
+    if rater is not None:
+        scores["datarater"] = ev.rater_scores(rater, splits.train)
+    if "loss" in settings.methods:
+        print("training the loss-heuristic model on the held-out split ...", flush=True)
+        scores["loss"] = ev.loss_heuristic_scores(budget, splits, cfg.run.seed)
+    specs = ev.run_specs(settings.methods, settings.discard, settings.seeds, cfg.run.seed)
+    print(f"evaluate: {len(specs)} runs of {budget.steps} steps ({len(splits.train)} training examples)", flush=True)
+    started = time.monotonic()
+    runs = map_tasks(ev.run_one, specs, (budget,), ev.shared_arrays(splits, scores),
+                     describe=lambda s, r: f"{s.method:<9} discard {s.discard:<4g} seed {s.seed}: "
+                                           f"test accuracy {100 * r['acc']:.2f}%")
+    rows = ev.aggregate(runs)
+    truth = splits.train.is_corrupted
+    if truth.any():
+        for row in rows:
+            row_scores = scores.get(row["method"])
+            if row["method"] == "random":
+                row_scores = ev.random_scores(len(truth), cfg.run.seed)
+            if row_scores is not None:
+                row.update(ev.selection_quality(row_scores, truth, row["discard"]))
+    verdicts = ev.verdicts(runs, rows)
+    meta = {"data": cfg.data.source, "arch": choose_arch(budget.arch, splits.image_shape), "steps": budget.steps, "batch_size": budget.batch_size,
+            "optimizer": budget.optimizer, "lr": budget.lr, "seeds": settings.seeds,
+            "seconds": round(time.monotonic() - started, 1), "config": cfg.to_dict()}
+    out.local.mkdir(parents=True, exist_ok=True)
+    write_results(out.local, rows, verdicts, runs, meta)
+    plot_accuracy(out.local / "accuracy.png", rows)
+    if scores:
+        plot_score_histograms(out.local / "scores.png", scores, splits.train.corruption)
+    out.push()
+    table = results_markdown(rows, verdicts, meta)
+    return f"{table}\nwritten: {out.display('results.json')}, results.md, accuracy.png" + (
+        ", scores.png" if scores else "") + f"  ({math.ceil(time.monotonic() - started)} s)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

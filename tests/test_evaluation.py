@@ -1,0 +1,123 @@
+"""The evaluation study: the selection rule, the statistics (hand-worked), curation with an oracle
+score beating all the data, and the job end to end with its bad-input errors."""
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drray import evaluation as ev
+from drray.config import load_config
+from drray.data import build_splits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_draw_batch_keeps_the_top_b_of_n():
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    scores = np.random.default_rng(0).random(1000)
+    kept = ev.draw_batch(rng_a, 1000, 32, scores, discard=0.5)
+    drawn = rng_b.integers(1000, size=64)  # N = 32 / (1 - 0.5)
+    assert len(kept) == 32
+    assert sorted(scores[kept]) == sorted(np.sort(scores[drawn])[-32:])
+    assert len(ev.draw_batch(np.random.default_rng(0), 1000, 32)) == 32
+
+
+def test_aggregate_and_paired_difference_by_hand():
+    runs = [{"method": "baseline", "discard": 0.0, "seed": s, "acc": a, "heldout_loss": 1.0}
+            for s, a in enumerate([0.90, 0.92, 0.94])]
+    runs += [{"method": "datarater", "discard": 0.5, "seed": s, "acc": a, "heldout_loss": 0.5}
+             for s, a in enumerate([0.93, 0.96, 0.96])]
+    rows = ev.aggregate(runs)
+    base = rows[0]
+    assert (base["method"], base["n"]) == ("baseline", 3)
+    assert base["acc_mean"] == pytest.approx(0.92) and base["acc_std"] == pytest.approx(0.02)
+    assert base["acc_se"] == pytest.approx(0.02 / math.sqrt(3))
+    # paired differences 0.03, 0.04, 0.02: mean 0.03, std 0.01, se 0.01 / sqrt(3)
+    d = ev.paired_difference(runs, ("datarater", 0.5), ("baseline", 0.0))
+    assert d["diff"] == pytest.approx(0.03) and d["se"] == pytest.approx(0.01 / math.sqrt(3)) and d["n"] == 3
+    (verdict,) = ev.verdicts(runs, rows)
+    assert verdict["rival"] == "baseline" and verdict["beats"]  # 0.03 > 2 * 0.0058
+    runs[3]["acc"] = 0.85  # differences -0.05, 0.04, 0.02: no longer 2 standard errors apart
+    assert not ev.verdicts(runs, ev.aggregate(runs))[0]["beats"]
+
+
+def test_selection_quality_by_hand():
+    scores = np.array([0.1, 0.9, 0.2, 0.8, 0.7, 0.3, 0.6, 0.5, 0.4, 1.0])
+    corrupted = np.array([1, 0, 1, 0, 0, 0, 0, 0, 1, 0], dtype=bool)
+    q = ev.selection_quality(scores, corrupted, discard=0.2)  # removes 0.1 and 0.2: both corrupted
+    assert q["removal_precision"] == 1.0 and q["corrupted_removed_fraction"] == pytest.approx(2 / 3)
+    q = ev.selection_quality(scores, corrupted, discard=0.4)  # also 0.3 (clean) and 0.4 (corrupted)
+    assert q["removal_precision"] == 0.75 and q["corrupted_removed_fraction"] == 1.0
+
+
+def test_oracle_scores_beat_all_the_data_under_label_flips():
+    """The whole selection path: with a score that knows the corrupted rows, curated training
+    must beat training on everything (and a random score must not)."""
+    cfg = load_config(None, ["data.source=digits", "data.corruption=[{kind: label_flip, fraction: 0.6}]"])
+    splits = build_splits(cfg.data, 0)
+    budget = dataclasses.replace(ev.Budget.from_config(cfg), arch="mlp", steps=300, batch_size=64)
+    oracle = -splits.train.is_corrupted.astype(np.float64)
+    data = ev.shared_arrays(splits, {"datarater": oracle})
+    accs = {m: np.mean([ev.run_one(ev.RunSpec(m, 0.0 if m == "baseline" else 0.6, s), data, budget)["acc"]
+                        for s in range(2)]) for m in ("baseline", "datarater", "random")}
+    assert accs["datarater"] > accs["baseline"] + 0.03, accs
+    assert accs["datarater"] > accs["random"] + 0.03, accs
+
+
+def run_job(*args):
+    return subprocess.run([sys.executable, "-m", "jobs.evaluate", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def digits_rater(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rater")
+    result = subprocess.run([sys.executable, "-m", "jobs.meta_train", "--config", "configs/digits.yaml", "--out",
+                             str(out), "--set", "run.backend=local", "--set", "meta.steps=3",
+                             "--set", "population.size=2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
+    out = tmp_path / "eval"
+    result = run_job("--config", "configs/digits.yaml", "--rater", str(digits_rater), "--discard", "0.1,0.3",
+                     "--seeds", "2", "--steps", "20", "--out", str(out), "--address", ray_cluster)
+    assert result.returncode == 0, result.stderr
+    assert "14/14 done" in result.stdout and "| datarater | 0.3 |" in result.stdout
+    payload = json.loads((out / "results.json").read_text())
+    keys = [(r["method"], r["discard"], r["n"]) for r in payload["rows"]]
+    assert keys == [("baseline", 0.0, 2)] + [(m, d, 2) for m in ("datarater", "random", "loss") for d in (0.1, 0.3)]
+    for row in payload["rows"]:
+        assert 0.0 <= row["acc_mean"] <= 1.0 and row["acc_std"] >= 0.0
+        assert (row.get("auroc") is None) == (row["method"] == "baseline")
+    assert len(payload["runs"]) == 14 and payload["verdicts"]
+    for name in ("results.md", "accuracy.png", "scores.png"):
+        assert (out / name).stat().st_size > 0
+    again = run_job("--config", "configs/digits.yaml", "--rater", str(digits_rater), "--out", str(out))
+    assert again.returncode == 2 and "already holds an evaluation" in again.stderr
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--discard", "0.1,1.0"], "evaluate.discard: discard fractions must be in [0, 1) (got 1.0)"),
+    (["--discard", "-0.2"], "must be in [0, 1)"),
+    (["--methods", "baseline,oracle"], "evaluate.methods"),
+    (["--set", "data.source=idx", "--set", "data.dir=../shared/data/mnist"], "was trained on 8x8 images"),
+])
+def test_bad_input_is_one_line_before_any_work(tmp_path, digits_rater, args, expected):
+    out = tmp_path / "eval"
+    result = run_job("--config", "configs/digits.yaml", "--rater", str(digits_rater), "--out", str(out), *args)
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert not out.exists()
+
+
+def test_missing_rater_is_one_line(tmp_path):
+    result = run_job("--config", "configs/digits.yaml", "--rater", str(tmp_path / "nope"), "--out", str(tmp_path / "e"))
+    assert result.returncode == 2 and "no rater checkpoint" in result.stderr
