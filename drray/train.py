@@ -101,7 +101,9 @@ def make_population(cfg: Config, splits: DataSplits) -> Population:
 
 
 def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, population_factory=make_population,
-               splits: DataSplits | None = None) -> RunSummary:
+               splits: DataSplits | None = None, on_record=None) -> RunSummary:
+    """on_record(record, population, prober), if given, sees every step's metrics record (a Tune
+    trial reports from it)."""
     splits = splits or build_splits(cfg.data, cfg.run.seed)  # bad data fails here, before any output
     run_dir = RunDir(cfg.run.out)
     out = run_dir.local
@@ -127,6 +129,8 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
                 record["auroc"] = prober.auroc(population.rater_params)
             log.write(record)
             progress.update(step, record)
+            if on_record is not None:
+                on_record(record, population, prober)
             if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.meta.steps:
                 save(out, cfg, population, prober)
                 run_dir.push()

@@ -1,0 +1,127 @@
+"""Ray Tune over meta-training: each trial is a whole meta-training (a RayPopulation) whose
+worker actors live in the trial's own placement group, so concurrent trials never starve one
+another and a trial starts only when all of its workers fit."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from drray.config import validate_config
+from drray.errors import ConfigError
+from drray.search_space import TuneSpec, trial_config
+
+
+def trial_bundles(spec: TuneSpec, cfg, gpus_per_worker: float) -> list[dict]:
+    """The trial's process, then one bundle per inner-model actor (the Scheduler and the
+    ParameterServer ask for no CPU)."""
+    worker = {"CPU": cfg.resources.cpus_per_worker}
+    if gpus_per_worker:
+        worker["GPU"] = gpus_per_worker
+    return [{"CPU": spec.trial_cpus}] + [dict(worker) for _ in range(cfg.population.size)]
+
+
+def largest_trial(spec: TuneSpec, base_tree: dict) -> dict:
+    """The most CPUs any trial asks for: population.size and cpus_per_worker at their largest."""
+    sizes = _extremes(spec, base_tree, "population.size")
+    cpus = _extremes(spec, base_tree, "resources.cpus_per_worker")
+    return {"population.size": max(sizes), "resources.cpus_per_worker": max(cpus)}
+
+
+def _extremes(spec: TuneSpec, base_tree: dict, key: str) -> list:
+    if key in spec.space:
+        return spec.space[key].probes()
+    section, name = key.split(".")
+    return [base_tree.get(section, {}).get(name, getattr(getattr(validate_config({}), section), name))]
+
+
+def check_trials_fit(spec: TuneSpec, base_tree: dict, gpus_per_worker: float) -> None:
+    """A trial whose placement group can never fit would wait forever: refuse it up front."""
+    cfg = trial_config(base_tree, largest_trial(spec, base_tree), "unused")
+    need = {}
+    for bundle in trial_bundles(spec, cfg, gpus_per_worker):
+        for name, amount in bundle.items():
+            need[name] = need.get(name, 0.0) + amount
+    have = ray.cluster_resources()
+    for name, amount in need.items():
+        if amount > have.get(name, 0.0) + 1e-9:
+            raise ConfigError(
+                f"the largest trial (population.size={cfg.population.size}, resources.cpus_per_worker="
+                f"{cfg.resources.cpus_per_worker:g}, trial_cpus={spec.trial_cpus:g}) needs {amount:g} {name}s but the "
+                f"cluster has {have.get(name, 0.0):g}; lower them in the tune spec")
+
+
+def make_trainable(spec: TuneSpec, base_tree: dict, gpus_per_worker: float):
+    def meta_train_trial(params: dict) -> None:
+        from actors.population import RayPopulation
+        from drray.train import meta_train
+
+        cfg = trial_config(base_tree, params, str(Path(tune.get_context().get_trial_dir()) / "run"))
+        metric = _metric_fn(spec, cfg)
+
+        def report(record, population, prober):
+            step = record["step"] + 1
+            if step % spec.report_every == 0 or step == cfg.meta.steps:
+                tune.report({spec.metric: metric(population, prober, record), "step": step,
+                             "outer_loss": record["outer_loss"]})
+
+        meta_train(cfg, overwrite=True, population_factory=lambda c, s: RayPopulation(c, s), on_record=report)
+
+    def resources(params: dict):
+        cfg = trial_config(base_tree, params, "unused")
+        return tune.PlacementGroupFactory(trial_bundles(spec, cfg, gpus_per_worker))
+
+    return tune.with_resources(meta_train_trial, resources)
+
+
+def _metric_fn(spec: TuneSpec, cfg):
+    if spec.metric == "auroc":
+        return lambda population, prober, record: record.get("auroc", prober.auroc(population.rater_params))
+    import torch
+
+    from drray import evaluation as ev
+    from drray.data import build_splits
+
+    splits = build_splits(cfg.data, cfg.run.seed)
+    budget = ev.Budget.from_config(cfg)
+
+    def heldout_loss(population, prober, record):
+        with torch.no_grad():
+            for p, value in zip(prober.rater.parameters(), population.rater_params):
+                p.copy_(value)
+        scores = ev.rater_scores(prober.rater, splits.train)
+        model = ev.train_fresh(budget, splits.train.images, splits.train.labels, splits.num_classes,
+                               cfg.run.seed, scores, spec.discard)
+        return float(np.mean(ev.per_example_losses(model, splits.heldout.images, splits.heldout.labels)))
+
+    return heldout_loss
+
+
+def param_space(spec: TuneSpec) -> dict:
+    make = {"grid": tune.grid_search, "choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v)}
+    return {key: make[domain.kind](list(domain.values)) for key, domain in spec.space.items()}
+
+
+def run_search(spec: TuneSpec, base_tree: dict, storage: Path, name: str, gpus_per_worker: float):
+    """Runs the search; returns Tune's ResultGrid. Results land in storage/name."""
+    base = trial_config(base_tree, {}, "unused")
+    max_reports = math.ceil(base.meta.steps / spec.report_every)
+    if "meta.steps" in spec.space:
+        max_reports = max(math.ceil(v / spec.report_every) for v in spec.space["meta.steps"].probes())
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_reports,
+                              grace_period=min(spec.asha.grace_period, max_reports),
+                              reduction_factor=spec.asha.reduction_factor)
+    tuner = tune.Tuner(
+        make_trainable(spec, base_tree, gpus_per_worker),
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
+                                    num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=1),
+    )
+    return tuner.fit()

@@ -1,0 +1,80 @@
+"""The Tune search: spec validation (one-line errors before any work) and a real search whose
+trials' worker actors can only run inside the trials' placement groups."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drray.config import load_config
+from drray.errors import ConfigError
+from drray.search_space import load_tune_spec, trial_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_spec(path: Path, **fields) -> Path:
+    spec = {"base": str(ROOT / "configs" / "digits.yaml"),
+            "set": {"meta.steps": 4, "data.max_train": 300, "data.probe_size": 150, "inner.batch_size": 32,
+                    "meta.outer_batch_size": 32, "run.log_every": 3, "resources.cpus_per_worker": 0.5},
+            "space": {"inner.T": {"grid": [1, 2]}, "population.size": {"grid": [2]},
+                      "meta.lr": {"loguniform": [1e-3, 3e-3]}, "population.lifetime": {"choice": [4, 8]}},
+            "report_every": 2, "trial_cpus": 1.0}
+    spec.update(fields)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_spec_applies_set_and_samples_into_a_valid_config(tmp_path):
+    spec, base = load_tune_spec(write_spec(tmp_path / "s.yaml"))
+    assert spec.mode == "max" and base["meta"]["steps"] == 4 and base["data"]["source"] == "digits"
+    cfg = trial_config(base, {"inner.T": 2, "population.size": 2, "meta.lr": 2e-3}, str(tmp_path / "t"))
+    assert (cfg.inner.T, cfg.meta.lr, cfg.meta.steps, cfg.run.out) == (2, 2e-3, 4, str(tmp_path / "t"))
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({"space": {"inner.Tx": {"grid": [1, 2]}}}, "unknown key 'inner.Tx'"),
+    ({"space": {"inner.T": {"grid": [1, 0]}}}, "inner.T"),  # T >= 1: every grid value is checked
+    ({"space": {"meta.lr": {"loguniform": [0.0, 1e-3]}}}, "loguniform needs low > 0"),
+    ({"space": {"inner.T": {"grid": [1], "choice": [2]}}}, "give exactly one of"),
+    ({"set": {"population.sizes": 3}}, "unknown key 'population.sizes'"),
+    ({"metric": "accuracy"}, "metric"),
+])
+def test_bad_spec_is_one_line(tmp_path, fields, expected):
+    path = write_spec(tmp_path / "s.yaml", **fields)
+    with pytest.raises(ConfigError) as info:
+        load_tune_spec(path)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def run_tune(*args):
+    return subprocess.run([sys.executable, "-m", "jobs.tune", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=400)
+
+
+def test_trial_that_can_never_fit_is_refused(tmp_path, ray_cluster):
+    spec = write_spec(tmp_path / "s.yaml", space={"population.size": {"grid": [2, 4]}})
+    result = run_tune("--spec", str(spec), "--out", str(tmp_path / "out"), "--address", ray_cluster)
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the largest trial (population.size=4") and "needs 3 CPUs" in line
+
+
+@pytest.mark.timeout(400)
+def test_search_runs_trials_in_their_placement_groups(tmp_path, ray_cluster):
+    """Each trial's group takes the whole 2-CPU cluster (1 for the trial + 2 x 0.5 for its workers),
+    so the trials finish only if the worker actors run inside it."""
+    out = tmp_path / "out"
+    result = run_tune("--spec", str(write_spec(tmp_path / "s.yaml")), "--out", str(out), "--address", ray_cluster)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "trials.md").read_text().splitlines()
+    assert table[2].startswith("| inner.T | population.size |")
+    rows = [line.split(" | ") for line in table[4:]]
+    assert len(rows) == 2 and all(r[-1].strip(" |") == "ok" and r[-3] == "4" for r in rows)
+    aurocs = [float(r[4]) for r in rows]
+    assert aurocs == sorted(aurocs, reverse=True)  # best first (metric auroc, mode max)
+    best = load_config(out / "best.yaml")
+    assert (best.inner.T, best.population.size) == (int(rows[0][0].strip("| ")), int(rows[0][1]))
+    assert best.meta.steps == 4 and "best:" in result.stdout
+    assert (out / "tune" / "search").is_dir()
