@@ -4,7 +4,6 @@ another and a trial starts only when all of its workers fit."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np

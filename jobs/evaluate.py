@@ -17,14 +17,13 @@ import math
 import sys
 import time
 
-from drray.errors import ConfigError, DrrayError
+from drray.errors import ConfigError
+from jobs.common import add_address_arg, add_config_args, run_job
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="drray evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML config of the data and the inner model (every field has a default)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config field; repeatable")
+    add_config_args(parser, "YAML config of the data and the inner model (every field has a default)")
     parser.add_argument("--rater", help="the --out directory of a meta-train run (needed for the datarater method)")
     parser.add_argument("--discard", help="comma-separated fractions in [0, 1) (default: evaluate.discard, 0.1,0.25,0.5)")
     parser.add_argument("--seeds", type=int, help="seeds per method and fraction (default: evaluate.seeds, 5)")
@@ -32,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--methods", help="comma-separated subset of baseline,datarater,random,loss (default: all)")
     parser.add_argument("--out", required=True, help="output directory (local path or URI)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in OUT")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
+    add_address_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -61,14 +60,7 @@ def check_rater_fits(meta: dict, rater_dir: str, splits, data_name: str) -> None
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        report = run(args)
-    except DrrayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report, flush=True)
-    return 0
+    return run_job(run, parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> str:

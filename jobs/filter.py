@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from drray.errors import ConfigError, DataError, DrrayError
+from drray.errors import ConfigError, DataError
+from jobs.common import add_address_arg, run_job
 
 STAGE_CDF_SAMPLE = 201  # the random stream of the CDF sample (drray.corruption.seeded_rng)
 
@@ -52,19 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="sample mode: scores sampled to estimate the CDF (default 100000)")
     parser.add_argument("--seed", type=int, default=0, help="sample mode: seed of the CDF sample and the draws")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
+    add_address_arg(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        summary = run(args)
-    except DrrayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(summary), flush=True)
-    return 0
+    return run_job(run, parse_args(argv), format_summary)
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -12,37 +12,28 @@ import argparse
 import sys
 
 from drray.config import load_config
-from drray.errors import DrrayError
+from jobs.common import add_address_arg, add_config_args, run_job
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="drray meta-train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML config (every field has a default)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config field; repeatable")
+    add_config_args(parser)
     parser.add_argument("--out", help="output directory (overrides run.out)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
+    add_address_arg(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        overrides = args.overrides + ([f"run.out={args.out}"] if args.out else [])
-        cfg = load_config(args.config, overrides)
-        summary = run(cfg, args)
-    except DrrayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     from drray.train import format_report
 
-    print(format_report(summary))
-    return 0
+    return run_job(run, parse_args(argv), format_report)
 
 
-def run(cfg, args):
+def run(args):
+    overrides = args.overrides + ([f"run.out={args.out}"] if args.out else [])
+    cfg = load_config(args.config, overrides)
     from drray.train import meta_train
 
     if cfg.run.backend == "local":

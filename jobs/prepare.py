@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from drray.errors import ConfigError, DrrayError
+from drray.errors import ConfigError
+from jobs.common import run_job
 
 PREPARE_FORMAT = "drray-prepared/1"
 
@@ -50,13 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        prepare(args)
-    except DrrayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_job(prepare, parse_args(argv), report=None)
 
 
 def parse_corruption(text: str) -> list[dict]:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from drray.errors import ConfigError, DataError, DrrayError
+from jobs.common import add_address_arg, run_job
 from drray.scoring import BAD_ROW_MODES
 
 DEFAULT_BATCH_SIZE = 16384
@@ -36,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch threads per actor (default: the cluster's CPUs shared among the actors)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="about this many rows per block: what an actor scores at once, and one output file")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
+    add_address_arg(parser)
     parser.add_argument("--on-bad-row", choices=BAD_ROW_MODES, default="fail",
                         help="rows that cannot be scored (null/undecodable image, NaN pixels, label out of range): "
                              "stop with an error naming the row (fail) or leave them out (drop)")
@@ -63,14 +64,7 @@ class ScoreSummary:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        summary = run(args)
-    except DrrayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(summary))
-    return 0
+    return run_job(run, parse_args(argv), format_summary)
 
 
 def format_summary(summary: ScoreSummary) -> str:

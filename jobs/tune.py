@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from drray.errors import ConfigError, DrrayError
+from jobs.common import add_address_arg, run_job
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,18 +27,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--spec", required=True, help="tune spec YAML (configs/tune_*.yaml)")
     parser.add_argument("--out", required=True, help="output directory (local)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier search in OUT")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
+    add_address_arg(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        print(run(args), flush=True)
-    except DrrayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_job(run, parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> str:
