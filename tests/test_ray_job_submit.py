@@ -82,9 +82,10 @@ def job_logs(dash: str, submission_id: str, env: dict) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_meta_train_job_on_a_ray_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A throwaway head with the dashboard (job submission) on: yields (dashboard URL, temp dir, env)."""
+    tmp_path = tmp_path_factory.mktemp("head")
     temp_dir = tempfile.mkdtemp(prefix="drray-")  # short: Ray's socket paths live under it
     (gcs, dashboard, client, node_manager, object_manager, agent_http, agent_grpc, runtime_env_agent,
      metrics) = free_ports(9)
@@ -100,51 +101,83 @@ def test_meta_train_job_on_a_ray_cluster(tmp_path):
                "--metrics-export-port", str(metrics), "--min-worker-port", "0", "--max-worker-port", "0",
                "--object-store-memory", str(200 * 1024 * 1024), "--disable-usage-stats"]
     with open(head_log, "w") as log:
-        head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=tmp_path, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                   cwd=tmp_path, start_new_session=True)
     started = time.monotonic()
     try:
-        wait_for_dashboard(head, dashboard, head_log)
+        wait_for_dashboard(process, dashboard, head_log)
         print(f"\nthe head answered after {time.monotonic() - started:.1f} s")
-        dash = f"http://127.0.0.1:{dashboard}"
-        out = tmp_path / "run"
-        submission_id = f"drray-test-{uuid.uuid4().hex[:8]}"
-        submit = [str(RAY), "job", "submit", "--address", dash, "--submission-id", submission_id,
-                  "--working-dir", str(ROOT), "--", sys.executable, "-m", "jobs.meta_train",
-                  "--config", "configs/digits.yaml", "--out", str(out), "--set", f"meta.steps={STEPS}",
-                  "--set", "population.size=2", "--set", "data.max_train=300", "--set", "data.probe_size=150",
-                  "--set", "inner.batch_size=32", "--set", "run.log_every=2", "--set", "run.checkpoint_every=3"]
-        started = time.monotonic()
-        try:
-            result = subprocess.run(submit, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"ray job submit took over 300 s:\n{exc.stdout}\n{exc.stderr}\n"
-                        f"--- job logs ---\n{job_logs(dash, submission_id, env)}")
-        output = result.stdout + result.stderr
-        took = time.monotonic() - started
-        status = subprocess.run([str(RAY), "job", "status", "--address", dash, submission_id],
-                                capture_output=True, text=True, timeout=60, env=env)
-        print(f"ray job submit took {took:.1f} s")
-        assert result.returncode == 0 and f"Job '{submission_id}' succeeded" in output + status.stdout, (
-            f"the job did not succeed (exit {result.returncode}):\n{output}\n--- status ---\n{status.stdout}"
-            f"{status.stderr}\n--- job logs ---\n{job_logs(dash, submission_id, env)}")
-
-        # The working dir went up as a zip and was unpacked on the head; .venv (hundreds of MB) stays out.
-        packages = [p for p in Path(temp_dir).glob("session_latest/runtime_resources/working_dir_files/_ray_pkg_*")
-                    if p.is_dir()]
-        assert len(packages) == 1, f"unpacked working dirs: {packages}; {sorted(Path(temp_dir).rglob('_ray_pkg_*'))}"
-        size = sum(f.stat().st_size for f in packages[0].rglob("*") if f.is_file())
-        print(f"working-dir package: {size / 2**20:.2f} MiB")
-        assert (packages[0] / "jobs" / "meta_train.py").is_file() and not (packages[0] / ".venv").exists()
-        assert size < 10 * 2**20, f"the working-dir package is {size / 2**20:.1f} MiB"
-
-        for name in ("rater.pt", "state.pt", "config.yaml"):
-            assert (out / "checkpoint" / name).is_file(), f"missing checkpoint/{name}\n{output}"
-        steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert steps == list(range(STEPS))
-        assert "AUROC on the probe set" in output  # the driver's report, streamed back by ray job submit
+        yield f"http://127.0.0.1:{dashboard}", temp_dir, env
     finally:
         started = time.monotonic()
-        stop_head(head)
+        stop_head(process)
         print(f"the head stopped in {time.monotonic() - started:.1f} s")
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit(head, cwd: Path, *job: str) -> str:
+    """`ray job submit --working-dir ROOT -- python -m JOB...`; fails the test unless the job succeeds.
+    Returns what the job printed (streamed back by ray job submit)."""
+    dash, _, env = head
+    submission_id = f"drray-test-{uuid.uuid4().hex[:8]}"
+    command = [str(RAY), "job", "submit", "--address", dash, "--submission-id", submission_id,
+               "--working-dir", str(ROOT), "--", sys.executable, "-m", *job]
+    started = time.monotonic()
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"ray job submit took over 300 s:\n{exc.stdout}\n{exc.stderr}\n"
+                    f"--- job logs ---\n{job_logs(dash, submission_id, env)}")
+    output = result.stdout + result.stderr
+    status = subprocess.run([str(RAY), "job", "status", "--address", dash, submission_id],
+                            capture_output=True, text=True, timeout=60, env=env)
+    print(f"ray job submit {job[0]} took {time.monotonic() - started:.1f} s")
+    assert result.returncode == 0 and f"Job '{submission_id}' succeeded" in output + status.stdout, (
+        f"the job did not succeed (exit {result.returncode}):\n{output}\n--- status ---\n{status.stdout}"
+        f"{status.stderr}\n--- job logs ---\n{job_logs(dash, submission_id, env)}")
+    return output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_meta_train_job_on_a_ray_cluster(head, tmp_path):
+    out = tmp_path / "run"
+    output = submit(head, tmp_path, "jobs.meta_train", "--config", "configs/digits.yaml", "--out", str(out),
+                    "--set", f"meta.steps={STEPS}", "--set", "population.size=2", "--set", "data.max_train=300",
+                    "--set", "data.probe_size=150", "--set", "inner.batch_size=32", "--set", "run.log_every=2",
+                    "--set", "run.checkpoint_every=3")
+    # The working dir went up as a zip and was unpacked on the head; .venv (hundreds of MB) stays out.
+    temp_dir = head[1]
+    packages = [p for p in Path(temp_dir).glob("session_latest/runtime_resources/working_dir_files/_ray_pkg_*")
+                if p.is_dir()]
+    assert len(packages) == 1, f"unpacked working dirs: {packages}; {sorted(Path(temp_dir).rglob('_ray_pkg_*'))}"
+    size = sum(f.stat().st_size for f in packages[0].rglob("*") if f.is_file())
+    print(f"working-dir package: {size / 2**20:.2f} MiB")
+    assert (packages[0] / "jobs" / "meta_train.py").is_file() and not (packages[0] / ".venv").exists()
+    assert size < 10 * 2**20, f"the working-dir package is {size / 2**20:.1f} MiB"
+
+    for name in ("rater.pt", "state.pt", "config.yaml"):
+        assert (out / "checkpoint" / name).is_file(), f"missing checkpoint/{name}\n{output}"
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(STEPS))
+    assert "AUROC on the probe set" in output  # the driver's report, streamed back by ray job submit
+
+    evaluation = tmp_path / "eval"
+    output = submit(head, tmp_path, "jobs.evaluate", "--config", "configs/digits.yaml", "--rater", str(out),
+                    "--discard", "0.2", "--seeds", "2", "--steps", "10", "--methods", "baseline,datarater",
+                    "--out", str(evaluation))
+    rows = json.loads((evaluation / "results.json").read_text())["rows"]
+    assert [(r["method"], r["n"]) for r in rows] == [("baseline", 2), ("datarater", 2)] and "| datarater |" in output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tune_job_on_a_ray_cluster(head, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""base: {ROOT / "configs" / "digits.yaml"}
+set: {{meta.steps: 2, data.max_train: 300, data.probe_size: 150, inner.batch_size: 32}}
+space: {{inner.T: {{grid: [1]}}, population.size: {{grid: [2]}}}}
+report_every: 1
+""")
+    output = submit(head, tmp_path, "jobs.tune", "--spec", str(spec), "--out", str(tmp_path / "search"))
+    assert "best: inner.T=1, population.size=2" in output and (tmp_path / "search" / "best.yaml").is_file()
