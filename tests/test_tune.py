@@ -78,3 +78,30 @@ def test_search_runs_trials_in_their_placement_groups(tmp_path, ray_cluster):
     assert (best.inner.T, best.population.size) == (int(rows[0][0].strip("| ")), int(rows[0][1]))
     assert best.meta.steps == 4 and "best:" in result.stdout
     assert (out / "tune" / "search").is_dir()
+
+
+def test_heldout_loss_metric_is_a_fresh_model_trained_with_the_trials_rater(tmp_path):
+    """metric: heldout_loss scores the training split with the population's current rater, trains a
+    fresh model with the batch rule at spec.discard, and returns its mean held-out loss."""
+    import numpy as np
+
+    from actors.tuning import _metric_fn
+    from drray import evaluation as ev
+    from drray.data import build_splits
+    from drray.models import build_rater
+    from drray.train import Prober, make_population
+
+    spec, base = load_tune_spec(write_spec(tmp_path / "s.yaml", metric="heldout_loss", discard=0.3))
+    cfg = trial_config(base, {"evaluate.steps": 20, "population.size": 2}, str(tmp_path / "t"))
+    splits = build_splits(cfg.data, cfg.run.seed)
+    population, prober = make_population(cfg, splits), Prober(cfg, splits)
+    population.step()
+    value = _metric_fn(spec, cfg)(population, prober, {})
+    rater = build_rater(prober.arch, splits.image_shape, splits.num_classes)
+    for p, v in zip(rater.parameters(), population.rater_params):
+        p.data.copy_(v)
+    scores = ev.rater_scores(rater, splits.train)
+    model = ev.train_fresh(ev.Budget.from_config(cfg), splits.train.images, splits.train.labels, splits.num_classes,
+                           cfg.run.seed, scores, 0.3)
+    want = float(np.mean(ev.per_example_losses(model, splits.heldout.images, splits.heldout.labels)))
+    assert spec.mode == "min" and value == pytest.approx(want, rel=1e-5) and 0.0 < value < 10.0
