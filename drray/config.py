@@ -42,6 +42,9 @@ class DataConfig(_Section):
     probe_size: int = Field(2000, gt=0)  # fixed training examples scored for AUROC
     download: bool = False  # fetch a missing data set (online machines only)
     stream: bool = False  # parquet: read train in batches, never whole (needs heldout and test splits)
+    seq_len: int = Field(128, ge=2, le=4096)  # text: bytes per sequence (shorter ones are padded)
+    pattern: Optional[str] = None  # text: glob of the files in data.dir to read (default: every file)
+    text_field: str = "text"  # text: the field of a JSON-lines record that holds its text
 
     @field_validator("source")
     @classmethod

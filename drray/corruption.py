@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from drray.errors import DataError
+from drray.modality import modality_of_array
 from drray.registry import CORRUPTIONS
 
 if TYPE_CHECKING:  # data.py imports this module; the class is only needed for type hints here
@@ -63,12 +64,27 @@ def _count(fraction: float, total: int) -> int:
     return int(math.floor(fraction * total + 1e-9))
 
 
+def kind_modality(kind: str) -> str:
+    """Which data a kind corrupts: 'image' unless its function says otherwise (fn.modality)."""
+    return getattr(CORRUPTIONS.get(kind), "modality", "image")
+
+
+def _check_modalities(examples: "ExampleSet", specs: Sequence["CorruptionSpec"]) -> None:
+    data = modality_of_array(examples.images).name
+    for spec in specs:
+        if kind_modality(spec.kind) != data:
+            fitting = [k for k in CORRUPTIONS.names() if kind_modality(k) == data]
+            raise DataError(f"data.corruption: {spec.kind!r} corrupts {kind_modality(spec.kind)} data but this data "
+                            f"set is {data}; use one of: {', '.join(fitting)}")
+
+
 def apply_corruptions(examples: "ExampleSet", specs: Sequence["CorruptionSpec"], seed: int) -> "ExampleSet":
     """Corrupt disjoint seeded subsets, `spec.fraction * len(examples)` rows per spec, once each.
 
     Rows are drawn only from rows not already corrupted (prepared data may carry its own
     corruption), so each row has one kind. Returns a new ExampleSet; the input is untouched.
     """
+    _check_modalities(examples, specs)
     counts = [_count(spec.fraction, len(examples)) for spec in specs]
     clean_rows = np.flatnonzero(~examples.is_corrupted)
     if sum(counts) > len(clean_rows):
@@ -94,3 +110,6 @@ def apply_corruptions(examples: "ExampleSet", specs: Sequence["CorruptionSpec"],
     return dataclasses.replace(
         examples, images=images, labels=labels, is_corrupted=is_corrupted, corruption=corruption, corruption_level=level
     )
+
+
+from drray import text_corruption  # noqa: E402,F401  (registers the text kinds)

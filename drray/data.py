@@ -26,7 +26,9 @@ import torch
 from drray.config import DataConfig
 from drray.corruption import apply_corruptions, seeded_rng
 from drray.errors import DataError
+from drray.modality import modality_of_array
 from drray.registry import DATA_SOURCES
+from drray.tokenizer import PAD, TOKEN_DTYPE
 
 __all__ = [
     "DATA_SOURCES", "DataSplits", "ExampleSet", "build_splits", "download_mnist", "read_idx", "read_parquet",
@@ -55,10 +57,11 @@ class ExampleSet:
         )  # fmt: skip
 
     @staticmethod
-    def clean(ids, images, labels, num_classes: int) -> "ExampleSet":
+    def clean(ids, images, labels, num_classes: int, dtype=np.uint8) -> "ExampleSet":
+        """dtype: uint8 for images, tokenizer.TOKEN_DTYPE (int16) for token sequences."""
         n = len(ids)  # np.array copies: the columns are owned and writable, whatever the source gave
         return ExampleSet(
-            np.array(ids, dtype=np.int64), np.array(images, dtype=np.uint8), np.array(labels, dtype=np.int64),
+            np.array(ids, dtype=np.int64), np.array(images, dtype=dtype), np.array(labels, dtype=np.int64),
             np.zeros(n, dtype=bool), np.full(n, "", dtype=object), np.zeros(n, dtype=np.float32), int(num_classes),
         )  # fmt: skip
 
@@ -70,14 +73,16 @@ class DataSplits:
     test: ExampleSet  # clean, for evaluation
     probe: ExampleSet  # fixed subset of train, with ground truth, for AUROC
     num_classes: int
-    image_shape: tuple[int, int]  # (H, W)
+    image_shape: tuple[int, ...]  # (H, W) for images, (L,) for token sequences
     train_path: Optional[str] = None  # data.stream: Parquet read in batches, never whole (drray.streaming)
 
 
 def to_tensors(examples: ExampleSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as float32 [N, 1, H, W] in [0, 1], labels as int64 [N]."""
-    images = torch.from_numpy(np.ascontiguousarray(examples.images)).to(torch.float32).div_(255.0)
-    return images.unsqueeze(1), torch.from_numpy(np.ascontiguousarray(examples.labels, dtype=np.int64))
+    """Model inputs and labels: images as float32 [N, 1, H, W] in [0, 1] (token sequences as
+    int64 [N, L]), labels as int64 [N]."""
+    rows = torch.from_numpy(np.ascontiguousarray(examples.images))
+    x = modality_of_array(examples.images).inputs(rows)
+    return x, torch.from_numpy(np.ascontiguousarray(examples.labels, dtype=np.int64))
 
 
 # Random streams per stage (see corruption.seeded_rng), so stages do not shift one another.
@@ -130,7 +135,10 @@ def _split_off(pool: ExampleSet, fraction: float, rng: np.random.Generator, name
 
 
 def _validated(part: ExampleSet, where: str) -> ExampleSet:
-    """The part with uint8 images (whole-number float images are converted), or a DataError."""
+    """The part with uint8 images (whole-number float images are converted) or int16 token
+    sequences, or a DataError."""
+    if part.images.ndim == 2 and len(part) and len(part.labels) == len(part.images) == len(part.ids):
+        return _validated_tokens(part, where)
     if len(part) == 0 or part.images.ndim != 3 or not len(part.labels) == len(part.images) == len(part.ids):
         raise DataError(f"{where}: need N >= 1 images [N, H, W] with N ids and labels, got {part.images.shape}")
     bad = (part.labels < 0) | (part.labels >= part.num_classes)
@@ -140,6 +148,15 @@ def _validated(part: ExampleSet, where: str) -> ExampleSet:
             "fix the labels or the class count"
         )
     return dataclasses.replace(part, images=_as_uint8(part.images, where))
+
+
+def _validated_tokens(part: ExampleSet, where: str) -> ExampleSet:
+    """Token sequences [N, L]: ids 0..PAD, stored as int16."""
+    tokens = part.images
+    if tokens.dtype.kind not in "iu" or tokens.min() < 0 or tokens.max() > PAD:
+        raise DataError(f"{where}: token ids must be integers 0..{PAD} (bytes and PAD); encode text with "
+                        "drray.tokenizer.encode")
+    return dataclasses.replace(part, images=tokens.astype(TOKEN_DTYPE, copy=False))
 
 
 def _as_uint8(pixels: np.ndarray, where) -> np.ndarray:
@@ -302,19 +319,24 @@ def parquet_split_paths(cfg: DataConfig) -> dict[str, Optional[Path]]:
 def load_parquet_source(cfg: DataConfig):
     """data.dir with train (train.parquet or train/ shards) and optional heldout and test."""
     paths = parquet_split_paths(cfg)
-    parts = {name: read_parquet(path) for name, path in paths.items() if path is not None}
+    parts = {name: read_parquet(path, cfg.seq_len) for name, path in paths.items() if path is not None}
     num_classes = max(int(part.labels.max(initial=-1)) + 1 for part in parts.values())
     for part in parts.values():
         part.num_classes = num_classes
     return parts["train"], parts.get("test"), parts.get("heldout")
 
 
-def read_parquet(path: Path) -> ExampleSet:
-    """One split from a .parquet file or a folder of shards; num_classes is max label + 1."""
+def read_parquet(path: Path, seq_len: int = 128) -> ExampleSet:
+    """One split from a .parquet file or a folder of shards; num_classes is max label + 1.
+    A table with a `text` column holds text: tokenized into sequences of `seq_len` bytes."""
     try:
         table = ds.dataset(str(path), format="parquet").to_table()
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
+    if "text" in table.column_names and "image" not in table.column_names:
+        from drray.text_data import examples_from_text_table
+
+        return examples_from_text_table(table, path, seq_len)
     return examples_from_table(table, path)
 
 
@@ -369,6 +391,10 @@ def _read_ground_truth(table: pa.Table, examples: ExampleSet) -> None:
 
 def write_parquet(examples: ExampleSet, path: Path) -> None:
     """One split as Parquet in the DESIGN.md schema, ground-truth columns included."""
+    if examples.images.ndim == 2:
+        from drray.text_data import write_text_parquet
+
+        return write_text_parquet(examples, path)
     n, height, width = examples.images.shape
     table = pa.table({
         "id": pa.array(examples.ids, pa.int64()),
@@ -380,3 +406,6 @@ def write_parquet(examples: ExampleSet, path: Path) -> None:
         "corruption_level": pa.array(examples.corruption_level, pa.float32()),
     })  # fmt: skip
     pq.write_table(table, str(path))
+
+
+from drray import text_data  # noqa: E402,F401  (registers the text sources)

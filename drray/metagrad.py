@@ -13,31 +13,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from drray.inner_optim import State, detach_state
+from drray.modality import ImageModality
 
 Params = tuple[torch.Tensor, ...]
-Batch = tuple[torch.Tensor, torch.Tensor]  # (x float [B, 1, H, W], y int64 [B])
+Batch = tuple[torch.Tensor, torch.Tensor]  # (x: float [B, 1, H, W] images or int64 [B, L] tokens, y int64 [B])
 
 
 class MetaProblem:
     """Binds an inner model, a rater, the inner optimizer and the softmax temperature to pure
     functions of parameter tuples. The modules serve only as templates for functional_call."""
 
-    def __init__(self, inner: nn.Module, rater: nn.Module, optimizer, temperature: float):
+    def __init__(self, inner: nn.Module, rater: nn.Module, optimizer, temperature: float, modality=ImageModality):
         self.inner, self.rater = inner, rater
         self.inner_names = [n for n, _ in inner.named_parameters()]
         self.rater_names = [n for n, _ in rater.named_parameters()]
         self.optimizer = optimizer
         self.temperature = temperature
+        self.modality = modality  # its losses(outputs, x, y) is the per-example inner loss
 
     def losses(self, theta: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-example inner losses l_i(theta), shape [B]."""
-        logits = functional_call(self.inner, dict(zip(self.inner_names, theta)), (x,))
-        return F.cross_entropy(logits, y, reduction="none")
+        """Per-example inner losses l_i(theta), shape [B] (images: cross-entropy at the label;
+        text: mean next-byte cross-entropy of the sequence)."""
+        outputs = functional_call(self.inner, dict(zip(self.inner_names, theta)), (x,))
+        return self.modality.losses(outputs, x, y)
 
     def scores(self, eta: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return functional_call(self.rater, dict(zip(self.rater_names, eta)), (x, y))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from drray.errors import ConfigError
+from drray.modality import modality_for
 from drray.registry import INNER_MODELS, RATERS
 
 
@@ -67,20 +69,36 @@ def rater_mlp(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
     return ClassConditionedRater(_mlp([input_shape[0] * input_shape[1], 64, num_classes]))
 
 
-def choose_arch(arch: str, input_shape: tuple[int, int]) -> str:
-    """'auto' -> an MLP for small images (8x8 digits), a CNN for larger ones (28x28 MNIST)."""
+def choose_arch(arch: str, input_shape: tuple[int, ...]) -> str:
+    """'auto' -> an MLP for small images (8x8 digits), a CNN for larger ones (28x28 MNIST), a
+    transformer for token sequences (input_shape (L,))."""
     if arch != "auto":
         return arch
-    return "mlp" if max(input_shape) <= 16 else "cnn"
+    return modality_for(input_shape).default_arch(input_shape)
 
 
-def build_rater(arch: str, input_shape: tuple[int, int], num_classes: int) -> nn.Module:
-    return RATERS.get(choose_arch(arch, input_shape))(tuple(input_shape), num_classes)
+def build_rater(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return _builder(RATERS, "rater", arch, input_shape)(tuple(input_shape), num_classes)
 
 
-def build_inner(arch: str, input_shape: tuple[int, int], num_classes: int) -> nn.Module:
-    return INNER_MODELS.get(choose_arch(arch, input_shape))(tuple(input_shape), num_classes)
+def build_inner(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return _builder(INNER_MODELS, "inner", arch, input_shape)(tuple(input_shape), num_classes)
+
+
+def _builder(registry, section: str, arch: str, input_shape):
+    """The registered builder, refused when it is for another modality (builders are for images
+    unless marked `builder.modality = "text"`)."""
+    name = choose_arch(arch, input_shape)
+    builder = registry.get(name)
+    data, made_for = modality_for(input_shape).name, getattr(builder, "modality", "image")
+    if data != made_for:
+        raise ConfigError(f"{section}.arch={name} is a model for {made_for} data but the data is {data}; "
+                          f"set {section}.arch=auto")
+    return builder
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+from drray import text_models  # noqa: E402,F401  (registers the transformer rater and language model)

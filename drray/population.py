@@ -17,6 +17,7 @@ from drray.config import Config
 from drray.inner_optim import build_inner_optimizer
 from drray.meta_optim import AveragedAdam
 from drray.metagrad import MetaProblem, meta_step
+from drray.modality import modality_for, modality_of_array
 from drray.models import build_inner, build_rater
 
 Params = tuple[torch.Tensor, ...]
@@ -42,7 +43,8 @@ def build_problem(cfg: Config, image_shape: tuple[int, int], num_classes: int) -
     inner = build_inner(cfg.inner.arch, image_shape, num_classes)
     rater = build_rater(cfg.rater.arch, image_shape, num_classes)
     optimizer = build_inner_optimizer(cfg.inner.optimizer, cfg.inner.lr, cfg.inner.momentum)
-    return MetaProblem(inner.to(cfg.run.device), rater.to(cfg.run.device), optimizer, cfg.rater.temperature)
+    return MetaProblem(inner.to(cfg.run.device), rater.to(cfg.run.device), optimizer, cfg.rater.temperature,
+                       modality_for(image_shape))
 
 
 def init_params(build, seed: int, device: str) -> Params:
@@ -53,20 +55,21 @@ def init_params(build, seed: int, device: str) -> Params:
 
 
 class ImageStream:
-    """Seeded random batches from an in-memory uint8 image set; the arrays are shared, never
-    copied (from the object store on Ray, zero-copy)."""
+    """Seeded random batches from an in-memory set (uint8 images or int16 token sequences); the
+    arrays are shared, never copied (from the object store on Ray, zero-copy)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: str):
         with warnings.catch_warnings():  # object-store arrays are read-only; we never write to them
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            self.images = torch.from_numpy(images)  # uint8 [N, H, W]
+            self.images = torch.from_numpy(images)  # uint8 [N, H, W] or int16 [N, L]
             self.labels = torch.from_numpy(labels)
+        self.modality = modality_of_array(images)
         self.device = device
         self.generator = torch.Generator()
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(len(self.labels), (batch_size,), generator=self.generator)
-        x = self.images[index].unsqueeze(1).to(self.device, torch.float32).div_(255.0)
+        x = self.modality.inputs(self.images[index].to(self.device))
         return x, self.labels[index].to(self.device)
 
     def reseed(self, seed: int) -> None:

@@ -31,6 +31,7 @@ class RunSummary:
     mean_score_clean: float
     mean_score_corrupted: float
     auroc_by_kind: dict
+    mean_score_by_kind: dict  # corruption kind (and "clean") -> mean probe score
 
 
 class Prober:
@@ -57,9 +58,13 @@ class Prober:
         kinds = sorted(set(self.probe.corruption[bad]))
         by_kind = {k: corruption_auroc(scores[(self.probe.corruption == k) | ~bad],
                                        bad[(self.probe.corruption == k) | ~bad]) for k in kinds}
+        mean_by_kind = {k: float(scores[self.probe.corruption == k].mean()) for k in kinds}
+        if (~bad).any():
+            mean_by_kind = {"clean": float(scores[~bad].mean()), **mean_by_kind}
         return {"auroc": corruption_auroc(scores, bad), "auroc_by_kind": by_kind,
                 "mean_score_clean": float(scores[~bad].mean()) if (~bad).any() else math.nan,
-                "mean_score_corrupted": float(scores[bad].mean()) if bad.any() else math.nan}
+                "mean_score_corrupted": float(scores[bad].mean()) if bad.any() else math.nan,
+                "mean_score_by_kind": mean_by_kind}
 
     def rater_checkpoint(self, params) -> dict:
         weights = {name: value.detach().clone() for (name, _), value in zip(self.rater.named_parameters(), params)}
@@ -150,8 +155,10 @@ def format_report(summary: RunSummary) -> str:
     lines = [f"meta-training finished: {summary.steps} outer steps"]
     if math.isfinite(summary.auroc):
         lines.append(f"  AUROC on the probe set (clean scored above corrupted): {summary.auroc:.3f}")
+        width = max(12, *(len(kind) for kind in summary.auroc_by_kind))
         for kind, value in summary.auroc_by_kind.items():
-            lines.append(f"    {kind:<12} {value:.3f}")
+            mean = summary.mean_score_by_kind.get(kind, math.nan)
+            lines.append(f"    {kind:<{width}} {value:.3f}   mean score {mean:+.3f}")
         lines.append(f"  mean score: clean {summary.mean_score_clean:+.3f}, corrupted {summary.mean_score_corrupted:+.3f}")
     else:
         lines.append(f"  mean score of the probe set: {summary.mean_score_clean:+.3f} (no ground truth: no AUROC)")

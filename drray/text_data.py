@@ -1,0 +1,200 @@
+"""Text data sets: plain text files and JSON lines cut into byte-token sequences, and Parquet
+with a `text` column (DESIGN.md). Rows are stored as int16 token ids [N, L] (drray.tokenizer) in
+ExampleSet.images, with zero labels: language modelling has no label.
+
+Source `text`: every file in data.dir matching data.pattern (.gz read transparently). A `.jsonl`
+file is one document per line, its text in the field data.text_field (a `wikitext` field is
+stripped of its markup first); any other file is one plain-text document. Documents are cut into
+paragraphs (blank-line separated) and paragraphs into sequences of whole words of at most
+data.seq_len bytes; sequences shorter than a quarter of that are dropped.
+"""
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from drray.config import DataConfig
+from drray.data import DATA_SOURCES, ExampleSet, _read_ground_truth
+from drray.errors import DataError
+from drray.tokenizer import TOKEN_DTYPE, decode, encode_batch
+
+# ---- wikitext -> plain text ------------------------------------------------------------------
+
+END_SECTIONS = re.compile(r"^==+\s*(References|External links|See also|Notes|Further reading|Bibliography|"
+                          r"Sources|Citations)\s*==+\s*$", re.MULTILINE | re.IGNORECASE)
+COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+REF = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref>|<gallery[^>]*>.*?</gallery>", re.DOTALL | re.IGNORECASE)
+TAG = re.compile(r"<[^<>]+>")
+TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
+TABLE = re.compile(r"\{\|.*?\|\}", re.DOTALL)
+INNER_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
+EXTERNAL_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\]]+\s*([^\]]*)\]")
+EMPHASIS = re.compile(r"'{2,}")
+HEADING = re.compile(r"^=+.*=+\s*$", re.MULTILINE)
+NON_LINK_NAMESPACES = ("file:", "image:", "category:", "media:")
+
+
+def _link_text(match: re.Match) -> str:
+    target = match.group(1)
+    if target.lower().startswith(NON_LINK_NAMESPACES) or ":" in target.split("|")[0][1:]:
+        return ""  # images, categories and interlanguage links carry no running text
+    return target.split("|")[-1]
+
+
+def _until_stable(pattern: re.Pattern, replace, text: str) -> str:
+    """Apply a substitution until nothing changes: nested {{...}} and [[...]] go innermost first."""
+    for _ in range(50):
+        new = pattern.sub(replace, text)
+        if new == text:
+            break
+        text = new
+    return text
+
+
+def wikitext_to_text(wikitext: str) -> str:
+    """Plain running text from MediaWiki markup: templates, references, tables, files, headings and
+    the reference sections go; links and emphasis keep their words."""
+    text = html.unescape(html.unescape(wikitext))  # the dump escapes markup, and some entities twice
+    end = END_SECTIONS.search(text)
+    text = text[: end.start()] if end else text
+    text = REF.sub("", COMMENT.sub("", text))
+    text = _until_stable(TEMPLATE, "", text)
+    text = TABLE.sub("", text)
+    text = _until_stable(INNER_LINK, _link_text, text)
+    text = TAG.sub("", EXTERNAL_LINK.sub(r"\1", text))
+    text = HEADING.sub("", EMPHASIS.sub("", text))
+    lines = []
+    for line in text.splitlines():
+        line = re.sub(r"[ \t\u00a0]+", " ", line.lstrip("*#:; ")).strip()
+        if line.startswith(("|", "!", "{", "}", "File:", "Image:")) or "{{" in line or "}}" in line:
+            continue  # remnants of tables and unbalanced templates
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# ---- documents and sequences -----------------------------------------------------------------
+
+WORD = re.compile(r"\S+\s*")
+
+
+def paragraph_sequences(paragraph: str, seq_len: int) -> Iterator[str]:
+    """Consecutive whole words (with their spacing and line breaks) packed into pieces of at most
+    seq_len UTF-8 bytes; a word longer than that is a piece of its own (cut when encoded)."""
+    piece, size = [], 0
+    for word in WORD.findall(paragraph):
+        n = len(word.encode("utf-8"))
+        if piece and size + len(word.rstrip().encode("utf-8")) > seq_len:
+            yield "".join(piece).rstrip()
+            piece, size = [], 0
+        piece.append(word)
+        size += n
+    if piece:
+        yield "".join(piece).rstrip()
+
+
+def document_sequences(document: str, seq_len: int) -> Iterator[str]:
+    min_bytes = max(2, seq_len // 4)
+    for paragraph in re.split(r"\n\s*\n", document):
+        for sequence in paragraph_sequences(paragraph.strip(), seq_len):
+            if len(sequence.encode("utf-8")) >= min_bytes:
+                yield sequence
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        return raw.decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read as (gzipped) UTF-8 text ({exc}); check the file".replace("\n", " ")) from None
+
+
+def read_documents(path: Path, text_field: str) -> Iterator[str]:
+    """A .jsonl[.gz] file: one document per record (field text_field); any other file: one document."""
+    text = _read_text(path)
+    if ".jsonl" not in path.suffixes:
+        yield text
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not a JSON object ({exc.msg}); fix the line") from None
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise DataError(f"{path}:{number}: no string field {text_field!r}; set data.text_field to the field "
+                            "that holds the text")
+        value = record[text_field]
+        yield wikitext_to_text(value) if text_field == "wikitext" else value
+
+
+def text_files(cfg: DataConfig) -> list[Path]:
+    if cfg.dir is None or not Path(cfg.dir).is_dir():
+        raise DataError(f"data.dir {cfg.dir} does not exist; set data.dir to a folder of .txt[.gz] / .jsonl[.gz] files")
+    pattern = cfg.pattern or "*"
+    files = sorted(p for p in Path(cfg.dir).glob(pattern) if p.is_file())
+    if not files:
+        raise DataError(f"{Path(cfg.dir) / pattern}: no files match; set data.pattern (e.g. '*.txt.gz')")
+    return files
+
+
+def sequences_from_files(cfg: DataConfig) -> list[str]:
+    return [sequence for path in text_files(cfg) for document in read_documents(path, cfg.text_field)
+            for sequence in document_sequences(document, cfg.seq_len)]
+
+
+def text_examples(texts: list[str], seq_len: int, first_id: int = 0) -> ExampleSet:
+    tokens = encode_batch(texts, seq_len)
+    n = len(texts)
+    return ExampleSet.clean(first_id + np.arange(n), tokens, np.zeros(n, np.int64), 1, dtype=TOKEN_DTYPE)
+
+
+@DATA_SOURCES.register("text")
+def load_text_source(cfg: DataConfig):
+    """Plain text and JSON-lines files under data.dir, as sequences of data.seq_len bytes."""
+    sequences = sequences_from_files(cfg)
+    if not sequences:
+        raise DataError(f"data.dir {cfg.dir}: the files hold no sequence of {max(2, cfg.seq_len // 4)}+ bytes; "
+                        "check data.pattern and data.text_field")
+    return text_examples(sequences, cfg.seq_len), None
+
+
+# ---- Parquet ---------------------------------------------------------------------------------
+
+def examples_from_text_table(table: pa.Table, path, seq_len: int) -> ExampleSet:
+    """Rows with `id` and `text` (string) as token sequences; `label` is optional (zeros)."""
+    missing = [c for c in ("id", "text") if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {', '.join(missing)}; a text data set needs id and text")
+    if table.num_rows == 0 or table.column("id").null_count or table.column("text").null_count:
+        raise DataError(f"{path}: needs at least one row and no nulls in id and text; fill or drop those rows")
+    if not pa.types.is_string(table.column("text").type) and not pa.types.is_large_string(table.column("text").type):
+        raise DataError(f"{path}: column text is {table.column('text').type}, not string; store text as UTF-8 strings")
+    examples = text_examples(table.column("text").to_pylist(), seq_len)
+    examples.ids = table.column("id").to_numpy().astype(np.int64)
+    if "label" in table.column_names:
+        examples.labels = table.column("label").to_numpy().astype(np.int64)
+        examples.num_classes = int(examples.labels.max(initial=0)) + 1
+    _read_ground_truth(table, examples)
+    return examples
+
+
+def write_text_parquet(examples: ExampleSet, path) -> None:
+    """One text split as Parquet: id, text (the sequence's bytes as UTF-8), label and ground truth."""
+    table = pa.table({
+        "id": pa.array(examples.ids, pa.int64()),
+        "text": pa.array([decode(row) for row in examples.images], pa.string()),
+        "label": pa.array(examples.labels, pa.int64()),
+        "is_corrupted": pa.array(examples.is_corrupted, pa.bool_()),
+        "corruption": pa.array(examples.corruption.astype(str), pa.string()),
+        "corruption_level": pa.array(examples.corruption_level, pa.float32()),
+    })  # fmt: skip
+    pq.write_table(table, str(path))
