@@ -47,6 +47,19 @@ def test_ray_population_matches_in_process(ray_cluster, tmp_path):
     assert any(not torch.equal(x, y) for x, y in zip(want, make_population(cfg, splits).rater_params))
 
 
+def test_ray_population_runs_text_like_in_process(ray_cluster, tmp_path):
+    """The same actors carry text: int16 token rows through the object store, transformers in the workers."""
+    cfg = load_config(ROOT / "configs" / "text-tiny.yaml",
+                      [f"run.out={tmp_path}", f"data.dir={ROOT.parent / 'shared' / 'data' / 'text'}"])
+    splits = build_splits(cfg.data, cfg.run.seed)
+    local, remote = make_population(cfg, splits), RayPopulation(cfg, splits)
+    for a, b in zip(run_steps(local, 3), run_steps(remote, 3)):
+        assert b.outer_loss == pytest.approx(a.outer_loss, rel=1e-5)
+    want, got = local.rater_params, remote.rater_params
+    error = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(got, want))) / torch.sqrt(sum((y**2).sum() for y in want))
+    assert error.item() <= 1e-4  # Adam on the rater amplifies float rounding (threads differ) a little
+
+
 def test_killed_worker_is_replaced_and_run_completes(ray_cluster, tmp_path, capsys):
     cfg = tiny(tmp_path, "meta.steps=6")
     population = RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed))

@@ -2,6 +2,7 @@
 import gzip
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from drray.text_models import TransformerLM, TransformerRater
 from drray.tokenizer import PAD, decode, encode, encode_batch, lengths
 from tests.test_metagrad import outer_loss, params_of, relative_error
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXT_KINDS = ["random_bytes", "mojibake", "shuffled_words", "markup_lines", "repeated_lines", "whitespace_runs"]
 SAMPLE = ("It is a truth universally acknowledged, that a single man in possession\nof a good fortune, must be in "
           "want of a wife. However little known the feelings or views of such a man may be on his first entering "
@@ -265,7 +267,8 @@ def test_meta_train_runs_on_text_with_the_tiny_config(tmp_path):
     from drray import checkpoint
     from drray.train import format_report, meta_train
 
-    cfg = load_config("configs/text-tiny.yaml", [f"run.out={tmp_path / 'run'}", "run.backend=local"])
+    cfg = load_config(ROOT / "configs" / "text-tiny.yaml", [f"run.out={tmp_path / 'run'}", "run.backend=local",
+                                                            f"data.dir={ROOT.parent / 'shared' / 'data' / 'text'}"])
     splits = build_splits(cfg.data, cfg.run.seed)
     assert splits.image_shape == (32,) and splits.train.images.dtype == np.int16
     assert not splits.heldout.is_corrupted.any() and splits.probe.is_corrupted.any()
