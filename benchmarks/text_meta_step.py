@@ -1,0 +1,73 @@
+"""Peak memory and time of one outer step on text, backprop vs mixflow, as T grows.
+
+    python -m benchmarks.text_meta_step [--T 1 2 4 8] [--steps 2]
+
+configs/text.yaml's models and data (transformer rater, causal transformer LM, 64-byte sequences,
+batch 32), one inner model, no reinitialisation. Each (method, T) runs in a fresh child process
+(`--one METHOD T`) that builds the population as jobs.meta_train does, resets the peak-RSS counter
+after setup, runs a warm-up step and `--steps` timed ones, and prints one JSON line. Memory is
+the growth of the process's peak RSS over its post-setup RSS (benchmarks.meta_step's helpers).
+Results: benchmarks/results/text_meta_step.json; see docs/text.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.meta_step import proc_status_mb, reset_peak_rss
+
+ROOT = Path(__file__).resolve().parents[1]
+TAG = "RESULT "
+
+
+def run_one(method: str, T: int, steps: int) -> dict:
+    from drray.config import load_config
+    from drray.data import build_splits
+    from drray.train import make_population
+
+    cfg = load_config(ROOT / "configs" / "text.yaml", [
+        f"meta.method={method}", f"inner.T={T}", "population.size=1", "population.lifetime=100000",
+        "data.max_train=2000", "data.probe_size=100", f"data.dir={ROOT.parent / 'shared' / 'data' / 'text'}"])
+    population = make_population(cfg, build_splits(cfg.data, cfg.run.seed))
+    baseline = reset_peak_rss()
+    population.step()  # warm-up
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        population.step()
+        times.append(time.perf_counter() - started)
+    peak = proc_status_mb("VmHWM")
+    return {"method": method, "T": T, "batch": cfg.inner.batch_size, "seq_len": cfg.data.seq_len,
+            "sec_per_step": statistics.median(times), "baseline_rss_mb": baseline, "peak_rss_mb": peak,
+            "extra_mb": peak - baseline}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", "T"))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "text_meta_step.json"))
+    args = parser.parse_args(argv)
+    if args.one:
+        print(TAG + json.dumps(run_one(args.one[0], int(args.one[1]), args.steps)), flush=True)
+        return
+    rows = []
+    for T in args.T:
+        for method in ("backprop", "mixflow"):
+            child = subprocess.run([sys.executable, "-m", "benchmarks.text_meta_step", "--one", method, str(T),
+                                    "--steps", str(args.steps)], cwd=ROOT, capture_output=True, text=True, check=True)
+            row = json.loads(next(line for line in child.stdout.splitlines() if line.startswith(TAG))[len(TAG):])
+            rows.append(row)
+            print(f"T={T:<3} {method:<9} {row['sec_per_step']:.2f} s/step  +{row['extra_mb']:.0f} MB peak", flush=True)
+    Path(args.output).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
