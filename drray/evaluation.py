@@ -25,7 +25,8 @@ from torch import nn
 from drray.config import Config
 from drray.corruption import seeded_rng
 from drray.data import DataSplits, ExampleSet
-from drray.filtering import batch_draw_size, quantile_cut, summarize, top_b_indices
+from drray.batch_rule import top_b_indices
+from drray.filtering import batch_draw_size, quantile_cut, summarize
 from drray.models import build_inner
 from drray.population import derive_seed
 

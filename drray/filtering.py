@@ -1,11 +1,11 @@
 """Filtering a scored data set with a discard fraction rho (DESIGN.md, "Using a trained rater").
 
-Three rules, one module, no Ray (the jobs and the evaluation wire them to Ray Data):
+Three rules, no Ray (the jobs and the evaluation wire them to Ray Data):
 
 - `quantile`: drop the globally lowest rho. `kept_count(n, rho)` rows are kept, the threshold is
   the lowest kept score, and ties at the threshold are broken by id (`quantile_cut`).
-- `batch`: the paper's training-time rule. Draw N = round(B / (1 - rho)) examples, score them,
-  keep the top B (`top_b_indices`, `filter_stream_batches`, `BatchFilter`).
+- `batch`: the paper's training-time rule, in `drray.batch_rule`. Draw N = round(B / (1 - rho))
+  examples, score them, keep the top B.
 - `sample`: one streaming pass keeping each row with `p_accept(CDF(score))`, the probability that
   the batch rule keeps an example at that quantile; so it matches `batch` in expectation
   (`SampleRule`). The CDF is estimated from a sample of scores (`empirical_cdf`).
@@ -17,21 +17,19 @@ Rounding is half-up everywhere (`round_half_up`), never Python's round-half-to-e
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from drray.metrics import corruption_auroc
 
-# torch is imported only by BatchFilter (see __getattr__ below): the Ray Data workers that apply
-# the quantile and sample rules then never load it (seconds and some hundred MB per worker).
+# No torch here: the Ray Data workers that apply the quantile and sample rules never load it
+# (seconds and some hundred MB per worker).
 
 __all__ = [
-    "BatchFilter", "QuantileCut", "SampleRule", "batch_draw_size", "empirical_cdf", "filter_stream_batches",
-    "kept_count", "p_accept", "quantile_cut", "quantile_threshold", "round_half_up", "row_uniforms", "summarize",
-    "top_b_indices",
+    "QuantileCut", "SampleRule", "batch_draw_size", "empirical_cdf", "kept_count", "p_accept", "quantile_cut", "quantile_threshold",
+    "round_half_up", "row_uniforms", "summarize",
 ]  # fmt: skip
 
 
@@ -112,173 +110,12 @@ def quantile_cut(scores: np.ndarray, discard: float, ids: Optional[np.ndarray] =
     return QuantileCut(threshold, int(tie_id), k)
 
 
-# ---------------------------------------------------------------------------------------------
-# batch: keep the top B of every N
-
-
 def batch_draw_size(discard: float, batch_size: int) -> int:
     """N = round_half_up(B / (1 - discard)): examples drawn per kept batch of B."""
     discard = _check_discard(discard)
     if int(batch_size) < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     return max(int(batch_size), round_half_up(batch_size / (1.0 - discard)))
-
-
-def top_b_indices(scores: np.ndarray, b: int) -> np.ndarray:
-    """Indices of the b highest scores, in their original order. Ties go to the earlier row;
-    NaN counts as the lowest score."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    b = max(0, min(int(b), len(scores)))
-    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
-    return np.sort(order[:b])
-
-
-def _is_tensor(value) -> bool:
-    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
-    return torch is not None and isinstance(value, torch.Tensor)
-
-
-def _num_rows(batch) -> int:
-    if isinstance(batch, dict):
-        return _num_rows(next(iter(batch.values())))
-    if isinstance(batch, (tuple, list)):
-        return _num_rows(batch[0])
-    return batch.num_rows if hasattr(batch, "num_rows") else len(batch)
-
-
-def _take(batch, index: np.ndarray):
-    """Rows `index` of a batch: a tensor, array, pyarrow Table/RecordBatch, or a dict/tuple of them."""
-    if isinstance(batch, dict):
-        return {key: _take(value, index) for key, value in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_take(value, index) for value in batch)
-    if _is_tensor(batch):
-        import torch
-
-        return batch[torch.as_tensor(index, dtype=torch.long, device=batch.device)]
-    if hasattr(batch, "take"):  # pyarrow
-        import pyarrow as pa
-
-        return batch.take(pa.array(index, type=pa.int64()))
-    return np.asarray(batch)[index]
-
-
-def _concat(parts: list):
-    first = parts[0]
-    if len(parts) == 1:
-        return first
-    if isinstance(first, dict):
-        return {key: _concat([p[key] for p in parts]) for key in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
-    if _is_tensor(first):
-        import torch
-
-        return torch.cat(parts)
-    if hasattr(first, "num_rows"):  # pyarrow
-        import pyarrow as pa
-
-        tables = [pa.Table.from_batches([p]) if isinstance(p, pa.RecordBatch) else p for p in parts]
-        return pa.concat_tables(tables).combine_chunks()
-    return np.concatenate(parts)
-
-
-def _rebatch(batches: Iterable, size: int) -> Iterator:
-    """Batches of exactly `size` rows (the last may be shorter) from batches of any size."""
-    pending, count = [], 0
-    for batch in batches:
-        n, start = _num_rows(batch), 0
-        while start < n:
-            take = min(size - count, n - start)
-            part = batch if (start == 0 and take == n) else _take(batch, np.arange(start, start + take))
-            pending.append(part)
-            count += take
-            start += take
-            if count == size:
-                yield _concat(pending)
-                pending, count = [], 0
-    if count:
-        yield _concat(pending)
-
-
-def _scores_array(scores) -> np.ndarray:
-    if _is_tensor(scores):
-        scores = scores.detach().float().cpu().numpy()
-    elif hasattr(scores, "to_numpy"):  # pyarrow
-        scores = scores.to_numpy(zero_copy_only=False)
-    return np.asarray(scores, dtype=np.float64).reshape(-1)
-
-
-def filter_stream_batches(
-    batches: Iterable, score_fn: Callable[[Any], Any], discard: float, batch_size: int, drop_last: bool = False
-) -> Iterator:
-    """The paper's batch rule over a stream: regroup `batches` into pools of N =
-    batch_draw_size(discard, batch_size) rows, score each pool with `score_fn(pool)` (one score
-    per row: numpy, torch or pyarrow), and yield its top B rows (original order kept).
-
-    Batches may be pyarrow Tables/RecordBatches, numpy arrays, torch tensors, or dicts/tuples of
-    them, of any size: e.g. `ray.data.Dataset.iter_batches(batch_size=N, batch_format="pyarrow")`.
-    A last, short pool of n < N rows yields its top round_half_up(n * B / N), or nothing with
-    drop_last."""
-    draw = batch_draw_size(discard, batch_size)
-    for pool in _rebatch(batches, draw):
-        n = _num_rows(pool)
-        keep = batch_size if n == draw else (0 if drop_last else round_half_up(n * batch_size / draw))
-        if keep == 0:
-            continue
-        scores = _scores_array(score_fn(pool))
-        if len(scores) != n:
-            raise ValueError(f"score_fn gave {len(scores)} scores for a pool of {n} rows")
-        yield _take(pool, top_b_indices(scores, keep))
-
-
-def _define_batch_filter():
-    import torch
-
-    class BatchFilter(torch.utils.data.IterableDataset):
-        """Training-time filtering as a torch IterableDataset: draws N = B / (1 - discard) examples
-        from `source`, scores them with `score_fn`, and yields the top B as one batch.
-
-        source: an iterable of batches (`batched=True`: tensors, arrays, dicts/tuples of them, or
-        pyarrow), or of single examples (`batched=False`: each collated with `collate_fn`, torch's
-        default_collate unless given). Use it with `DataLoader(BatchFilter(...), batch_size=None)`.
-        With DataLoader workers, give each worker its own shard of `source`."""
-
-        def __init__(self, source: Iterable, score_fn: Callable[[Any], Any], discard: float, batch_size: int,
-                     batched: bool = True, collate_fn: Optional[Callable] = None, drop_last: bool = False):
-            super().__init__()
-            self.source, self.score_fn, self.discard, self.batch_size = source, score_fn, discard, int(batch_size)
-            self.batched, self.drop_last = batched, drop_last
-            self.collate_fn = collate_fn or torch.utils.data.default_collate
-            self.draw_size = batch_draw_size(discard, batch_size)
-
-        def _batches(self) -> Iterator:
-            if self.batched:
-                yield from self.source
-                return
-            pending = []
-            for example in self.source:
-                pending.append(example)
-                if len(pending) == self.draw_size:
-                    yield self.collate_fn(pending)
-                    pending = []
-            if pending:
-                yield self.collate_fn(pending)
-
-        def __iter__(self) -> Iterator:
-            with torch.no_grad():
-                yield from filter_stream_batches(self._batches(), self.score_fn, self.discard, self.batch_size,
-                                                 self.drop_last)
-
-    BatchFilter.__module__, BatchFilter.__qualname__ = __name__, "BatchFilter"
-    return BatchFilter
-
-
-def __getattr__(name: str):
-    if name == "BatchFilter":  # defined on first use, so that importing this module skips torch
-        globals()["BatchFilter"] = _define_batch_filter()
-        return globals()["BatchFilter"]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------

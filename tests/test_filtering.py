@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from drray.batch_rule import BatchFilter, filter_stream_batches, top_b_indices
 from drray.filtering import (
-    BatchFilter, SampleRule, batch_draw_size, empirical_cdf, filter_stream_batches, kept_count, p_accept,
-    quantile_cut, quantile_threshold, round_half_up, row_uniforms, summarize, top_b_indices,
+    SampleRule, batch_draw_size, empirical_cdf, kept_count, p_accept, quantile_cut, quantile_threshold,
+    round_half_up, row_uniforms, summarize,
 )  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[1]
