@@ -45,7 +45,7 @@ def _shown(text: str, seq_len: int) -> str:
 def random_bytes(text: str, rng: np.random.Generator, seq_len: int) -> tuple[str, float]:
     """A contiguous run over 30-100% of the bytes is replaced by random bytes, read as UTF-8 the
     way a browser shows a binary blob (invalid bytes become U+FFFD)."""
-    data = text.encode("utf-8")
+    data = text.encode("utf-8") or b" "  # an empty row still gets its garbage
     span = max(1, int(round(rng.uniform(0.3, 1.0) * len(data))))
     start = int(rng.integers(0, len(data) - span + 1))
     junk = rng.integers(0, 256, size=span, dtype=np.uint8).tobytes()
@@ -84,7 +84,7 @@ def shuffled_words(text: str, rng: np.random.Generator, seq_len: int) -> tuple[s
     if len(words) > 1 and np.array_equal(order, np.arange(len(words))):
         order = np.roll(order, 1)  # the identity permutation would leave the row clean
     parts[0::2] = [words[i] for i in order]
-    return "".join(parts), float(np.mean(order != np.arange(len(words))))
+    return "".join(parts), float(np.mean([words[i] != word for i, word in zip(order, words)]))
 
 
 BOILERPLATE = (
@@ -145,7 +145,7 @@ def repeated_lines(text: str, rng: np.random.Generator, seq_len: int) -> tuple[s
     if lines:
         line = lines[int(rng.integers(len(lines)))]
     else:
-        words = text.split()
+        words = text.split() or ["-"]  # a blank row repeats a dash line
         start = int(rng.integers(len(words)))
         line = words[start]
         for word in words[start + 1: start + int(rng.integers(3, 11))]:

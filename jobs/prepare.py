@@ -30,7 +30,7 @@ PREPARE_FORMAT = "drray-prepared/1"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="drray prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="digits", help="data source: digits, mnist, idx, parquet (default digits)")
+    parser.add_argument("--source", default="digits", help="data source: digits, mnist, idx, parquet, text (default digits)")
     parser.add_argument("--dir", help="the source's directory (mnist: ../shared/data/mnist by default)")
     parser.add_argument("--corrupt", default="", metavar="KIND:FRACTION[,...]",
                         help="corrupt seeded, disjoint fractions of the training split, e.g. "
@@ -46,6 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="of the pool, for sources without a test split (default 0.2)")
     parser.add_argument("--max-train", type=int, help="cap the training split at N rows (a seeded subset)")
     parser.add_argument("--download", action="store_true", help="fetch a missing data set (mnist; online only)")
+    parser.add_argument("--seq-len", type=int, default=128, help="text: bytes per sequence (default 128)")
+    parser.add_argument("--pattern", help="text: glob of the files in --dir to read (default: every file)")
+    parser.add_argument("--text-field", default="text",
+                        help="text: the JSON-lines field with the text; 'wikitext' strips the markup (default text)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     return parser.parse_args(argv)
 
@@ -103,7 +107,8 @@ def data_config(args: argparse.Namespace):
     try:
         return DataConfig(source=args.source, dir=args.dir, heldout_fraction=args.heldout_fraction,
                           test_fraction=args.test_fraction, corruption=corruption, max_train=args.max_train,
-                          download=args.download)
+                          download=args.download, seq_len=args.seq_len, pattern=args.pattern,
+                          text_field=args.text_field)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])

@@ -288,3 +288,24 @@ def summary_scores(cfg, splits, out):
     from drray.train import Prober
 
     return Prober(cfg, splits).scores(checkpoint.load_state(out)["population"]["meta"]["params"])
+
+
+def test_prepared_text_parquet_is_the_same_data_as_the_files(tmp_path):
+    """jobs.prepare writes a text source as Parquet (`text` column); reading it back as
+    data.source=parquet gives the same token rows, corruption and ground truth."""
+    from jobs.prepare import main as prepare
+
+    text_dir = ROOT.parent / "shared" / "data" / "text"
+    args = ["--source", "text", "--dir", str(text_dir), "--pattern", "austen-persuasion.txt.gz", "--seq-len", "32",
+            "--max-train", "300", "--corrupt", "mojibake:0.1,markup_lines:0.1", "--shards", "2"]
+    assert prepare(args + ["--output", str(tmp_path / "prepared")]) == 0
+    files = load_config(None, ["data.source=text", f"data.dir={text_dir}", "data.pattern=austen-persuasion.txt.gz",
+                               "data.seq_len=32", "data.max_train=300",
+                               "data.corruption=[{kind: mojibake, fraction: 0.1}, {kind: markup_lines, fraction: 0.1}]"])
+    parquet = load_config(None, ["data.source=parquet", f"data.dir={tmp_path / 'prepared'}", "data.seq_len=32"])
+    want, got = build_splits(files.data, 0), build_splits(parquet.data, 0)
+    for name in ("train", "heldout", "test"):
+        a, b = getattr(want, name), getattr(got, name)
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.ids, b.ids)
+        assert np.array_equal(a.corruption, b.corruption) and np.array_equal(a.is_corrupted, b.is_corrupted)
+    assert got.image_shape == (32,) and got.train.is_corrupted.sum() == 60
