@@ -18,7 +18,7 @@ from drray.config import Config
 from drray.data import DataSplits, build_splits, to_tensors
 from drray.errors import ConfigError, TrainingDiverged
 from drray.metrics import MetricsLog, Progress, corruption_auroc
-from drray.models import build_rater, choose_arch
+from drray.models import build_inner, build_rater, choose_arch
 from drray.population import Population
 from drray.storage import RunDir
 
@@ -110,6 +110,7 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
     """on_record(record, population, prober), if given, sees every step's metrics record (a Tune
     trial reports from it)."""
     splits = splits or build_splits(cfg.data, cfg.run.seed)  # bad data fails here, before any output
+    check_models_fit(cfg, splits)
     run_dir = RunDir(cfg.run.out)
     out = run_dir.local
     prepare_output(run_dir, resume, overwrite)
@@ -144,6 +145,14 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
         run_dir.push()
     final = prober.summary(population.rater_params)
     return RunSummary(out=run_dir, steps=cfg.meta.steps, **final)
+
+
+def check_models_fit(cfg: Config, splits: DataSplits) -> None:
+    """Build the rater and an inner model once, so an arch made for other data (an image model on
+    text, or the reverse) is a one-line ConfigError before any output or worker exists."""
+    with torch.random.fork_rng(devices=[]):  # leaves the global RNG as it was
+        build_rater(cfg.rater.arch, splits.image_shape, splits.num_classes)
+        build_inner(cfg.inner.arch, splits.image_shape, splits.num_classes)
 
 
 def save(out: Path, cfg: Config, population, prober: Prober) -> None:

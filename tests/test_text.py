@@ -276,6 +276,9 @@ def test_meta_train_runs_on_text_with_the_tiny_config(tmp_path):
     assert set(summary.auroc_by_kind) == {"random_bytes", "shuffled_words"}
     assert set(summary.mean_score_by_kind) == {"clean", "random_bytes", "shuffled_words"}
     assert "random_bytes" in format_report(summary) and "mean score" in format_report(summary)
+    with pytest.raises(ConfigError, match="rater.arch=mlp is a model for image data but the data is text"):
+        meta_train(cfg.model_copy(update={"rater": cfg.rater.model_copy(update={"arch": "mlp"})}),
+                   splits=splits, overwrite=True)
     rater, info = checkpoint.load_rater(tmp_path / "run")
     assert info["arch"] == "transformer_tiny" and info["image_shape"] == [32]
     x, y = to_tensors(splits.probe)
