@@ -400,12 +400,19 @@ def write_parquet(examples: ExampleSet, path: Path) -> None:
         "id": pa.array(examples.ids, pa.int64()),
         "image": pa.FixedSizeListArray.from_arrays(pa.array(examples.images.reshape(-1), pa.uint8()), height * width),
         "shape": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([height, width], n), pa.int32()), 2),
+        **label_and_truth_columns(examples),
+    })  # fmt: skip
+    pq.write_table(table, str(path))
+
+
+def label_and_truth_columns(examples: ExampleSet) -> dict:
+    """The columns every modality writes after its payload: label and the ground truth."""
+    return {
         "label": pa.array(examples.labels, pa.int64()),
         "is_corrupted": pa.array(examples.is_corrupted, pa.bool_()),
         "corruption": pa.array(examples.corruption.astype(str), pa.string()),
         "corruption_level": pa.array(examples.corruption_level, pa.float32()),
-    })  # fmt: skip
-    pq.write_table(table, str(path))
+    }
 
 
 from drray import text_data  # noqa: E402,F401  (registers the text sources)

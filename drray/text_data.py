@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from drray.config import DataConfig
-from drray.data import DATA_SOURCES, ExampleSet, _read_ground_truth
+from drray.data import DATA_SOURCES, ExampleSet, _read_ground_truth, label_and_truth_columns
 from drray.errors import DataError
 from drray.tokenizer import TOKEN_DTYPE, decode, encode_batch
 
@@ -192,9 +192,6 @@ def write_text_parquet(examples: ExampleSet, path) -> None:
     table = pa.table({
         "id": pa.array(examples.ids, pa.int64()),
         "text": pa.array([decode(row) for row in examples.images], pa.string()),
-        "label": pa.array(examples.labels, pa.int64()),
-        "is_corrupted": pa.array(examples.is_corrupted, pa.bool_()),
-        "corruption": pa.array(examples.corruption.astype(str), pa.string()),
-        "corruption_level": pa.array(examples.corruption_level, pa.float32()),
+        **label_and_truth_columns(examples),
     })  # fmt: skip
     pq.write_table(table, str(path))
