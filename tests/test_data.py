@@ -12,10 +12,10 @@ import torch
 
 from drray.config import CorruptionSpec, DataConfig
 from drray.data import (
-    DATA_SOURCES, MNIST_MD5, ExampleSet, build_splits, download_mnist, read_idx, read_parquet, to_tensors,
-    write_parquet,
+    DATA_SOURCES, ExampleSet, build_splits, read_parquet, to_tensors, write_parquet,
 )  # fmt: skip
 from drray.errors import DataError
+from drray.idx import MNIST_MD5, download_mnist, read_idx
 
 SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 

@@ -144,11 +144,17 @@ def test_shuffled_words_keeps_the_words_and_the_spacing():
 
 
 def test_markup_lines_insert_boilerplate_lines_and_keep_the_text():
+    from drray.text_corruption import BOILERPLATE
+
+    templates = [re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(t)) + "$") for t in BOILERPLATE]
     for seed in range(10):
-        corrupted, _ = corrupt_text("markup_lines", SAMPLE, seed)
+        corrupted, level = corrupt_text("markup_lines", SAMPLE, seed)
         lines = corrupted.split("\n")
         added = [line for line in lines if line not in SAMPLE]
         assert 1 <= len(added) <= 3
+        assert all(any(t.match(line) for t in templates) for line in added), added  # boilerplate, nothing else
+        share = sum(len(line.encode("utf-8")) + 1 for line in added) / len(corrupted.encode("utf-8"))
+        assert level == pytest.approx(share)  # the level is the inserted share of the bytes
         assert " ".join(line for line in lines if line in SAMPLE).split() == SAMPLE.split()
         cut, _ = corrupt_text("markup_lines", SAMPLE, seed, seq_len=128)
         added = [line for line in cut.split("\n") if line not in SAMPLE]
