@@ -175,14 +175,16 @@ def selection_quality(scores: np.ndarray, is_corrupted: np.ndarray, discard: flo
 def aggregate(results: list[dict]) -> list[dict]:
     """One row per (method, discard): mean, standard deviation (ddof 1) and standard error of the
     test accuracy over seeds, and the mean held-out loss."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["discard"]), []).append(r)
     rows = []
-    for key in dict.fromkeys((r["method"], r["discard"]) for r in results):
-        accs = np.array([r["acc"] for r in results if (r["method"], r["discard"]) == key])
+    for (method, discard), runs in groups.items():
+        accs = np.array([r["acc"] for r in runs])
         std = float(accs.std(ddof=1)) if len(accs) > 1 else math.nan
-        rows.append({"method": key[0], "discard": key[1], "acc_mean": float(accs.mean()), "acc_std": std,
+        rows.append({"method": method, "discard": discard, "acc_mean": float(accs.mean()), "acc_std": std,
                      "acc_se": std / math.sqrt(len(accs)), "n": len(accs),
-                     "heldout_loss_mean": float(np.mean([r["heldout_loss"] for r in results
-                                                         if (r["method"], r["discard"]) == key]))})
+                     "heldout_loss_mean": float(np.mean([r["heldout_loss"] for r in runs]))})
     return rows
 
 
