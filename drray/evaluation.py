@@ -27,6 +27,7 @@ from drray.corruption import seeded_rng
 from drray.data import DataSplits, ExampleSet
 from drray.batch_rule import top_b_indices
 from drray.filtering import batch_draw_size, quantile_cut, summarize
+from drray.modality import modality_of_array
 from drray.models import build_inner
 from drray.population import derive_seed
 
@@ -59,9 +60,32 @@ class RunSpec:
     seed: int
 
 
-def _images(images: np.ndarray, index=slice(None)) -> torch.Tensor:
-    """uint8 [n, H, W] -> float [n, 1, H, W] in [0, 1] (a copy: object-store arrays are read-only)."""
-    return torch.from_numpy(np.asarray(images[index], dtype=np.float32)).unsqueeze(1).div_(255.0)
+@dataclass(frozen=True)
+class Metric:
+    """What a fresh model is judged by: a field of run_one's result, and which way is better."""
+    key: str
+    label: str
+    higher_is_better: bool
+    scale: float  # shown as value * scale (accuracy in %)
+    plot: str  # the file name of its plot against the discard fraction
+
+    def gain(self, ours: float, rival: float) -> float:
+        """How much better `ours` is than `rival` (positive = better)."""
+        return ours - rival if self.higher_is_better else rival - ours
+
+
+# Images: test accuracy. Text: the language model's test loss (nats per byte), lower is better.
+METRICS = {"image": Metric("acc", "test accuracy (%)", True, 100.0, "accuracy.png"),
+           "text": Metric("test_loss", "test loss (nats/byte)", False, 1.0, "test_loss.png")}
+
+
+def metric_for(rows: np.ndarray) -> Metric:
+    return METRICS[modality_of_array(rows).name]
+
+
+def _inputs(rows: np.ndarray, index=slice(None)) -> torch.Tensor:
+    """Stored rows -> model inputs (a copy: object-store arrays are read-only)."""
+    return modality_of_array(rows).inputs(torch.from_numpy(np.array(rows[index])))
 
 
 def _labels(labels: np.ndarray) -> torch.Tensor:
@@ -77,13 +101,15 @@ def draw_batch(rng: np.random.Generator, n: int, batch_size: int, scores: Option
     return index[top_b_indices(scores[index], batch_size)]
 
 
-def train_fresh(budget: Budget, images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
+def train_fresh(budget: Budget, rows: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
                 scores: Optional[np.ndarray] = None, discard: float = 0.0) -> nn.Module:
     """A model trained from scratch for budget.steps batches of budget.batch_size; with scores,
-    each batch is the top B of N = B / (1 - discard) examples drawn uniformly."""
+    each batch is the top B of N = B / (1 - discard) examples drawn uniformly. Rows are images
+    (a classifier) or token sequences (a language model): drray.modality."""
+    modality = modality_of_array(rows)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_inner(budget.arch, images.shape[1:3], num_classes)
+        model = build_inner(budget.arch, rows.shape[1:], num_classes)
     if budget.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr)
     else:
@@ -92,7 +118,8 @@ def train_fresh(budget: Budget, images: np.ndarray, labels: np.ndarray, num_clas
     labels_t = _labels(labels)
     for _ in range(budget.steps):
         index = draw_batch(rng, len(labels), budget.batch_size, scores, discard)
-        loss = F.cross_entropy(model(_images(images, index)), labels_t[index])
+        x, y = _inputs(rows, index), labels_t[index]
+        loss = modality.losses(model(x), x, y).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -100,24 +127,29 @@ def train_fresh(budget: Budget, images: np.ndarray, labels: np.ndarray, num_clas
 
 
 @torch.no_grad()
-def per_example_losses(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    labels_t = _labels(labels)
-    parts = [F.cross_entropy(model(_images(images, slice(i, i + CHUNK))), labels_t[i:i + CHUNK], reduction="none")
-             for i in range(0, len(labels), CHUNK)]
+def _per_example(measure: str, model: nn.Module, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The modality's per-example `losses` or `accuracies` of `model`, in chunks."""
+    fn, labels_t = getattr(modality_of_array(rows), measure), _labels(labels)
+    parts = []
+    for i in range(0, len(labels), CHUNK):
+        x = _inputs(rows, slice(i, i + CHUNK))
+        parts.append(fn(model(x), x, labels_t[i:i + CHUNK]))
     return torch.cat(parts).numpy()
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
-    correct = sum(int((model(_images(images, slice(i, i + CHUNK))).argmax(1).numpy() == labels[i:i + CHUNK]).sum())
-                  for i in range(0, len(labels), CHUNK))
-    return correct / len(labels)
+def per_example_losses(model: nn.Module, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return _per_example("losses", model, rows, labels)
+
+
+def accuracy(model: nn.Module, rows: np.ndarray, labels: np.ndarray) -> float:
+    """Images: the fraction classified right. Text: the mean per-sequence next-byte accuracy."""
+    return float(_per_example("accuracies", model, rows, labels).mean())
 
 
 @torch.no_grad()
 def rater_scores(rater: nn.Module, examples: ExampleSet) -> np.ndarray:
     labels = _labels(examples.labels)
-    return torch.cat([rater(_images(examples.images, slice(i, i + CHUNK)), labels[i:i + CHUNK])
+    return torch.cat([rater(_inputs(examples.images, slice(i, i + CHUNK)), labels[i:i + CHUNK])
                       for i in range(0, len(examples), CHUNK)]).numpy()
 
 
@@ -151,8 +183,9 @@ def run_one(spec: RunSpec, data: dict, budget: Budget) -> dict:
     model = train_fresh(budget, data["train_images"], data["train_labels"], data["num_classes"], spec.seed,
                         method_scores, spec.discard)
     heldout_loss = float(per_example_losses(model, data["heldout_images"], data["heldout_labels"]).mean())
+    test_loss = float(per_example_losses(model, data["test_images"], data["test_labels"]).mean())
     return {**asdict(spec), "acc": accuracy(model, data["test_images"], data["test_labels"]),
-            "heldout_loss": heldout_loss}
+            "test_loss": test_loss, "heldout_loss": heldout_loss}
 
 
 def shared_arrays(splits: DataSplits, scores: dict) -> dict:
@@ -172,52 +205,60 @@ def selection_quality(scores: np.ndarray, is_corrupted: np.ndarray, discard: flo
             "corrupted_removed_fraction": summary["corrupted_removed_fraction"]}
 
 
+def _stats(values: list[float], prefix: str) -> dict:
+    """Mean, standard deviation (ddof 1) and standard error over seeds, keyed prefix_mean etc."""
+    values = np.asarray(values, dtype=np.float64)
+    std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+    return {f"{prefix}_mean": float(values.mean()), f"{prefix}_std": std, f"{prefix}_se": std / math.sqrt(len(values))}
+
+
 def aggregate(results: list[dict]) -> list[dict]:
-    """One row per (method, discard): mean, standard deviation (ddof 1) and standard error of the
-    test accuracy over seeds, and the mean held-out loss."""
+    """One row per (method, discard): test accuracy and test loss over seeds (mean, std, standard
+    error), the number of seeds and the mean held-out loss."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["method"], r["discard"]), []).append(r)
-    rows = []
-    for (method, discard), runs in groups.items():
-        accs = np.array([r["acc"] for r in runs])
-        std = float(accs.std(ddof=1)) if len(accs) > 1 else math.nan
-        rows.append({"method": method, "discard": discard, "acc_mean": float(accs.mean()), "acc_std": std,
-                     "acc_se": std / math.sqrt(len(accs)), "n": len(accs),
-                     "heldout_loss_mean": float(np.mean([r["heldout_loss"] for r in runs]))})
-    return rows
+    return [{"method": method, "discard": discard, **_stats([r["acc"] for r in runs], "acc"),
+             **_stats([r["test_loss"] for r in runs], "test_loss"), "n": len(runs),
+             "heldout_loss_mean": float(np.mean([r["heldout_loss"] for r in runs]))}
+            for (method, discard), runs in groups.items()]
 
 
-def best_row(rows: list[dict], method: str) -> Optional[dict]:
+def best_row(rows: list[dict], method: str, metric: Metric) -> Optional[dict]:
     candidates = [r for r in rows if r["method"] == method]
-    return max(candidates, key=lambda r: r["acc_mean"]) if candidates else None
+    if not candidates:
+        return None
+    sign = 1.0 if metric.higher_is_better else -1.0
+    return max(candidates, key=lambda r: sign * r[f"{metric.key}_mean"])
 
 
-def paired_difference(results: list[dict], a: tuple, b: tuple) -> dict:
-    """Mean and standard error of acc(a) - acc(b) over the seeds both have (paired: same seed,
-    same initial weights); a and b are (method, discard)."""
+def paired_difference(results: list[dict], a: tuple, b: tuple, metric: Metric) -> dict:
+    """Mean and standard error over the seeds both have (paired: same seed, same initial weights)
+    of how much better a is than b by `metric`; a and b are (method, discard)."""
     by_seed = {}
     for r in results:
-        by_seed.setdefault(r["seed"], {})[(r["method"], r["discard"])] = r["acc"]
-    diffs = np.array([accs[a] - accs[b] for accs in by_seed.values() if a in accs and b in accs])
+        by_seed.setdefault(r["seed"], {})[(r["method"], r["discard"])] = r[metric.key]
+    diffs = np.array([metric.gain(values[a], values[b]) for values in by_seed.values() if a in values and b in values])
     se = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else math.nan
     return {"diff": float(diffs.mean()) if len(diffs) else math.nan, "se": se, "n": len(diffs)}
 
 
-def verdicts(results: list[dict], rows: list[dict]) -> list[dict]:
+def verdicts(results: list[dict], rows: list[dict], metric: Metric) -> list[dict]:
     """The data rater at its best fraction against the baseline, random drop at the same fraction,
-    and every other method at its own best fraction; `beats` means by more than 2 standard errors."""
-    best = best_row(rows, "datarater")
+    and every other method at its own best fraction; `beats` means better by more than 2 standard
+    errors (diff > 0 is better, whichever way the metric points)."""
+    best = best_row(rows, "datarater", metric)
     if best is None:
         return []
     ours = ("datarater", best["discard"])
-    rivals = [("baseline", 0.0)] if best_row(rows, "baseline") else []
+    rivals = [("baseline", 0.0)] if best_row(rows, "baseline", metric) else []
     if any(r["method"] == "random" and r["discard"] == best["discard"] for r in rows):
         rivals.append(("random", best["discard"]))
-    rivals += [(m, best_row(rows, m)["discard"]) for m in ("random", "loss") if best_row(rows, m)]
+    rivals += [(m, best_row(rows, m, metric)["discard"]) for m in ("random", "loss") if best_row(rows, m, metric)]
     out = []
     for rival in dict.fromkeys(rivals):
-        d = paired_difference(results, ours, rival)
-        out.append({"datarater_discard": best["discard"], "rival": rival[0], "rival_discard": rival[1], **d,
+        d = paired_difference(results, ours, rival, metric)
+        out.append({"datarater_discard": best["discard"], "rival": rival[0], "rival_discard": rival[1],
+                    "metric": metric.key, **d,
                     "beats": bool(d["diff"] > 2 * d["se"]) if math.isfinite(d["se"]) else False})
     return out

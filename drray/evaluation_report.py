@@ -8,45 +8,50 @@ from pathlib import Path
 import numpy as np
 
 from drray.checkpoint import atomic_write_bytes
+from drray.evaluation import Metric
 
 MARKERS = {"baseline": "k", "datarater": "tab:blue", "random": "tab:gray", "loss": "tab:orange"}
 
 
-def _pct(value, digits: int = 2) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}"
+def _num(value, scale: float = 1.0, digits: int = 2) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{scale * value:.{digits}f}"
 
 
-def results_markdown(rows: list[dict], verdicts: list[dict], meta: dict) -> str:
+def results_markdown(rows: list[dict], verdicts: list[dict], meta: dict, metric: Metric) -> str:
+    """The table of results.md: the modality's metric per method and fraction, and the verdicts."""
+    digits = 2 if metric.scale != 1.0 else 4
+    name = metric.label.split(" (")[0]
     lines = [f"# Evaluation: {meta['data']}", "",
              f"Fresh `{meta['arch']}` models, {meta['steps']} steps of batch {meta['batch_size']} "
-             f"({meta['optimizer']}, lr {meta['lr']:g}), {meta['seeds']} seeds; test accuracy in % "
+             f"({meta['optimizer']}, lr {meta['lr']:g}), {meta['seeds']} seeds; {metric.label} "
              "(mean, std over seeds, standard error). Selection quality is of the globally lowest-scored "
              "`discard` fraction of the training set, against the ground truth.", "",
-             "| method | discard | acc mean | acc std | acc se | n | AUROC | removal precision | corrupted removed |",
+             f"| method | discard | {name} mean | std | se | n | AUROC | removal precision | corrupted removed |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['discard']:g} | {_pct(r['acc_mean'])} | {_pct(r['acc_std'])} | "
-                     f"{_pct(r['acc_se'])} | {r['n']} | {_fmt(r.get('auroc'))} | {_pct(r.get('removal_precision'), 1)}"
-                     f" | {_pct(r.get('corrupted_removed_fraction'), 1)} |")
+        k = metric.key
+        lines.append(f"| {r['method']} | {r['discard']:g} | {_num(r[k + '_mean'], metric.scale, digits)} | "
+                     f"{_num(r[k + '_std'], metric.scale, digits)} | {_num(r[k + '_se'], metric.scale, digits)} | "
+                     f"{r['n']} | {_num(r.get('auroc'), digits=3)} | {_num(r.get('removal_precision'), 100, 1)} | "
+                     f"{_num(r.get('corrupted_removed_fraction'), 100, 1)} |")
     if verdicts:
-        lines += ["", "Data rater at its best fraction against each rival (paired over seeds; beats = "
-                  "difference > 2 standard errors):", "",
-                  "| datarater discard | rival | rival discard | difference (points) | se | beats |",
+        better = "higher" if metric.higher_is_better else "lower"
+        lines += ["", f"Data rater at its best fraction against each rival, by {name} (paired over seeds; "
+                  f"difference > 0 means the rater's is {better}; beats = difference > 2 standard errors):", "",
+                  "| datarater discard | rival | rival discard | difference | se | beats |",
                   "|---|---|---|---|---|---|"]
         for v in verdicts:
             lines.append(f"| {v['datarater_discard']:g} | {v['rival']} | {v['rival_discard']:g} | "
-                         f"{_pct(v['diff'])} | {_pct(v['se'])} | {'yes' if v['beats'] else 'no'} |")
+                         f"{_num(v['diff'], metric.scale, digits)} | {_num(v['se'], metric.scale, digits)} | "
+                         f"{'yes' if v['beats'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
-
-
-def write_results(out: Path, rows: list[dict], verdicts: list[dict], runs: list[dict], meta: dict) -> None:
-    payload = _nan_to_none({"rows": rows, "verdicts": verdicts, "runs": runs, "meta": meta})
+def write_results(out: Path, rows: list[dict], verdicts: list[dict], runs: list[dict], meta: dict,
+                  metric: Metric) -> None:
+    payload = _nan_to_none({"rows": rows, "verdicts": verdicts, "runs": runs, "meta": {**meta, "metric": metric.key}})
     atomic_write_bytes(out / "results.json", json.dumps(payload, indent=2, allow_nan=False).encode())
-    atomic_write_bytes(out / "results.md", results_markdown(rows, verdicts, meta).encode())
+    atomic_write_bytes(out / "results.md", results_markdown(rows, verdicts, meta, metric).encode())
 
 
 def _nan_to_none(value):
@@ -58,8 +63,9 @@ def _nan_to_none(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def plot_accuracy(path: Path, rows: list[dict]) -> None:
-    """Test accuracy against the discard fraction per method, error bars one standard error."""
+def plot_metric(path: Path, rows: list[dict], metric: Metric) -> None:
+    """The metric (test accuracy, or test loss for text) against the discard fraction per method,
+    error bars one standard error."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,15 +75,15 @@ def plot_accuracy(path: Path, rows: list[dict]) -> None:
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         x = [r["discard"] for r in mine]
-        y = [100 * r["acc_mean"] for r in mine]
-        se = [100 * r["acc_se"] if math.isfinite(r["acc_se"]) else 0.0 for r in mine]
+        y = [metric.scale * r[f"{metric.key}_mean"] for r in mine]
+        se = [metric.scale * r[f"{metric.key}_se"] if math.isfinite(r[f"{metric.key}_se"]) else 0.0 for r in mine]
         if method == "baseline":
             ax.axhline(y[0], color=MARKERS[method], lw=1, label="baseline (all data)")
             ax.axhspan(y[0] - se[0], y[0] + se[0], color=MARKERS[method], alpha=0.1)
         else:
             ax.errorbar(x, y, yerr=se, marker="o", capsize=3, color=MARKERS.get(method), label=method)
     ax.set_xlabel("discard fraction")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(metric.label)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

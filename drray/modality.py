@@ -27,6 +27,11 @@ class ImageModality:
         return F.cross_entropy(logits, y, reduction="none")
 
     @staticmethod
+    def accuracies(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """1.0 where the predicted class is the label, else 0.0."""
+        return (logits.argmax(1) == y).to(torch.float32)
+
+    @staticmethod
     def default_arch(input_shape) -> str:
         return "mlp" if max(input_shape) <= 16 else "cnn"  # 8x8 digits: MLP; 28x28 MNIST: CNN
 
@@ -50,6 +55,14 @@ class TextModality:
         return (token_loss * real).sum(1) / real.sum(1).clamp(min=1.0)  # a 1-byte sequence has no target: 0
 
     @staticmethod
+    def accuracies(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per sequence, the fraction of its real next bytes that are the model's top prediction."""
+        targets = x[:, 1:]
+        real = (targets != PAD).to(torch.float32)
+        hits = (logits[:, :-1].argmax(-1) == targets).to(torch.float32)
+        return (hits * real).sum(1) / real.sum(1).clamp(min=1.0)
+
+    @staticmethod
     def default_arch(input_shape) -> str:
         return "transformer"
 
@@ -69,3 +82,9 @@ def modality_for(row_shape) -> type:
 def modality_of_array(rows: np.ndarray) -> type:
     """The modality of a stored column [N, ...] (images [N, H, W] or tokens [N, L])."""
     return modality_for(np.shape(rows)[1:])
+
+
+def describe_rows(row_shape) -> str:
+    """'28x28 images' or '64-token sequences', for messages."""
+    shape = tuple(int(side) for side in row_shape)
+    return f"{shape[0]}-token sequences" if len(shape) == 1 else f"{'x'.join(map(str, shape))} images"

@@ -21,7 +21,9 @@ import pyarrow.compute as pc
 import torch
 
 from drray.errors import ConfigError, DataError
+from drray.modality import TextModality, describe_rows
 from drray.streaming import decode_batch
+from drray.tokenizer import encode_batch
 
 SCORE = "score"
 REQUIRED_COLUMNS = ("image", "shape", "label")
@@ -36,14 +38,37 @@ def _is_list(kind: pa.DataType) -> bool:
 
 
 def _describe(info: dict) -> str:
-    height, width = info["image_shape"]
-    return f"the rater ({info.get('arch', '?')}, step {info.get('step', '?')}) takes {height}x{width} images"
+    return f"the rater ({info.get('arch', '?')}, step {info.get('step', '?')}) takes {describe_rows(info['image_shape'])}"
+
+
+def check_text_schema(schema: pa.Schema, info: dict, where: str) -> None:
+    """A text data set needs a string `text` column; `label`, where present, an integer one."""
+    if "text" not in schema.names:
+        raise DataError(f"{where}: missing column text; {_describe(info)}, read from a string column text "
+                        "(see DESIGN.md, Data)")
+    kind = schema.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{where}: column text is {kind}, not string; store text as UTF-8 strings")
+    if "label" in schema.names and not pa.types.is_integer(schema.field("label").type):
+        raise DataError(f"{where}: column label is {schema.field('label').type}, not an integer; store labels as int64")
+
+
+def is_text(info: dict) -> bool:
+    """Whether the rater of `info` (load_rater's metadata) reads token sequences, not images."""
+    return len(info["image_shape"]) == 1
+
+
+def input_columns(info: dict) -> list[str]:
+    """The columns the rater reads (besides the optional label of a text data set)."""
+    return ["text"] if is_text(info) else ["image", "shape"]
 
 
 def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.Table] = None) -> None:
     """A one-line DataError unless rows of `schema` can be scored by the rater of `info`
     (load_rater's metadata). `first`: the data set's first row(s), to check the image size
     where the schema alone cannot (variable-length lists)."""
+    if is_text(info):
+        return check_text_schema(schema, info, where)
     height, width = info["image_shape"]
     pixels = height * width
     missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
@@ -86,11 +111,13 @@ def _shape_ok(shape: pa.ChunkedArray, height: int, width: int) -> np.ndarray:
 
 def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optional[np.ndarray], str]:
     """(mask of rows the rater cannot score, or None when every row is fine; why the first is bad)."""
+    if len(image_shape) == 1:
+        return _first_bad(table, _text_checks(table, num_classes))
     height, width = image_shape
     pixels = height * width
     n = table.num_rows
     checks: list[tuple[np.ndarray, str]] = []
-    image, label = table.column("image"), table.column("label")
+    image = table.column("image")
     if image.null_count:
         checks.append((image.is_null().to_numpy(zero_copy_only=False), "image is null"))
     if not pa.types.is_fixed_size_list(image.type):
@@ -98,8 +125,7 @@ def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optio
         checks.append((lengths != pixels, f"image does not have {height}x{width}={pixels} pixels"))
     shape_bad = ~_shape_ok(table.column("shape"), height, width)
     checks.append((shape_bad, f"shape is not [{height}, {width}]"))
-    labels = pc.fill_null(label, -1).to_numpy(zero_copy_only=False)
-    checks.append(((labels < 0) | (labels >= num_classes), f"label outside the rater's classes 0..{num_classes - 1}"))
+    checks.append(_label_check(table, num_classes))
     if image.type.value_type != pa.uint8() or pc.list_flatten(image).null_count:
         # NaN, null, fractional or out-of-range pixel values: not a uint8 pixel
         decodable = ~np.logical_or.reduce([mask for mask, _ in checks])
@@ -111,7 +137,27 @@ def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optio
             bad_pixels = np.zeros(n, dtype=bool)
             bad_pixels[decodable] = wrong.any(axis=1)
             checks.append((bad_pixels, "pixel values must be whole numbers 0..255 (NaN, null or out of range)"))
-    bad = np.logical_or.reduce([mask for mask, _ in checks]) if checks else np.zeros(n, dtype=bool)
+    return _first_bad(table, checks)
+
+
+def _label_check(table: pa.Table, num_classes: int) -> tuple[np.ndarray, str]:
+    labels = pc.fill_null(table.column("label"), -1).to_numpy(zero_copy_only=False)
+    return (labels < 0) | (labels >= num_classes), f"label outside the rater's classes 0..{num_classes - 1}"
+
+
+def _text_checks(table: pa.Table, num_classes: int) -> list[tuple[np.ndarray, str]]:
+    """A text row is bad when its text is null or empty, or its label (where there is one) is
+    outside the rater's classes. Arrow strings are valid UTF-8, so every text encodes."""
+    text = table.column("text")
+    empty = pc.fill_null(pc.equal(pc.binary_length(text), 0), True).to_numpy(zero_copy_only=False)
+    checks = [(empty, "text is null or empty")]
+    if "label" in table.column_names:
+        checks.append(_label_check(table, num_classes))
+    return checks
+
+
+def _first_bad(table: pa.Table, checks: list[tuple[np.ndarray, str]]) -> tuple[Optional[np.ndarray], str]:
+    bad = np.logical_or.reduce([mask for mask, _ in checks]) if checks else np.zeros(table.num_rows, dtype=bool)
     if not bad.any():
         return None, ""
     first = int(np.flatnonzero(bad)[0])
@@ -141,23 +187,41 @@ def score_table(rater: torch.nn.Module, table: pa.Table, image_shape, num_classe
         table = table.filter(pa.array(~bad))
     scores = np.empty(table.num_rows, dtype=np.float32)
     start = 0
+    read = _text_inputs if len(image_shape) == 1 else _image_inputs
+    columns = [c for c in ("text", "image", "label") if c in table.column_names]
     with torch.no_grad():
         # Record batches are contiguous: flattening their image lists is zero-copy.
-        for batch in table.select(["image", "label"]).to_batches(max_chunksize=chunk_rows):
-            images, labels = decode_batch(batch, image_shape, num_classes, where)
-            # (Arrow's buffers are read-only: convert in numpy on CPU, copy the uint8 for a GPU.)
-            if torch.device(device).type == "cpu":
-                x = torch.from_numpy(images.astype(np.float32))
-            else:
-                x = torch.from_numpy(images.copy()).to(device).to(torch.float32)
-            x = x.unsqueeze(1).div_(255.0)  # as drray.data.to_tensors
-            y = torch.from_numpy(labels).to(device)
-            scores[start:start + len(labels)] = rater(x, y).float().cpu().numpy()
-            start += len(labels)
+        for batch in table.select(columns).to_batches(max_chunksize=chunk_rows):
+            x, y = read(batch, image_shape, num_classes, where, torch.device(device))
+            scores[start:start + len(y)] = rater(x, y).float().cpu().numpy()
+            start += len(y)
     column = pa.array(scores, type=pa.float32())
     if SCORE in table.column_names:
         return table.set_column(table.column_names.index(SCORE), SCORE, column)
     return table.append_column(SCORE, column)
+
+
+def _image_inputs(batch: pa.RecordBatch, image_shape, num_classes: int, where: str, device: torch.device):
+    """(float images [B, 1, H, W] in [0, 1], int64 labels [B]) on `device`, as drray.data.to_tensors."""
+    images, labels = decode_batch(batch, image_shape, num_classes, where)
+    # (Arrow's buffers are read-only: convert in numpy on CPU, copy the uint8 for a GPU.)
+    if device.type == "cpu":
+        x = torch.from_numpy(images.astype(np.float32))
+    else:
+        x = torch.from_numpy(images.copy()).to(device).to(torch.float32)
+    return x.unsqueeze(1).div_(255.0), torch.from_numpy(labels).to(device)
+
+
+def _text_inputs(batch: pa.RecordBatch, image_shape, num_classes: int, where: str, device: torch.device):
+    """(int64 tokens [B, L], int64 labels [B]): each text's first L bytes (cut at a character
+    boundary, as the rater was trained on sequences of L bytes), padded; labels 0 without a column."""
+    texts = batch.column(batch.schema.get_field_index("text")).to_pylist()
+    tokens = torch.from_numpy(encode_batch(texts, image_shape[0])).to(device)
+    if "label" in batch.schema.names:
+        labels = batch.column(batch.schema.get_field_index("label")).to_numpy().astype(np.int64)
+    else:
+        labels = np.zeros(len(texts), np.int64)
+    return TextModality.inputs(tokens), torch.from_numpy(labels).to(device)
 
 
 def rater_from_bytes(blob: bytes) -> tuple[torch.nn.Module, dict]:

@@ -7,8 +7,10 @@ are trained from scratch on the config's training split: on all of it (baseline)
 paper's batch rule driven by the rater's score (datarater), by a random score (random drop) and by
 minus the loss under a model trained on the held-out split (loss heuristic), at every --discard
 fraction. The runs are Ray tasks (a local Ray is started when there is no cluster address). OUT
-gets results.json (a row per method and fraction: test accuracy mean, std, standard error, n and,
-with ground truth, AUROC and precision of removal), results.md, accuracy.png and scores.png.
+gets results.json (a row per method and fraction: test accuracy and test loss, each as mean, std,
+standard error; n and, with ground truth, AUROC and precision of removal), results.md,
+accuracy.png (test_loss.png on text, where the models are language models judged by their test
+loss, lower is better) and scores.png.
 """
 from __future__ import annotations
 
@@ -51,11 +53,13 @@ def config_from_args(args: argparse.Namespace):
 
 
 def check_rater_fits(meta: dict, rater_dir: str, splits, data_name: str) -> None:
+    from drray.modality import describe_rows
+
     shape, classes = tuple(meta["image_shape"]), int(meta["num_classes"])
     if shape != tuple(splits.image_shape) or classes != splits.num_classes:
         raise ConfigError(
-            f"rater {rater_dir} was trained on {shape[0]}x{shape[1]} images with {classes} classes, but data "
-            f"{data_name} has {splits.image_shape[0]}x{splits.image_shape[1]} images with {splits.num_classes} "
+            f"rater {rater_dir} was trained on {describe_rows(shape)} with {classes} classes, but data "
+            f"{data_name} has {describe_rows(splits.image_shape)} with {splits.num_classes} "
             "classes; evaluate it with the config it was meta-trained on")
 
 
@@ -97,9 +101,10 @@ def evaluate(cfg, splits, rater, out) -> str:
     from actors.tasks import map_tasks
     from drray import evaluation as ev
     from drray.models import choose_arch
-    from drray.evaluation_report import plot_accuracy, plot_score_histograms, results_markdown, write_results
+    from drray.evaluation_report import plot_metric, plot_score_histograms, results_markdown, write_results
 
     budget, settings = ev.Budget.from_config(cfg), cfg.evaluate
+    metric = ev.metric_for(splits.train.images)
     scores = {}
     if rater is not None:
         scores["datarater"] = ev.rater_scores(rater, splits.train)
@@ -111,7 +116,7 @@ def evaluate(cfg, splits, rater, out) -> str:
     started = time.monotonic()
     runs = map_tasks(ev.run_one, specs, (budget,), ev.shared_arrays(splits, scores),
                      describe=lambda s, r: f"{s.method:<9} discard {s.discard:<4g} seed {s.seed}: "
-                                           f"test accuracy {100 * r['acc']:.2f}%")
+                                           f"{metric.label} {metric.scale * r[metric.key]:.4g}")
     rows = ev.aggregate(runs)
     truth = splits.train.is_corrupted
     if truth.any():
@@ -121,18 +126,18 @@ def evaluate(cfg, splits, rater, out) -> str:
                 row_scores = ev.random_scores(len(truth), cfg.run.seed)
             if row_scores is not None:
                 row.update(ev.selection_quality(row_scores, truth, row["discard"]))
-    verdicts = ev.verdicts(runs, rows)
+    verdicts = ev.verdicts(runs, rows, metric)
     meta = {"data": cfg.data.source, "arch": choose_arch(budget.arch, splits.image_shape), "steps": budget.steps, "batch_size": budget.batch_size,
             "optimizer": budget.optimizer, "lr": budget.lr, "seeds": settings.seeds,
             "seconds": round(time.monotonic() - started, 1), "config": cfg.to_dict()}
     out.local.mkdir(parents=True, exist_ok=True)
-    write_results(out.local, rows, verdicts, runs, meta)
-    plot_accuracy(out.local / "accuracy.png", rows)
+    write_results(out.local, rows, verdicts, runs, meta, metric)
+    plot_metric(out.local / metric.plot, rows, metric)
     if scores:
         plot_score_histograms(out.local / "scores.png", scores, splits.train.corruption)
     out.push()
-    table = results_markdown(rows, verdicts, meta)
-    return f"{table}\nwritten: {out.display('results.json')}, results.md, accuracy.png" + (
+    table = results_markdown(rows, verdicts, meta, metric)
+    return f"{table}\nwritten: {out.display('results.json')}, results.md, {metric.plot}" + (
         ", scores.png" if scores else "") + f"  ({math.ceil(time.monotonic() - started)} s)"
 
 

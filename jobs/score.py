@@ -81,6 +81,7 @@ def read_rater(run_dir: str):
     import torch
 
     from drray.checkpoint import CHECKPOINT_DIR, load_rater
+    from drray.modality import describe_rows
 
     try:
         _, info = load_rater(run_dir)
@@ -90,8 +91,7 @@ def read_rater(run_dir: str):
         path = Path(run_dir) / CHECKPOINT_DIR / "rater.pt"
         try:
             saved = torch.load(path, weights_only=True, map_location="cpu")
-            height, width = saved["image_shape"]
-            made = f"arch {saved['arch']}, {height}x{width} images, {saved['num_classes']} classes"
+            made = f"arch {saved['arch']}, {describe_rows(saved['image_shape'])}, {saved['num_classes']} classes"
         except Exception:  # noqa: BLE001 - unreadable metadata: say so instead
             made = "unreadable metadata"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -166,7 +166,7 @@ def bytes_per_row(dataset) -> float:
 def run(args) -> ScoreSummary:
     import pyarrow.dataset as pads
 
-    from drray.scoring import check_schema
+    from drray.scoring import check_schema, input_columns
     from drray.storage import claim_output
 
     if args.actors is not None and args.actors < 1:
@@ -175,7 +175,7 @@ def run(args) -> ScoreSummary:
         raise ConfigError(f"--batch-size {args.batch_size}: need at least 1")
     blob, info = read_rater(args.rater)
     in_fs, in_path, dataset = open_input(args.input)
-    check_schema(dataset.schema, info, args.input, dataset.head(1, columns=["image", "shape"]))
+    check_schema(dataset.schema, info, args.input, dataset.head(1, columns=input_columns(info)))
     rows_in = dataset.count_rows()  # from the Parquet footers
     if rows_in == 0:
         raise DataError(f"{args.input}: no rows to score")

@@ -27,23 +27,47 @@ def test_draw_batch_keeps_the_top_b_of_n():
     assert len(ev.draw_batch(np.random.default_rng(0), 1000, 32)) == 32
 
 
+ACCURACY, TEST_LOSS = ev.METRICS["image"], ev.METRICS["text"]
+
+
+def hand_runs(baseline: list, datarater: list, key: str) -> list[dict]:
+    other = "test_loss" if key == "acc" else "acc"
+    return [{"method": m, "discard": d, "seed": s, key: v, other: 0.0, "heldout_loss": 1.0}
+            for m, d, values in (("baseline", 0.0, baseline), ("datarater", 0.5, datarater))
+            for s, v in enumerate(values)]
+
+
 def test_aggregate_and_paired_difference_by_hand():
-    runs = [{"method": "baseline", "discard": 0.0, "seed": s, "acc": a, "heldout_loss": 1.0}
-            for s, a in enumerate([0.90, 0.92, 0.94])]
-    runs += [{"method": "datarater", "discard": 0.5, "seed": s, "acc": a, "heldout_loss": 0.5}
-             for s, a in enumerate([0.93, 0.96, 0.96])]
+    runs = hand_runs([0.90, 0.92, 0.94], [0.93, 0.96, 0.96], "acc")
     rows = ev.aggregate(runs)
     base = rows[0]
     assert (base["method"], base["n"]) == ("baseline", 3)
     assert base["acc_mean"] == pytest.approx(0.92) and base["acc_std"] == pytest.approx(0.02)
     assert base["acc_se"] == pytest.approx(0.02 / math.sqrt(3))
     # paired differences 0.03, 0.04, 0.02: mean 0.03, std 0.01, se 0.01 / sqrt(3)
-    d = ev.paired_difference(runs, ("datarater", 0.5), ("baseline", 0.0))
+    d = ev.paired_difference(runs, ("datarater", 0.5), ("baseline", 0.0), ACCURACY)
     assert d["diff"] == pytest.approx(0.03) and d["se"] == pytest.approx(0.01 / math.sqrt(3)) and d["n"] == 3
-    (verdict,) = ev.verdicts(runs, rows)
+    (verdict,) = ev.verdicts(runs, rows, ACCURACY)
     assert verdict["rival"] == "baseline" and verdict["beats"]  # 0.03 > 2 * 0.0058
     runs[3]["acc"] = 0.85  # differences -0.05, 0.04, 0.02: no longer 2 standard errors apart
-    assert not ev.verdicts(runs, ev.aggregate(runs))[0]["beats"]
+    assert not ev.verdicts(runs, ev.aggregate(runs), ACCURACY)[0]["beats"]
+
+
+def test_a_loss_metric_counts_lower_as_better_by_hand():
+    """Text models are judged by test loss: the rater's lower losses are a positive difference,
+    and its best fraction is the one of lowest mean loss."""
+    runs = hand_runs([2.40, 2.38, 2.39], [2.37, 2.34, 2.37], "test_loss")
+    runs += [{**r, "discard": 0.1, "test_loss": r["test_loss"] + 0.05} for r in runs if r["method"] == "datarater"]
+    rows = ev.aggregate(runs)
+    assert ev.best_row(rows, "datarater", TEST_LOSS)["discard"] == 0.5
+    assert ev.best_row(rows, "datarater", ACCURACY)["discard"] in (0.5, 0.1)  # acc ties at 0: either
+    # paired gains 0.03, 0.04, 0.02 (baseline minus rater): mean 0.03, se 0.01 / sqrt(3)
+    (verdict,) = ev.verdicts(runs, rows, TEST_LOSS)
+    assert verdict["diff"] == pytest.approx(0.03) and verdict["se"] == pytest.approx(0.01 / math.sqrt(3))
+    assert verdict["beats"] and verdict["metric"] == "test_loss" and verdict["datarater_discard"] == 0.5
+    worse = [{**r, "test_loss": r["test_loss"] + 0.1 * (r["method"] == "datarater")} for r in runs]
+    (verdict,) = ev.verdicts(worse, ev.aggregate(worse), TEST_LOSS)  # the rater's losses now higher
+    assert verdict["diff"] == pytest.approx(-0.07) and not verdict["beats"]
 
 
 def test_selection_quality_by_hand():
@@ -94,9 +118,9 @@ def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
     keys = [(r["method"], r["discard"], r["n"]) for r in payload["rows"]]
     assert keys == [("baseline", 0.0, 2)] + [(m, d, 2) for m in ("datarater", "random", "loss") for d in (0.1, 0.3)]
     for row in payload["rows"]:
-        assert 0.0 <= row["acc_mean"] <= 1.0 and row["acc_std"] >= 0.0
+        assert 0.0 <= row["acc_mean"] <= 1.0 and row["acc_std"] >= 0.0 and row["test_loss_mean"] > 0.0
         assert (row.get("auroc") is None) == (row["method"] == "baseline")
-    assert len(payload["runs"]) == 14 and payload["verdicts"]
+    assert len(payload["runs"]) == 14 and payload["verdicts"] and payload["meta"]["metric"] == "acc"
     for name in ("results.md", "accuracy.png", "scores.png"):
         assert (out / name).stat().st_size > 0
     again = run_job("--config", "configs/digits.yaml", "--rater", str(digits_rater), "--out", str(out))
