@@ -135,8 +135,13 @@ class EvaluateConfig(_Section):
     """jobs.evaluate: fresh models trained with the inner section's arch, optimizer, lr and batch size."""
     steps: int = Field(1000, ge=1)  # training steps of every fresh model, whatever the method
     seeds: int = Field(5, ge=1)
+    # Measure each model on at most this many rows of the test and held-out splits (a fixed seeded
+    # subset, the same for every run); null: all. A language model's forward pass is costly.
+    max_eval_rows: Optional[int] = Field(None, ge=1)
     discard: list[float] = [0.1, 0.25, 0.5]
-    methods: list[Literal["baseline", "datarater", "random", "loss"]] = ["baseline", "datarater", "random", "loss"]
+    # `oracle` (opt-in: needs ground truth) keeps the uncorrupted rows first: the upper bound of any score.
+    methods: list[Literal["baseline", "datarater", "random", "loss", "oracle"]] = ["baseline", "datarater", "random",
+                                                                                   "loss"]
 
     @field_validator("discard")
     @classmethod

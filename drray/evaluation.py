@@ -8,7 +8,9 @@ they know about the data:
   datarater  the trained rater's score;
   random     a fixed random score per example (new for each seed): a random drop, the control;
   loss       minus the loss under a model trained on the clean held-out split: drop the
-             highest-loss examples.
+             highest-loss examples;
+  oracle     (opt-in, experiments only) minus the ground truth is_corrupted: the clean rows first,
+             an upper bound of what any score can select.
 Seed s gives every method the same initial weights, so the comparison is paired.
 """
 from __future__ import annotations
@@ -31,9 +33,9 @@ from drray.modality import modality_of_array
 from drray.models import build_inner
 from drray.population import derive_seed
 
-METHODS = ("baseline", "datarater", "random", "loss")
-SCORED_METHODS = ("datarater", "loss")  # scores that exist before any run: computed once
-STAGE_RANDOM_SCORES, STAGE_LOSS_MODEL = 301, 302
+METHODS = ("baseline", "datarater", "random", "loss", "oracle")
+SCORED_METHODS = ("datarater", "loss", "oracle")  # scores that exist before any run: computed once
+STAGE_RANDOM_SCORES, STAGE_LOSS_MODEL, STAGE_EVAL_ROWS = 301, 302, 303
 CHUNK = 2048
 
 
@@ -127,23 +129,22 @@ def train_fresh(budget: Budget, rows: np.ndarray, labels: np.ndarray, num_classe
 
 
 @torch.no_grad()
-def _per_example(measure: str, model: nn.Module, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The modality's per-example `losses` or `accuracies` of `model`, in chunks."""
-    fn, labels_t = getattr(modality_of_array(rows), measure), _labels(labels)
-    parts = []
+def losses_and_accuracies(model: nn.Module, rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per example, in one forward pass (chunks): the modality's loss, and its accuracy (images: 1
+    if classified right; text: the fraction of next bytes predicted right)."""
+    modality, labels_t = modality_of_array(rows), _labels(labels)
+    losses, accuracies = [], []
     for i in range(0, len(labels), CHUNK):
-        x = _inputs(rows, slice(i, i + CHUNK))
-        parts.append(fn(model(x), x, labels_t[i:i + CHUNK]))
-    return torch.cat(parts).numpy()
+        x, y = _inputs(rows, slice(i, i + CHUNK)), labels_t[i:i + CHUNK]
+        logits = model(x)
+        losses.append(modality.losses(logits, x, y))
+        accuracies.append(modality.accuracies(logits, x, y))
+    return torch.cat(losses).numpy(), torch.cat(accuracies).numpy()
 
 
 def per_example_losses(model: nn.Module, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return _per_example("losses", model, rows, labels)
+    return losses_and_accuracies(model, rows, labels)[0]
 
-
-def accuracy(model: nn.Module, rows: np.ndarray, labels: np.ndarray) -> float:
-    """Images: the fraction classified right. Text: the mean per-sequence next-byte accuracy."""
-    return float(_per_example("accuracies", model, rows, labels).mean())
 
 
 @torch.no_grad()
@@ -158,6 +159,10 @@ def loss_heuristic_scores(budget: Budget, splits: DataSplits, seed: int) -> np.n
     model = train_fresh(budget, splits.heldout.images, splits.heldout.labels, splits.num_classes,
                         derive_seed(seed, STAGE_LOSS_MODEL))
     return -per_example_losses(model, splits.train.images, splits.train.labels)
+
+
+def oracle_scores(is_corrupted: np.ndarray) -> np.ndarray:
+    return -np.asarray(is_corrupted, dtype=np.float64)
 
 
 def random_scores(n: int, seed: int) -> np.ndarray:
@@ -183,15 +188,25 @@ def run_one(spec: RunSpec, data: dict, budget: Budget) -> dict:
     model = train_fresh(budget, data["train_images"], data["train_labels"], data["num_classes"], spec.seed,
                         method_scores, spec.discard)
     heldout_loss = float(per_example_losses(model, data["heldout_images"], data["heldout_labels"]).mean())
-    test_loss = float(per_example_losses(model, data["test_images"], data["test_labels"]).mean())
-    return {**asdict(spec), "acc": accuracy(model, data["test_images"], data["test_labels"]),
-            "test_loss": test_loss, "heldout_loss": heldout_loss}
+    test_losses, test_accuracies = losses_and_accuracies(model, data["test_images"], data["test_labels"])
+    return {**asdict(spec), "acc": float(test_accuracies.mean()), "test_loss": float(test_losses.mean()),
+            "heldout_loss": heldout_loss}
 
 
-def shared_arrays(splits: DataSplits, scores: dict) -> dict:
+def eval_subset(examples: ExampleSet, max_rows: Optional[int], seed: int) -> ExampleSet:
+    """At most max_rows of `examples`, a seeded random subset in stored order (all when None)."""
+    if max_rows is None or len(examples) <= max_rows:
+        return examples
+    return examples.subset(np.sort(seeded_rng(seed, STAGE_EVAL_ROWS).choice(len(examples), max_rows, replace=False)))
+
+
+def shared_arrays(splits: DataSplits, scores: dict, max_eval_rows: Optional[int] = None, seed: int = 0) -> dict:
+    """What every run reads (shipped once to Ray's object store): the training split, the scores,
+    and the test and held-out rows each model is measured on."""
+    test, heldout = (eval_subset(part, max_eval_rows, seed) for part in (splits.test, splits.heldout))
     return {"scores": scores, "train_images": splits.train.images, "train_labels": splits.train.labels,
-            "test_images": splits.test.images, "test_labels": splits.test.labels,
-            "heldout_images": splits.heldout.images, "heldout_labels": splits.heldout.labels,
+            "test_images": test.images, "test_labels": test.labels,
+            "heldout_images": heldout.images, "heldout_labels": heldout.labels,
             "num_classes": splits.num_classes}
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from drray.checkpoint import atomic_write_bytes
 from drray.evaluation import Metric
 
-MARKERS = {"baseline": "k", "datarater": "tab:blue", "random": "tab:gray", "loss": "tab:orange"}
+MARKERS = {"baseline": "k", "datarater": "tab:blue", "random": "tab:gray", "loss": "tab:orange", "oracle": "tab:green"}
 
 
 def _num(value, scale: float = 1.0, digits: int = 2) -> str:

@@ -30,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--discard", help="comma-separated fractions in [0, 1) (default: evaluate.discard, 0.1,0.25,0.5)")
     parser.add_argument("--seeds", type=int, help="seeds per method and fraction (default: evaluate.seeds, 5)")
     parser.add_argument("--steps", type=int, help="training steps of every fresh model (default: evaluate.steps, 1000)")
-    parser.add_argument("--methods", help="comma-separated subset of baseline,datarater,random,loss (default: all)")
+    parser.add_argument("--methods", help="comma-separated subset of baseline,datarater,random,loss,oracle "
+                                          "(default: all but oracle, the ground-truth upper bound)")
     parser.add_argument("--out", required=True, help="output directory (local path or URI)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in OUT")
     add_address_arg(parser)
@@ -83,6 +84,9 @@ def run(args: argparse.Namespace) -> str:
     splits = build_splits(cfg.data, cfg.run.seed)
     if splits.train is None:
         raise ConfigError("evaluate needs the training set in memory; set data.stream=false")
+    if "oracle" in cfg.evaluate.methods and not splits.train.is_corrupted.any():
+        raise ConfigError("the oracle method needs ground truth (corrupted rows) in the training set; "
+                          "add data.corruption or leave oracle out of --methods")
     if rater is not None:
         check_rater_fits(meta, args.rater, splits, cfg.data.source)
     from actors.cluster import connect
@@ -108,13 +112,15 @@ def evaluate(cfg, splits, rater, out) -> str:
     scores = {}
     if rater is not None:
         scores["datarater"] = ev.rater_scores(rater, splits.train)
+    if "oracle" in settings.methods:
+        scores["oracle"] = ev.oracle_scores(splits.train.is_corrupted)
     if "loss" in settings.methods:
         print("training the loss-heuristic model on the held-out split ...", flush=True)
         scores["loss"] = ev.loss_heuristic_scores(budget, splits, cfg.run.seed)
     specs = ev.run_specs(settings.methods, settings.discard, settings.seeds, cfg.run.seed)
     print(f"evaluate: {len(specs)} runs of {budget.steps} steps ({len(splits.train)} training examples)", flush=True)
     started = time.monotonic()
-    runs = map_tasks(ev.run_one, specs, (budget,), ev.shared_arrays(splits, scores),
+    runs = map_tasks(ev.run_one, specs, (budget,), ev.shared_arrays(splits, scores, settings.max_eval_rows, cfg.run.seed),
                      describe=lambda s, r: f"{s.method:<9} discard {s.discard:<4g} seed {s.seed}: "
                                            f"{metric.label} {metric.scale * r[metric.key]:.4g}")
     rows = ev.aggregate(runs)
@@ -133,12 +139,13 @@ def evaluate(cfg, splits, rater, out) -> str:
     out.local.mkdir(parents=True, exist_ok=True)
     write_results(out.local, rows, verdicts, runs, meta, metric)
     plot_metric(out.local / metric.plot, rows, metric)
-    if scores:
-        plot_score_histograms(out.local / "scores.png", scores, splits.train.corruption)
+    learned = {name: values for name, values in scores.items() if name != "oracle"}  # the oracle's is the truth
+    if learned:
+        plot_score_histograms(out.local / "scores.png", learned, splits.train.corruption)
     out.push()
     table = results_markdown(rows, verdicts, meta, metric)
     return f"{table}\nwritten: {out.display('results.json')}, results.md, {metric.plot}" + (
-        ", scores.png" if scores else "") + f"  ({math.ceil(time.monotonic() - started)} s)"
+        ", scores.png" if learned else "") + f"  ({math.ceil(time.monotonic() - started)} s)"
 
 
 if __name__ == "__main__":

@@ -70,6 +70,20 @@ def test_a_loss_metric_counts_lower_as_better_by_hand():
     assert verdict["diff"] == pytest.approx(-0.07) and not verdict["beats"]
 
 
+def test_eval_subset_is_a_fixed_seeded_subset_in_stored_order():
+    splits = build_splits(load_config(None, ["data.source=digits"]).data, 0)
+    test = splits.test
+    assert ev.eval_subset(test, None, 0) is test and ev.eval_subset(test, len(test), 0) is test
+    a, b, c = (ev.eval_subset(test, 50, seed) for seed in (0, 0, 1))
+    assert len(a) == 50 and np.array_equal(a.ids, b.ids) and not np.array_equal(a.ids, c.ids)
+    position = {row_id: i for i, row_id in enumerate(test.ids)}
+    where = [position[row_id] for row_id in a.ids]
+    assert where == sorted(where) and np.array_equal(a.images, test.images[where])
+    data = ev.shared_arrays(splits, {}, max_eval_rows=50)
+    assert len(data["test_labels"]) == 50 and len(data["heldout_labels"]) == 50
+    assert len(data["train_labels"]) == len(splits.train)  # training data is never cut
+
+
 def test_selection_quality_by_hand():
     scores = np.array([0.1, 0.9, 0.2, 0.8, 0.7, 0.3, 0.6, 0.5, 0.4, 1.0])
     corrupted = np.array([1, 0, 1, 0, 0, 0, 0, 0, 1, 0], dtype=bool)
@@ -130,7 +144,8 @@ def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
 @pytest.mark.parametrize("args,expected", [
     (["--discard", "0.1,1.0"], "evaluate.discard: discard fractions must be in [0, 1) (got 1.0)"),
     (["--discard", "-0.2"], "must be in [0, 1)"),
-    (["--methods", "baseline,oracle"], "evaluate.methods"),
+    (["--methods", "baseline,magic"], "evaluate.methods"),
+    (["--methods", "baseline,oracle", "--set", "data.corruption=[]"], "the oracle method needs ground truth"),
     (["--set", "data.source=idx", "--set", "data.dir=../shared/data/mnist"], "was trained on 8x8 images"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, digits_rater, args, expected):

@@ -129,14 +129,17 @@ def test_an_oracle_selection_lowers_a_language_models_test_loss():
 def test_evaluate_job_on_text_judges_language_models_by_test_loss(text_rater, ray_cluster, tmp_path, capsys):
     run_dir, _ = text_rater
     out = run(evaluate_main, capsys, "--config", TINY, "--set", f"data.dir={TEXT_DIR}", "--rater", run_dir,
-              "--discard", 0.3, "--seeds", 2, "--steps", 5, "--out", tmp_path / "eval", "--address", ray_cluster)
-    assert "8/8 done" in out and "test loss mean" in out
+              "--discard", 0.3, "--seeds", 2, "--steps", 5, "--methods", "baseline,datarater,random,loss,oracle",
+              "--set", "evaluate.max_eval_rows=500", "--out", tmp_path / "eval", "--address", ray_cluster)
+    assert "10/10 done" in out and "test loss mean" in out
     payload = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert payload["meta"]["metric"] == "test_loss" and payload["meta"]["arch"] == "transformer_tiny"
+    rows = {r["method"]: r for r in payload["rows"]}
     assert [(r["method"], r["discard"]) for r in payload["rows"]] == [
-        ("baseline", 0.0), ("datarater", 0.3), ("random", 0.3), ("loss", 0.3)]
+        ("baseline", 0.0), ("datarater", 0.3), ("random", 0.3), ("loss", 0.3), ("oracle", 0.3)]
     for row in payload["rows"]:
         assert 3.0 < row["test_loss_mean"] < 6.0 and 0.0 <= row["acc_mean"] <= 1.0  # nats/byte; ln 257 = 5.55
+    assert rows["oracle"]["auroc"] == 1.0 and rows["oracle"]["corrupted_removed_fraction"] == 1.0  # 30% corrupted
     assert {v["metric"] for v in payload["verdicts"]} == {"test_loss"}
     for name in ("results.md", "test_loss.png", "scores.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 0
