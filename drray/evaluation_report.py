@@ -82,6 +82,7 @@ def plot_metric(path: Path, rows: list[dict], metric: Metric) -> None:
             ax.axhspan(y[0] - se[0], y[0] + se[0], color=MARKERS[method], alpha=0.1)
         else:
             ax.errorbar(x, y, yerr=se, marker="o", capsize=3, color=MARKERS.get(method), label=method)
+    ax.set_xlim(-0.02, max(r["discard"] for r in rows) + 0.05)  # from the baseline's 0 to the largest fraction
     ax.set_xlabel("discard fraction")
     ax.set_ylabel(metric.label)
     ax.legend()

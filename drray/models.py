@@ -50,18 +50,34 @@ def inner_mlp(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
 # the rater scores the whole example (input and label) and can see label noise.
 
 class ClassConditionedRater(nn.Module):
-    def __init__(self, body: nn.Module):
+    """score(x, y) = body(x)[y]; with log_prob, log softmax(body(x))[y]: the log-probability of
+    the label under a classifier, so pushing a wrong label's score down pushes the right one up."""
+
+    def __init__(self, body: nn.Module, log_prob: bool = False):
         super().__init__()
-        self.body = body
+        self.body, self.log_prob = body, log_prob
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.body(x).gather(1, y[:, None]).squeeze(1)
+        out = self.body(x)
+        if self.log_prob:
+            out = torch.log_softmax(out, dim=1)
+        return out.gather(1, y[:, None]).squeeze(1)
+
+
+def _rater_cnn_body(input_shape: tuple[int, int], num_classes: int) -> nn.Sequential:
+    trunk, flat = _conv_trunk((8, 16), min(input_shape))
+    return nn.Sequential(trunk, nn.Linear(flat, 24), nn.ReLU(), nn.Linear(24, num_classes))
 
 
 @RATERS.register("cnn")
 def rater_cnn(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
-    trunk, flat = _conv_trunk((8, 16), min(input_shape))
-    return ClassConditionedRater(nn.Sequential(trunk, nn.Linear(flat, 24), nn.ReLU(), nn.Linear(24, num_classes)))
+    return ClassConditionedRater(_rater_cnn_body(input_shape, num_classes))
+
+
+@RATERS.register("cnn_classifier")
+def rater_cnn_classifier(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    """The cnn rater scored as the label's log-probability (ClassConditionedRater)."""
+    return ClassConditionedRater(_rater_cnn_body(input_shape, num_classes), log_prob=True)
 
 
 @RATERS.register("mlp")

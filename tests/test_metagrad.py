@@ -97,6 +97,22 @@ def test_methods_agree_float32_on_real_models(shape, arch, T, opt_name):
     assert sum(g.abs().sum() for g in ref.grad) > 0  # a zero gradient would agree trivially
 
 
+def test_log_prob_rater_scores_the_labels_log_probability_and_both_methods_agree():
+    torch.manual_seed(0)
+    rater = build_rater("cnn_classifier", (28, 28), 10)
+    x, y = torch.rand(5, 1, 28, 28, dtype=torch.float32), torch.tensor([0, 3, 9, 3, 1])
+    logits = rater.body(x)
+    by_hand = logits.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(logits, 1)
+    assert torch.allclose(rater(x, y), by_hand, atol=1e-6) and (rater(x, y) < 0).all()
+    optimizer = Adam(lr=1e-3)
+    problem = MetaProblem(build_inner("cnn", (28, 28), 10), rater, optimizer, temperature=0.3)
+    theta, eta = params_of(problem.inner), params_of(rater)
+    args = (theta, optimizer.init(theta), eta, batches(3, 32, (28, 28), 10, torch.float32, seed=1),
+            batches(1, 32, (28, 28), 10, torch.float32, seed=2)[0])
+    ref, mix = (meta_step(problem, method, *args) for method in ("backprop", "mixflow"))
+    assert relative_error(mix.grad, ref.grad) <= 1e-5 and sum(g.abs().sum() for g in ref.grad) > 0
+
+
 def test_inner_model_moves_and_meta_step_is_truncated():
     """theta_T differs from theta_0 and carries no graph: the next step starts from it."""
     problem, inner, rater = tiny_problem(SGD(lr=0.3), dtype=torch.float32)
