@@ -12,7 +12,7 @@ from actors.scheduler import Scheduler, WorkerFailure
 from drray.config import Config
 from drray.data import DataSplits
 from drray.population import StepStats
-from drray.streaming import STREAM_COLUMNS
+from drray.streaming import stream_columns
 
 
 STREAM_READ_CPUS = 0.25  # what each Ray Data read task asks for; left free beside the workers
@@ -25,7 +25,8 @@ def train_shards(cfg: Config, splits: DataSplits) -> list:
     if splits.train_path is None:
         arrays = [ray.put(splits.train.images), ray.put(splits.train.labels)]
         return [arrays] * size
-    dataset = ray.data.read_parquet(splits.train_path, num_cpus=STREAM_READ_CPUS).select_columns(STREAM_COLUMNS)
+    columns = stream_columns(splits.train_path, splits.image_shape)
+    dataset = ray.data.read_parquet(splits.train_path, num_cpus=STREAM_READ_CPUS).select_columns(columns)
     return dataset.streaming_split(size, equal=True)
 
 

@@ -207,6 +207,11 @@ def read_parquet(path: Path, seq_len: int = 128) -> ExampleSet:
         table = ds.dataset(str(path), format="parquet").to_table()
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
+    return examples_from_any_table(table, path, seq_len)
+
+
+def examples_from_any_table(table: pa.Table, path, seq_len: int = 128) -> ExampleSet:
+    """Images (the DESIGN.md image schema) or, for a table with a `text` column, token sequences."""
     if "text" in table.column_names and "image" not in table.column_names:
         from drray.text_data import examples_from_text_table
 

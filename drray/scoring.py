@@ -22,8 +22,7 @@ import torch
 
 from drray.errors import ConfigError, DataError
 from drray.modality import TextModality, describe_rows
-from drray.streaming import decode_batch
-from drray.tokenizer import encode_batch
+from drray.streaming import decode_batch, decode_text_batch
 
 SCORE = "score"
 REQUIRED_COLUMNS = ("image", "shape", "label")
@@ -38,7 +37,8 @@ def _is_list(kind: pa.DataType) -> bool:
 
 
 def _describe(info: dict) -> str:
-    return f"the rater ({info.get('arch', '?')}, step {info.get('step', '?')}) takes {describe_rows(info['image_shape'])}"
+    rows = describe_rows(info["image_shape"])
+    return f"the rater ({info.get('arch', '?')}, step {info.get('step', '?')}) takes {rows}"
 
 
 def check_text_schema(schema: pa.Schema, info: dict, where: str) -> None:
@@ -215,13 +215,8 @@ def _image_inputs(batch: pa.RecordBatch, image_shape, num_classes: int, where: s
 def _text_inputs(batch: pa.RecordBatch, image_shape, num_classes: int, where: str, device: torch.device):
     """(int64 tokens [B, L], int64 labels [B]): each text's first L bytes (cut at a character
     boundary, as the rater was trained on sequences of L bytes), padded; labels 0 without a column."""
-    texts = batch.column(batch.schema.get_field_index("text")).to_pylist()
-    tokens = torch.from_numpy(encode_batch(texts, image_shape[0])).to(device)
-    if "label" in batch.schema.names:
-        labels = batch.column(batch.schema.get_field_index("label")).to_numpy().astype(np.int64)
-    else:
-        labels = np.zeros(len(texts), np.int64)
-    return TextModality.inputs(tokens), torch.from_numpy(labels).to(device)
+    tokens, labels = decode_text_batch(batch, image_shape[0], num_classes, where)
+    return TextModality.inputs(torch.from_numpy(tokens).to(device)), torch.from_numpy(labels).to(device)
 
 
 def rater_from_bytes(blob: bytes) -> tuple[torch.nn.Module, dict]:

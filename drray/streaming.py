@@ -15,10 +15,18 @@ import pyarrow.dataset as ds
 import torch
 
 from drray.config import DataConfig
-from drray.data import DataSplits, examples_from_table, parquet_split_paths, read_parquet
+from drray.data import DataSplits, examples_from_any_table, parquet_split_paths, read_parquet
 from drray.errors import DataError
+from drray.modality import modality_for
+from drray.tokenizer import encode_batch
 
-STREAM_COLUMNS = ["image", "label"]
+
+def stream_columns(path: str, row_shape) -> list[str]:
+    """The columns a training stream reads from the Parquet at `path`: image and label, or text
+    (tokenized to [L]) and label where the text set has one (labels are optional for text)."""
+    if len(tuple(row_shape)) != 1:
+        return ["image", "label"]
+    return ["text"] + (["label"] if "label" in ds.dataset(path, format="parquet").schema.names else [])
 
 
 def stream_splits(cfg: DataConfig) -> DataSplits:
@@ -26,15 +34,16 @@ def stream_splits(cfg: DataConfig) -> DataSplits:
     for name in ("heldout", "test"):
         if paths[name] is None:
             raise DataError(f"{cfg.dir}: data.stream needs a {name} split ({name}.parquet or {name}/) beside train")
-    heldout, test = read_parquet(paths["heldout"]), read_parquet(paths["test"])
-    probe = examples_from_table(ds.dataset(str(paths["train"]), format="parquet").head(cfg.probe_size), paths["train"])
+    heldout, test = read_parquet(paths["heldout"], cfg.seq_len), read_parquet(paths["test"], cfg.seq_len)
+    first_rows = ds.dataset(str(paths["train"]), format="parquet").head(cfg.probe_size)
+    probe = examples_from_any_table(first_rows, paths["train"], cfg.seq_len)
     num_classes = max(part.num_classes for part in (heldout, test, probe))
     shapes = {part.images.shape[1:] for part in (heldout, test, probe)}
     if len(shapes) > 1:
-        raise DataError(f"{cfg.dir}: splits differ in image shape {sorted(shapes)}; prepare them from one data set")
+        raise DataError(f"{cfg.dir}: splits differ in row shape {sorted(shapes)}; prepare them from one data set")
     for part in (heldout, test, probe):
         part.num_classes = num_classes
-    return DataSplits(None, heldout, test, probe, num_classes, tuple(heldout.images.shape[1:3]),
+    return DataSplits(None, heldout, test, probe, num_classes, tuple(heldout.images.shape[1:]),
                       train_path=str(paths["train"]))
 
 
@@ -54,6 +63,28 @@ def decode_batch(batch, image_shape: tuple[int, int], num_classes: int, where: s
     return pixels.astype(np.uint8, copy=False).reshape(-1, height, width), labels
 
 
+def decode_text_batch(batch, seq_len: int, num_classes: int, where: str):
+    """Arrow rows with a `text` column -> (int16 tokens [B, seq_len]: each text's first seq_len
+    bytes, cut at a character boundary, then PAD; int64 labels [B], zeros without a label column)."""
+    names = batch.schema.names
+    texts = batch.column(names.index("text")).to_pylist()
+    if any(text is None for text in texts):
+        raise DataError(f"{where}: a row's text is null; fill or drop those rows")
+    labels = (batch.column(names.index("label")).to_numpy().astype(np.int64) if "label" in names
+              else np.zeros(len(texts), np.int64))
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{where}: label {labels[(labels < 0) | (labels >= num_classes)][0]} outside "
+                        f"0..{num_classes - 1} (the classes of heldout/test); fix the labels")
+    return encode_batch(texts, seq_len), labels
+
+
+def decode_rows(batch, row_shape, num_classes: int, where: str):
+    """(stored rows: uint8 images [B, H, W] or int16 tokens [B, L]; int64 labels [B])."""
+    if len(tuple(row_shape)) == 1:
+        return decode_text_batch(batch, row_shape[0], num_classes, where)
+    return decode_batch(batch, row_shape, num_classes, where)
+
+
 class BatchStream:
     """Inner batches from a stream of Arrow batches, epoch after epoch. The order is the
     stream's; memory is a batch or two of rows (max_buffered records the most ever held)."""
@@ -61,8 +92,9 @@ class BatchStream:
     def __init__(self, open_epoch: Callable[[], Iterable], image_shape, num_classes: int, device: str, where: str):
         self.open_epoch, self.image_shape, self.num_classes = open_epoch, tuple(image_shape), num_classes
         self.device, self.where = device, where
+        self.modality = modality_for(self.image_shape)
         self._epoch = None
-        self._images, self._labels = np.zeros((0, *self.image_shape), np.uint8), np.zeros(0, np.int64)
+        self._images, self._labels = None, np.zeros(0, np.int64)
         self.max_buffered = 0
 
     def _pull(self) -> None:
@@ -71,8 +103,8 @@ class BatchStream:
                 self._epoch = iter(self.open_epoch())
             batch = next(self._epoch, None)
             if batch is not None:
-                images, labels = decode_batch(batch, self.image_shape, self.num_classes, self.where)
-                self._images = np.concatenate([self._images, images])
+                images, labels = decode_rows(batch, self.image_shape, self.num_classes, self.where)
+                self._images = images if self._images is None else np.concatenate([self._images, images])
                 self._labels = np.concatenate([self._labels, labels])
                 self.max_buffered = max(self.max_buffered, len(self._labels))
                 return
@@ -84,7 +116,7 @@ class BatchStream:
             self._pull()
         images, self._images = self._images[:batch_size], self._images[batch_size:]
         labels, self._labels = self._labels[:batch_size], self._labels[batch_size:]
-        x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device, torch.float32).div_(255.0)
+        x = self.modality.inputs(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
         return x, torch.from_numpy(np.ascontiguousarray(labels)).to(self.device)
 
     # The position in a stream is not part of a checkpoint: a resumed run reads on from a new epoch.
@@ -98,7 +130,7 @@ class BatchStream:
         pass
 
 
-def local_parquet_epochs(path: str, rows_per_read: int) -> Callable[[], Iterable]:
+def local_parquet_epochs(path: str, rows_per_read: int, row_shape) -> Callable[[], Iterable]:
     """A local reader (no Ray): one pass over the Parquet split per epoch, in file order."""
-    dataset = ds.dataset(path, format="parquet")
-    return lambda: dataset.to_batches(columns=STREAM_COLUMNS, batch_size=rows_per_read)
+    dataset, columns = ds.dataset(path, format="parquet"), stream_columns(path, row_shape)
+    return lambda: dataset.to_batches(columns=columns, batch_size=rows_per_read)

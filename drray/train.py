@@ -98,7 +98,7 @@ def make_population(cfg: Config, splits: DataSplits) -> Population:
     else:
         from drray.streaming import BatchStream, local_parquet_epochs
 
-        epochs = local_parquet_epochs(splits.train_path, cfg.inner.batch_size)
+        epochs = local_parquet_epochs(splits.train_path, cfg.inner.batch_size, splits.image_shape)
         train = lambda index: BatchStream(epochs, splits.image_shape, splits.num_classes,  # noqa: E731
                                           cfg.run.device, splits.train_path)
     return Population(cfg, train, (splits.heldout.images, splits.heldout.labels), splits.image_shape,

@@ -120,7 +120,8 @@ def evaluate(cfg, splits, rater, out) -> str:
     specs = ev.run_specs(settings.methods, settings.discard, settings.seeds, cfg.run.seed)
     print(f"evaluate: {len(specs)} runs of {budget.steps} steps ({len(splits.train)} training examples)", flush=True)
     started = time.monotonic()
-    runs = map_tasks(ev.run_one, specs, (budget,), ev.shared_arrays(splits, scores, settings.max_eval_rows, cfg.run.seed),
+    shared = ev.shared_arrays(splits, scores, settings.max_eval_rows, cfg.run.seed)
+    runs = map_tasks(ev.run_one, specs, (budget,), shared,
                      describe=lambda s, r: f"{s.method:<9} discard {s.discard:<4g} seed {s.seed}: "
                                            f"{metric.label} {metric.scale * r[metric.key]:.4g}")
     rows = ev.aggregate(runs)
@@ -133,8 +134,8 @@ def evaluate(cfg, splits, rater, out) -> str:
             if row_scores is not None:
                 row.update(ev.selection_quality(row_scores, truth, row["discard"]))
     verdicts = ev.verdicts(runs, rows, metric)
-    meta = {"data": cfg.data.source, "arch": choose_arch(budget.arch, splits.image_shape), "steps": budget.steps, "batch_size": budget.batch_size,
-            "optimizer": budget.optimizer, "lr": budget.lr, "seeds": settings.seeds,
+    meta = {"data": cfg.data.source, "arch": choose_arch(budget.arch, splits.image_shape), "steps": budget.steps,
+            "batch_size": budget.batch_size, "optimizer": budget.optimizer, "lr": budget.lr, "seeds": settings.seeds,
             "seconds": round(time.monotonic() - started, 1), "config": cfg.to_dict()}
     out.local.mkdir(parents=True, exist_ok=True)
     write_results(out.local, rows, verdicts, runs, meta, metric)

@@ -41,7 +41,7 @@ def test_streamed_splits_leave_train_on_disk(tmp_path):
 
 def test_batch_stream_serves_every_row_each_epoch_with_bounded_memory(tmp_path):
     original = prepared_digits(tmp_path / "data")
-    stream = BatchStream(local_parquet_epochs(str(tmp_path / "data" / "train"), 50), (8, 8), 10, "cpu", "train")
+    stream = BatchStream(local_parquet_epochs(str(tmp_path / "data" / "train"), 50, (8, 8)), (8, 8), 10, "cpu", "train")
     n = len(original.train)
     seen = np.concatenate([stream.sample(40)[1].numpy() for _ in range(2 * n // 40)])  # two epochs
     np.testing.assert_array_equal(seen[:n], original.train.labels)

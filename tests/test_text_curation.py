@@ -143,3 +143,55 @@ def test_evaluate_job_on_text_judges_language_models_by_test_loss(text_rater, ra
     assert {v["metric"] for v in payload["verdicts"]} == {"test_loss"}
     for name in ("results.md", "test_loss.png", "scores.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 0
+
+
+# ---- streaming a text Parquet training set (data.stream) ---------------------------------------
+
+def prepared_text(directory):
+    """A prepared text data set (jobs.prepare), the same rows as text-tiny's source with its corruption."""
+    code = prepare_main([str(a) for a in (
+        "--source", "text", "--dir", TEXT_DIR, "--pattern", "austen-persuasion.txt.gz", "--seq-len", 32,
+        "--max-train", 300, "--corrupt", "random_bytes:0.15,shuffled_words:0.15", "--shards", 3,
+        "--output", directory)])
+    assert code == 0
+
+
+def text_stream_config(directory, out, stream: bool = True):
+    return tiny_config("data.source=parquet", f"data.dir={directory}", f"data.stream={str(stream).lower()}",
+                       "data.corruption=[]",
+                       "data.probe_size=60", f"run.out={out}", "run.backend=local")
+
+
+def test_a_streamed_text_set_serves_the_same_token_rows_and_meta_trains(tmp_path):
+    from drray.streaming import BatchStream, local_parquet_epochs
+
+    prepared_text(tmp_path / "data")
+    whole = build_splits(text_stream_config(tmp_path / "data", tmp_path / "r0", stream=False).data, 0)
+    cfg = text_stream_config(tmp_path / "data", tmp_path / "run")
+    streamed = build_splits(cfg.data, 0)
+    assert streamed.train is None and streamed.image_shape == (32,) and len(streamed.probe) == 60
+    assert np.array_equal(streamed.heldout.images, whole.heldout.images)
+    assert np.array_equal(streamed.probe.images, whole.train.images[:60])
+    assert np.array_equal(streamed.probe.is_corrupted, whole.train.is_corrupted[:60])
+    stream = BatchStream(local_parquet_epochs(streamed.train_path, 50, (32,)), (32,), 1, "cpu", "train")
+    n = len(whole.train)
+    tokens = torch.cat([stream.sample(30)[0] for _ in range(n // 30)])  # one epoch, in file order
+    assert tokens.dtype == torch.int64
+    assert torch.equal(tokens, torch.from_numpy(whole.train.images[:len(tokens)]).long())
+    assert stream.max_buffered < 30 + 50
+    summary = meta_train(cfg, splits=streamed)
+    assert np.isfinite(summary.auroc) and set(summary.auroc_by_kind) == {"random_bytes", "shuffled_words"}
+
+
+def test_a_streamed_text_set_reaches_ray_workers(ray_cluster, tmp_path):
+    import ray
+
+    from actors.population import RayPopulation
+
+    prepared_text(tmp_path / "data")
+    cfg = text_stream_config(tmp_path / "data", tmp_path / "run")
+    population = RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed))
+    stats = [population.step() for _ in range(2)]
+    assert all(np.isfinite(s.outer_loss) for s in stats)
+    held = ray.get([w.max_rows_buffered.remote() for w in population.worker_handles()])
+    assert all(0 < rows < 2 * cfg.inner.batch_size for rows in held)  # a batch or two, never the whole set
