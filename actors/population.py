@@ -25,7 +25,7 @@ def train_shards(cfg: Config, splits: DataSplits) -> list:
     if splits.train_path is None:
         arrays = [ray.put(splits.train.images), ray.put(splits.train.labels)]
         return [arrays] * size
-    columns = stream_columns(splits.train_path, splits.image_shape)
+    columns = stream_columns(splits.image_shape)
     dataset = ray.data.read_parquet(splits.train_path, num_cpus=STREAM_READ_CPUS).select_columns(columns)
     return dataset.streaming_split(size, equal=True)
 

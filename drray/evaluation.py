@@ -1,5 +1,6 @@
-"""Does curation pay? Fresh classifiers trained from scratch at one budget (steps, batch size,
-optimizer) on all the training data or on data selected by a score; their test accuracy.
+"""Does curation pay? Fresh inner models (classifiers on images, language models on text)
+trained from scratch at one budget (steps, batch size, optimizer) on all the training data or on
+data selected by a score; judged by a Metric: test accuracy on images, test loss on text.
 
 Every method is one score per training example fed to the same selection, the paper's batch rule
 (draw N = B / (1 - discard) examples, keep the B highest-scored), so methods differ only in what
@@ -129,22 +130,23 @@ def train_fresh(budget: Budget, rows: np.ndarray, labels: np.ndarray, num_classe
 
 
 @torch.no_grad()
-def losses_and_accuracies(model: nn.Module, rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def losses_and_accuracies(model: nn.Module, rows: np.ndarray, labels: np.ndarray,
+                          with_accuracies: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Per example, in one forward pass (chunks): the modality's loss, and its accuracy (images: 1
-    if classified right; text: the fraction of next bytes predicted right)."""
+    if classified right; text: the fraction of next bytes predicted right; None if not asked)."""
     modality, labels_t = modality_of_array(rows), _labels(labels)
     losses, accuracies = [], []
     for i in range(0, len(labels), CHUNK):
         x, y = _inputs(rows, slice(i, i + CHUNK)), labels_t[i:i + CHUNK]
         logits = model(x)
         losses.append(modality.losses(logits, x, y))
-        accuracies.append(modality.accuracies(logits, x, y))
-    return torch.cat(losses).numpy(), torch.cat(accuracies).numpy()
+        if with_accuracies:
+            accuracies.append(modality.accuracies(logits, x, y))
+    return torch.cat(losses).numpy(), torch.cat(accuracies).numpy() if with_accuracies else None
 
 
 def per_example_losses(model: nn.Module, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return losses_and_accuracies(model, rows, labels)[0]
-
+    return losses_and_accuracies(model, rows, labels, with_accuracies=False)[0]
 
 
 @torch.no_grad()
@@ -260,8 +262,9 @@ def paired_difference(results: list[dict], a: tuple, b: tuple, metric: Metric) -
 
 def verdicts(results: list[dict], rows: list[dict], metric: Metric) -> list[dict]:
     """The data rater at its best fraction against the baseline, random drop at the same fraction,
-    and every other method at its own best fraction; `beats` means better by more than 2 standard
-    errors (diff > 0 is better, whichever way the metric points)."""
+    and random drop and the loss heuristic at their own best fractions (the oracle is a bound,
+    not a rival); `beats` means better by more than 2 standard errors (diff > 0 is better,
+    whichever way the metric points)."""
     best = best_row(rows, "datarater", metric)
     if best is None:
         return []

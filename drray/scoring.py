@@ -42,15 +42,13 @@ def _describe(info: dict) -> str:
 
 
 def check_text_schema(schema: pa.Schema, info: dict, where: str) -> None:
-    """A text data set needs a string `text` column; `label`, where present, an integer one."""
+    """A text data set needs a string `text` column (any other column is kept, none is read)."""
     if "text" not in schema.names:
         raise DataError(f"{where}: missing column text; {_describe(info)}, read from a string column text "
                         "(see DESIGN.md, Data)")
     kind = schema.field("text").type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise DataError(f"{where}: column text is {kind}, not string; store text as UTF-8 strings")
-    if "label" in schema.names and not pa.types.is_integer(schema.field("label").type):
-        raise DataError(f"{where}: column label is {schema.field('label').type}, not an integer; store labels as int64")
 
 
 def is_text(info: dict) -> bool:
@@ -112,7 +110,7 @@ def _shape_ok(shape: pa.ChunkedArray, height: int, width: int) -> np.ndarray:
 def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optional[np.ndarray], str]:
     """(mask of rows the rater cannot score, or None when every row is fine; why the first is bad)."""
     if len(image_shape) == 1:
-        return _first_bad(table, _text_checks(table, num_classes))
+        return _first_bad(table, _text_checks(table))
     height, width = image_shape
     pixels = height * width
     n = table.num_rows
@@ -125,7 +123,8 @@ def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optio
         checks.append((lengths != pixels, f"image does not have {height}x{width}={pixels} pixels"))
     shape_bad = ~_shape_ok(table.column("shape"), height, width)
     checks.append((shape_bad, f"shape is not [{height}, {width}]"))
-    checks.append(_label_check(table, num_classes))
+    labels = pc.fill_null(table.column("label"), -1).to_numpy(zero_copy_only=False)
+    checks.append(((labels < 0) | (labels >= num_classes), f"label outside the rater's classes 0..{num_classes - 1}"))
     if image.type.value_type != pa.uint8() or pc.list_flatten(image).null_count:
         # NaN, null, fractional or out-of-range pixel values: not a uint8 pixel
         decodable = ~np.logical_or.reduce([mask for mask, _ in checks])
@@ -140,20 +139,11 @@ def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optio
     return _first_bad(table, checks)
 
 
-def _label_check(table: pa.Table, num_classes: int) -> tuple[np.ndarray, str]:
-    labels = pc.fill_null(table.column("label"), -1).to_numpy(zero_copy_only=False)
-    return (labels < 0) | (labels >= num_classes), f"label outside the rater's classes 0..{num_classes - 1}"
-
-
-def _text_checks(table: pa.Table, num_classes: int) -> list[tuple[np.ndarray, str]]:
-    """A text row is bad when its text is null or empty, or its label (where there is one) is
-    outside the rater's classes. Arrow strings are valid UTF-8, so every text encodes."""
-    text = table.column("text")
-    empty = pc.fill_null(pc.equal(pc.binary_length(text), 0), True).to_numpy(zero_copy_only=False)
-    checks = [(empty, "text is null or empty")]
-    if "label" in table.column_names:
-        checks.append(_label_check(table, num_classes))
-    return checks
+def _text_checks(table: pa.Table) -> list[tuple[np.ndarray, str]]:
+    """A text row is bad when its text is null or empty (Arrow strings are valid UTF-8, so every
+    text encodes). A label column is not read: text raters score the text alone."""
+    empty = pc.fill_null(pc.equal(pc.binary_length(table.column("text")), 0), True).to_numpy(zero_copy_only=False)
+    return [(empty, "text is null or empty")]
 
 
 def _first_bad(table: pa.Table, checks: list[tuple[np.ndarray, str]]) -> tuple[Optional[np.ndarray], str]:
@@ -188,7 +178,7 @@ def score_table(rater: torch.nn.Module, table: pa.Table, image_shape, num_classe
     scores = np.empty(table.num_rows, dtype=np.float32)
     start = 0
     read = _text_inputs if len(image_shape) == 1 else _image_inputs
-    columns = [c for c in ("text", "image", "label") if c in table.column_names]
+    columns = ["text"] if len(image_shape) == 1 else ["image", "label"]
     with torch.no_grad():
         # Record batches are contiguous: flattening their image lists is zero-copy.
         for batch in table.select(columns).to_batches(max_chunksize=chunk_rows):
@@ -213,9 +203,9 @@ def _image_inputs(batch: pa.RecordBatch, image_shape, num_classes: int, where: s
 
 
 def _text_inputs(batch: pa.RecordBatch, image_shape, num_classes: int, where: str, device: torch.device):
-    """(int64 tokens [B, L], int64 labels [B]): each text's first L bytes (cut at a character
-    boundary, as the rater was trained on sequences of L bytes), padded; labels 0 without a column."""
-    tokens, labels = decode_text_batch(batch, image_shape[0], num_classes, where)
+    """(int64 tokens [B, L], zero labels [B]): each text's first L bytes (cut at a character
+    boundary, as the rater was trained on sequences of L bytes), padded."""
+    tokens, labels = decode_text_batch(batch, image_shape[0], where)
     return TextModality.inputs(torch.from_numpy(tokens).to(device)), torch.from_numpy(labels).to(device)
 
 

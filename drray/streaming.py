@@ -21,12 +21,10 @@ from drray.modality import modality_for
 from drray.tokenizer import encode_batch
 
 
-def stream_columns(path: str, row_shape) -> list[str]:
-    """The columns a training stream reads from the Parquet at `path`: image and label, or text
-    (tokenized to [L]) and label where the text set has one (labels are optional for text)."""
-    if len(tuple(row_shape)) != 1:
-        return ["image", "label"]
-    return ["text"] + (["label"] if "label" in ds.dataset(path, format="parquet").schema.names else [])
+def stream_columns(row_shape) -> list[str]:
+    """The columns a training stream reads: image and label, or text (tokenized to [L]; text
+    models read no label)."""
+    return ["text"] if len(tuple(row_shape)) == 1 else ["image", "label"]
 
 
 def stream_splits(cfg: DataConfig) -> DataSplits:
@@ -63,25 +61,20 @@ def decode_batch(batch, image_shape: tuple[int, int], num_classes: int, where: s
     return pixels.astype(np.uint8, copy=False).reshape(-1, height, width), labels
 
 
-def decode_text_batch(batch, seq_len: int, num_classes: int, where: str):
+def decode_text_batch(batch, seq_len: int, where: str):
     """Arrow rows with a `text` column -> (int16 tokens [B, seq_len]: each text's first seq_len
-    bytes, cut at a character boundary, then PAD; int64 labels [B], zeros without a label column)."""
-    names = batch.schema.names
-    texts = batch.column(names.index("text")).to_pylist()
+    bytes, cut at a character boundary, then PAD; int64 labels [B], zeros: the language models
+    and text raters read no label, so a text set's label column, if any, is not read)."""
+    texts = batch.column(batch.schema.names.index("text")).to_pylist()
     if any(text is None for text in texts):
         raise DataError(f"{where}: a row's text is null; fill or drop those rows")
-    labels = (batch.column(names.index("label")).to_numpy().astype(np.int64) if "label" in names
-              else np.zeros(len(texts), np.int64))
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(f"{where}: label {labels[(labels < 0) | (labels >= num_classes)][0]} outside "
-                        f"0..{num_classes - 1} (the classes of heldout/test); fix the labels")
-    return encode_batch(texts, seq_len), labels
+    return encode_batch(texts, seq_len), np.zeros(len(texts), np.int64)
 
 
 def decode_rows(batch, row_shape, num_classes: int, where: str):
     """(stored rows: uint8 images [B, H, W] or int16 tokens [B, L]; int64 labels [B])."""
     if len(tuple(row_shape)) == 1:
-        return decode_text_batch(batch, row_shape[0], num_classes, where)
+        return decode_text_batch(batch, row_shape[0], where)
     return decode_batch(batch, row_shape, num_classes, where)
 
 
@@ -104,7 +97,8 @@ class BatchStream:
             batch = next(self._epoch, None)
             if batch is not None:
                 images, labels = decode_rows(batch, self.image_shape, self.num_classes, self.where)
-                self._images = images if self._images is None else np.concatenate([self._images, images])
+                # (a first batch is copied: decoded images can be read-only views of Arrow buffers)
+                self._images = np.array(images) if self._images is None else np.concatenate([self._images, images])
                 self._labels = np.concatenate([self._labels, labels])
                 self.max_buffered = max(self.max_buffered, len(self._labels))
                 return
@@ -132,5 +126,5 @@ class BatchStream:
 
 def local_parquet_epochs(path: str, rows_per_read: int, row_shape) -> Callable[[], Iterable]:
     """A local reader (no Ray): one pass over the Parquet split per epoch, in file order."""
-    dataset, columns = ds.dataset(path, format="parquet"), stream_columns(path, row_shape)
+    dataset, columns = ds.dataset(path, format="parquet"), stream_columns(row_shape)
     return lambda: dataset.to_batches(columns=columns, batch_size=rows_per_read)

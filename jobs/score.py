@@ -175,6 +175,7 @@ def run(args) -> ScoreSummary:
         raise ConfigError(f"--batch-size {args.batch_size}: need at least 1")
     blob, info = read_rater(args.rater)
     in_fs, in_path, dataset = open_input(args.input)
+    check_schema(dataset.schema, info, args.input)  # columns and types first: head() needs the columns
     check_schema(dataset.schema, info, args.input, dataset.head(1, columns=input_columns(info)))
     rows_in = dataset.count_rows()  # from the Parquet footers
     if rows_in == 0:

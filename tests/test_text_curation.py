@@ -89,6 +89,17 @@ def test_score_table_on_text_is_the_raters_score_and_refuses_bad_rows(text_rater
         check_schema(table.set_column(1, "text", table.column("text").cast(pa.binary())).schema, info, "x.parquet")
 
 
+def test_score_job_refuses_a_set_without_text_in_one_line(text_rater, tmp_path, capsys):
+    run_dir, splits = text_rater
+    write_text_parquet(splits.train, tmp_path / "train.parquet")
+    pq.write_table(pq.read_table(tmp_path / "train.parquet").drop(["text"]), tmp_path / "no-text.parquet")
+    code = score_main([str(a) for a in ("--rater", run_dir, "--input", tmp_path / "no-text.parquet",
+                                        "--output", tmp_path / "scored")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "missing column text" in err[0], err
+    assert not (tmp_path / "scored").exists()
+
+
 def test_text_prepare_score_filter_round_trip(text_rater, ray_cluster, tmp_path, capsys):
     """The same jobs as for images: the scores written by the Ray pipeline are the rater's scores
     of the same sequences, and the filter's summary is computed from them."""
@@ -119,11 +130,11 @@ def test_an_oracle_selection_lowers_a_language_models_test_loss():
     cfg = tiny_config("data.corruption=[{kind: random_bytes, fraction: 0.6}]")
     splits = build_splits(cfg.data, 0)
     budget = dataclasses.replace(ev.Budget.from_config(cfg), steps=60, batch_size=16)
-    data = ev.shared_arrays(splits, {"datarater": -splits.train.is_corrupted.astype(np.float64)})
+    data = ev.shared_arrays(splits, {"oracle": ev.oracle_scores(splits.train.is_corrupted)})
     loss = {m: np.mean([ev.run_one(ev.RunSpec(m, 0.0 if m == "baseline" else 0.6, s), data, budget)["test_loss"]
-                        for s in range(2)]) for m in ("baseline", "datarater", "random")}
-    assert loss["datarater"] < loss["baseline"] - 0.1, loss
-    assert loss["datarater"] < loss["random"] - 0.1, loss
+                        for s in range(2)]) for m in ("baseline", "oracle", "random")}
+    assert loss["oracle"] < loss["baseline"] - 0.1, loss
+    assert loss["oracle"] < loss["random"] - 0.1, loss
 
 
 def test_evaluate_job_on_text_judges_language_models_by_test_loss(text_rater, ray_cluster, tmp_path, capsys):
