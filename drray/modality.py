@@ -84,6 +84,11 @@ def modality_of_array(rows: np.ndarray) -> type:
     return modality_for(np.shape(rows)[1:])
 
 
+def is_text(row_shape) -> bool:
+    """Whether rows of this shape are token sequences [L] (else images [H, W])."""
+    return modality_for(row_shape) is TextModality
+
+
 def describe_rows(row_shape) -> str:
     """'28x28 images' or '64-token sequences', for messages."""
     shape = tuple(int(side) for side in row_shape)

@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 import torch
 
 from drray.errors import ConfigError, DataError
-from drray.modality import TextModality, describe_rows
-from drray.streaming import decode_batch, decode_text_batch
+from drray.modality import TextModality, describe_rows, is_text
+from drray.streaming import decode_batch, decode_text_batch, stream_columns
 
 SCORE = "score"
 REQUIRED_COLUMNS = ("image", "shape", "label")
@@ -51,21 +51,16 @@ def check_text_schema(schema: pa.Schema, info: dict, where: str) -> None:
         raise DataError(f"{where}: column text is {kind}, not string; store text as UTF-8 strings")
 
 
-def is_text(info: dict) -> bool:
-    """Whether the rater of `info` (load_rater's metadata) reads token sequences, not images."""
-    return len(info["image_shape"]) == 1
-
-
 def input_columns(info: dict) -> list[str]:
-    """The columns the rater reads (besides the optional label of a text data set)."""
-    return ["text"] if is_text(info) else ["image", "shape"]
+    """The columns whose first row check_schema looks at: text, or image and shape."""
+    return ["text"] if is_text(info["image_shape"]) else ["image", "shape"]
 
 
 def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.Table] = None) -> None:
     """A one-line DataError unless rows of `schema` can be scored by the rater of `info`
     (load_rater's metadata). `first`: the data set's first row(s), to check the image size
     where the schema alone cannot (variable-length lists)."""
-    if is_text(info):
+    if is_text(info["image_shape"]):
         return check_text_schema(schema, info, where)
     height, width = info["image_shape"]
     pixels = height * width
@@ -109,7 +104,7 @@ def _shape_ok(shape: pa.ChunkedArray, height: int, width: int) -> np.ndarray:
 
 def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optional[np.ndarray], str]:
     """(mask of rows the rater cannot score, or None when every row is fine; why the first is bad)."""
-    if len(image_shape) == 1:
+    if is_text(image_shape):
         return _first_bad(table, _text_checks(table))
     height, width = image_shape
     pixels = height * width
@@ -177,11 +172,10 @@ def score_table(rater: torch.nn.Module, table: pa.Table, image_shape, num_classe
         table = table.filter(pa.array(~bad))
     scores = np.empty(table.num_rows, dtype=np.float32)
     start = 0
-    read = _text_inputs if len(image_shape) == 1 else _image_inputs
-    columns = ["text"] if len(image_shape) == 1 else ["image", "label"]
+    read = _text_inputs if is_text(image_shape) else _image_inputs
     with torch.no_grad():
         # Record batches are contiguous: flattening their image lists is zero-copy.
-        for batch in table.select(columns).to_batches(max_chunksize=chunk_rows):
+        for batch in table.select(stream_columns(image_shape)).to_batches(max_chunksize=chunk_rows):
             x, y = read(batch, image_shape, num_classes, where, torch.device(device))
             scores[start:start + len(y)] = rater(x, y).float().cpu().numpy()
             start += len(y)

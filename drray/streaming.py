@@ -17,14 +17,14 @@ import torch
 from drray.config import DataConfig
 from drray.data import DataSplits, examples_from_any_table, parquet_split_paths, read_parquet
 from drray.errors import DataError
-from drray.modality import modality_for
+from drray.modality import is_text, modality_for
 from drray.tokenizer import encode_batch
 
 
 def stream_columns(row_shape) -> list[str]:
     """The columns a training stream reads: image and label, or text (tokenized to [L]; text
     models read no label)."""
-    return ["text"] if len(tuple(row_shape)) == 1 else ["image", "label"]
+    return ["text"] if is_text(row_shape) else ["image", "label"]
 
 
 def stream_splits(cfg: DataConfig) -> DataSplits:
@@ -73,7 +73,7 @@ def decode_text_batch(batch, seq_len: int, where: str):
 
 def decode_rows(batch, row_shape, num_classes: int, where: str):
     """(stored rows: uint8 images [B, H, W] or int16 tokens [B, L]; int64 labels [B])."""
-    if len(tuple(row_shape)) == 1:
+    if is_text(row_shape):
         return decode_text_batch(batch, row_shape[0], where)
     return decode_batch(batch, row_shape, num_classes, where)
 
