@@ -40,7 +40,7 @@ class Scheduler:
         self.train_shards, self.heldout_refs = train_shards, heldout_refs  # nested: still references
         self.shape, self.num_classes, self.gpus = tuple(image_shape), num_classes, gpus_per_worker
         self.size, self.lifetime = self.cfg.population.size, self.cfg.population.lifetime
-        self.server = ParameterServer.remote(cfg, self.shape, num_classes)
+        self.server = ParameterServer.remote(cfg, self.shape, num_classes, *heldout_refs)
         self.eta = self.server.params.remote()
         self.incarnations = [0] * self.size
         self.workers = [self._spawn(i) for i in range(self.size)]

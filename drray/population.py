@@ -19,6 +19,7 @@ from drray.meta_optim import AveragedAdam
 from drray.metagrad import MetaProblem, meta_step
 from drray.modality import modality_for, modality_of_array
 from drray.models import build_inner, build_rater
+from drray.warm_start import check_warm_start, warm_start
 
 Params = tuple[torch.Tensor, ...]
 
@@ -137,9 +138,22 @@ class InnerLearner:
         self.heldout.set_state(sd["heldout_rng"])
 
 
-def new_meta_optimizer(cfg: Config, image_shape, num_classes: int) -> AveragedAdam:
-    eta = init_params(lambda: build_rater(cfg.rater.arch, image_shape, num_classes),
-                      derive_seed(cfg.run.seed, 1_000_003), "cpu")
+def initial_rater(cfg: Config, image_shape, num_classes: int, heldout: tuple[np.ndarray, np.ndarray]) -> Params:
+    """The rater meta-training starts from: seeded, warm-started on the held-out split if asked."""
+    def build():
+        rater = build_rater(cfg.rater.arch, image_shape, num_classes)
+        if cfg.rater.warm_start_steps:
+            check_warm_start(rater, cfg.rater.arch, cfg.rater.warm_start_steps)
+            warm_start(rater, *heldout, cfg.rater.warm_start_steps, cfg.rater.warm_start_lr, cfg.inner.batch_size,
+                       derive_seed(cfg.run.seed, 1_000_004))
+        return rater
+
+    return init_params(build, derive_seed(cfg.run.seed, 1_000_003), "cpu")
+
+
+def new_meta_optimizer(cfg: Config, image_shape, num_classes: int,
+                       heldout: tuple[np.ndarray, np.ndarray]) -> AveragedAdam:
+    eta = initial_rater(cfg, image_shape, num_classes, heldout)
     return AveragedAdam(eta, lr=cfg.meta.lr, clip_norm=cfg.meta.clip_norm)
 
 
@@ -168,7 +182,7 @@ class Population:
         self.cfg, self.step_count = cfg, 0
         self.learners = [InnerLearner(cfg, i, train(i), heldout, image_shape, num_classes)
                          for i in range(cfg.population.size)]
-        self.meta = new_meta_optimizer(cfg, image_shape, num_classes)
+        self.meta = new_meta_optimizer(cfg, image_shape, num_classes, heldout)
 
     def stale(self) -> list[int]:
         size, lifetime = self.cfg.population.size, self.cfg.population.lifetime

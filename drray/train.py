@@ -21,6 +21,7 @@ from drray.metrics import MetricsLog, Progress, corruption_auroc
 from drray.models import build_inner, build_rater, choose_arch
 from drray.population import Population
 from drray.storage import RunDir
+from drray.warm_start import check_warm_start
 
 
 @dataclass
@@ -151,8 +152,9 @@ def check_models_fit(cfg: Config, splits: DataSplits) -> None:
     """Build the rater and an inner model once, so an arch made for other data (an image model on
     text, or the reverse) is a one-line ConfigError before any output or worker exists."""
     with torch.random.fork_rng(devices=[]):  # leaves the global RNG as it was
-        build_rater(cfg.rater.arch, splits.image_shape, splits.num_classes)
+        rater = build_rater(cfg.rater.arch, splits.image_shape, splits.num_classes)
         build_inner(cfg.inner.arch, splits.image_shape, splits.num_classes)
+    check_warm_start(rater, cfg.rater.arch, cfg.rater.warm_start_steps)
 
 
 def save(out: Path, cfg: Config, population, prober: Prober) -> None:
