@@ -80,6 +80,13 @@ def rater_cnn_classifier(input_shape: tuple[int, int], num_classes: int) -> nn.M
     return ClassConditionedRater(_rater_cnn_body(input_shape, num_classes), log_prob=True)
 
 
+@RATERS.register("cnn_classifier_large")
+def rater_cnn_classifier_large(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    """cnn_classifier with the inner CNN's body (~108k parameters for 28x28, 5x the cnn rater):
+    warm-started (rater.warm_start_steps), it begins as the loss heuristic's classifier."""
+    return ClassConditionedRater(inner_cnn(input_shape, num_classes), log_prob=True)
+
+
 @RATERS.register("mlp")
 def rater_mlp(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
     return ClassConditionedRater(_mlp([input_shape[0] * input_shape[1], 64, num_classes]))

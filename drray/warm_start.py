@@ -22,7 +22,8 @@ from drray.models import ClassConditionedRater
 def check_warm_start(rater: nn.Module, arch: str, steps: int) -> None:
     if steps and not isinstance(rater, ClassConditionedRater):
         raise ConfigError(f"rater.warm_start_steps={steps}: rater {arch!r} does not classify its input; warm start "
-                          "needs a class-conditioned rater (cnn, cnn_classifier, mlp); set rater.warm_start_steps=0")
+                          "needs a class-conditioned rater (cnn, cnn_classifier, cnn_classifier_large, mlp); "
+                          "set rater.warm_start_steps=0")
 
 
 def warm_start(rater: nn.Module, images: np.ndarray, labels: np.ndarray, steps: int, lr: float, batch_size: int,
