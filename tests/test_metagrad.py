@@ -97,9 +97,10 @@ def test_methods_agree_float32_on_real_models(shape, arch, T, opt_name):
     assert sum(g.abs().sum() for g in ref.grad) > 0  # a zero gradient would agree trivially
 
 
-def test_log_prob_rater_scores_the_labels_log_probability_and_both_methods_agree():
+@pytest.mark.parametrize("arch", ["cnn_classifier", "cnn_classifier_large"])
+def test_log_prob_rater_scores_the_labels_log_probability_and_both_methods_agree(arch):
     torch.manual_seed(0)
-    rater = build_rater("cnn_classifier", (28, 28), 10)
+    rater = build_rater(arch, (28, 28), 10)
     x, y = torch.rand(5, 1, 28, 28, dtype=torch.float32), torch.tensor([0, 3, 9, 3, 1])
     logits = rater.body(x)
     by_hand = logits.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(logits, 1)
