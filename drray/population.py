@@ -139,13 +139,16 @@ class InnerLearner:
 
 
 def initial_rater(cfg: Config, image_shape, num_classes: int, heldout: tuple[np.ndarray, np.ndarray]) -> Params:
-    """The rater meta-training starts from: seeded, warm-started on the held-out split if asked."""
+    """The rater meta-training starts from: seeded, warm-started on the held-out split if asked
+    (batches of inner.batch_size)."""
     def build():
         rater = build_rater(cfg.rater.arch, image_shape, num_classes)
-        if cfg.rater.warm_start_steps:
-            check_warm_start(rater, cfg.rater.arch, cfg.rater.warm_start_steps)
-            warm_start(rater, *heldout, cfg.rater.warm_start_steps, cfg.rater.warm_start_lr, cfg.inner.batch_size,
-                       derive_seed(cfg.run.seed, 1_000_004))
+        steps = cfg.rater.warm_start_steps
+        if steps:
+            check_warm_start(rater, cfg.rater.arch, steps)
+            loss = warm_start(rater, *heldout, steps, cfg.rater.warm_start_lr, cfg.inner.batch_size,
+                              derive_seed(cfg.run.seed, 1_000_004))
+            print(f"rater warm start: {steps} steps on the held-out split, loss {loss:.4f}", flush=True)
         return rater
 
     return init_params(build, derive_seed(cfg.run.seed, 1_000_003), "cpu")

@@ -115,7 +115,7 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
     run_dir = RunDir(cfg.run.out)
     out = run_dir.local
     prepare_output(run_dir, resume, overwrite)
-    population = population_factory(cfg, splits)
+    population = population_factory(without_warm_start(cfg) if resume else cfg, splits)
     if resume:
         population.load_state_dict(checkpoint.load_state(out)["population"])
     start = population.step_count
@@ -148,13 +148,18 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
     return RunSummary(out=run_dir, steps=cfg.meta.steps, **final)
 
 
+def without_warm_start(cfg: Config) -> Config:
+    """A resumed run loads its rater from the checkpoint: warm-starting it again would be wasted."""
+    return cfg.model_copy(update={"rater": cfg.rater.model_copy(update={"warm_start_steps": 0})})
+
+
 def check_models_fit(cfg: Config, splits: DataSplits) -> None:
     """Build the rater and an inner model once, so an arch made for other data (an image model on
     text, or the reverse) is a one-line ConfigError before any output or worker exists."""
     with torch.random.fork_rng(devices=[]):  # leaves the global RNG as it was
         rater = build_rater(cfg.rater.arch, splits.image_shape, splits.num_classes)
         build_inner(cfg.inner.arch, splits.image_shape, splits.num_classes)
-    check_warm_start(rater, cfg.rater.arch, cfg.rater.warm_start_steps)
+    check_warm_start(rater, choose_arch(cfg.rater.arch, splits.image_shape), cfg.rater.warm_start_steps)
 
 
 def save(out: Path, cfg: Config, population, prober: Prober) -> None:

@@ -29,7 +29,8 @@ def check_warm_start(rater: nn.Module, arch: str, steps: int) -> None:
 def warm_start(rater: nn.Module, images: np.ndarray, labels: np.ndarray, steps: int, lr: float, batch_size: int,
                seed: int) -> float:
     """Trains rater.body in place for `steps` Adam steps of cross-entropy on (images, labels);
-    returns the mean loss of the last 10% of steps. Seeded: the same rater everywhere."""
+    returns the mean loss of the last 10% of steps. Seeded: the same rater in every run of one
+    process; on Ray (another thread count) it agrees to float rounding."""
     modality = modality_of_array(images)
     rows = torch.from_numpy(np.array(images))  # a copy: object-store arrays are read-only
     targets = torch.from_numpy(np.array(labels, dtype=np.int64))

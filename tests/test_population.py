@@ -60,12 +60,14 @@ def test_deterministic_for_a_seed(tmp_path):
     assert any(not torch.equal(x, y) for x, y in zip(a, c))
 
 
-def test_resume_continues_bit_identically(tmp_path):
-    full = tiny_config(tmp_path / "full")
+@pytest.mark.parametrize("extra", [[], ["rater.arch=cnn_classifier", "rater.warm_start_steps=20"]],
+                         ids=["cold", "warm-start"])
+def test_resume_continues_bit_identically(tmp_path, extra):
+    full = tiny_config(tmp_path / "full", *extra)
     meta_train(full)
-    part = tiny_config(tmp_path / "part", "meta.steps=3")
+    part = tiny_config(tmp_path / "part", "meta.steps=3", *extra)
     meta_train(part)
-    meta_train(tiny_config(tmp_path / "part"), resume=True)  # steps 3..5 from the step-3 checkpoint
+    meta_train(tiny_config(tmp_path / "part", *extra), resume=True)  # steps 3..5 from the step-3 checkpoint
     a = checkpoint.load_state(full.run.out)["population"]["meta"]["params"]
     b = checkpoint.load_state(part.run.out)["population"]["meta"]["params"]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
