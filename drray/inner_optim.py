@@ -1,7 +1,9 @@
 """Differentiable inner optimizers: pure functions (params, grads, state) -> (params, state).
 
-The update is elementwise and built from ordinary torch ops, so autograd differentiates it
-(both meta-gradient methods rely on that). State is a dict of tuples of tensors plus an int
+Both meta-gradient methods differentiate through the update. SGD is built from ordinary torch
+ops; Adam is one custom autograd op per tensor whose backward is written out, so each inner step
+keeps only g, m' and v' for the backward pass (3 tensors the size of the parameters, where
+autograd on the elementwise formula keeps ~7). State is a dict of tuples of tensors plus an int
 step count; nothing is updated in place.
 """
 from __future__ import annotations
@@ -28,6 +30,35 @@ class SGD:
         return new, {"count": state["count"] + 1, "momentum": buf}
 
 
+class _AdamStep(torch.autograd.Function):
+    """(p, g, m, v) -> (p', m', v'): m' = b1 m + (1-b1) g, v' = b2 v + (1-b2) g^2,
+    p' = p - lr a / d with a = m' ms, d = sqrt(v' vs + eps_root) + eps (ms, vs: bias corrections)."""
+
+    @staticmethod
+    def forward(ctx, p, g, m, v, lr, b1, b2, eps, eps_root, m_scale, v_scale):
+        m_new = b1 * m + (1 - b1) * g
+        v_new = b2 * v + (1 - b2) * g * g
+        p_new = p - lr * (m_new * m_scale) / (torch.sqrt(v_new * v_scale + eps_root) + eps)
+        ctx.save_for_backward(g, m_new, v_new)
+        ctx.constants = (lr, b1, b2, eps, eps_root, m_scale, v_scale)
+        return p_new, m_new, v_new
+
+    @staticmethod
+    def backward(ctx, dp, dm, dv):
+        g, m_new, v_new = ctx.saved_tensors
+        lr, b1, b2, eps, eps_root, m_scale, v_scale = ctx.constants
+        root = torch.sqrt(v_new * v_scale + eps_root)
+        denom = root + eps
+        dm_total = -lr * m_scale * dp / denom  # through p' -> m'
+        dv_total = lr * (m_new * m_scale) * v_scale * dp / (2 * denom * denom * root)  # through p' -> v'
+        if dm is not None:
+            dm_total = dm_total + dm
+        if dv is not None:
+            dv_total = dv_total + dv
+        dg = (1 - b1) * dm_total + (2 * (1 - b2)) * g * dv_total
+        return dp, dg, b1 * dm_total, b2 * dv_total, None, None, None, None, None, None, None
+
+
 @dataclass(frozen=True)
 class Adam:
     lr: float
@@ -44,14 +75,10 @@ class Adam:
 
     def update(self, params: Params, grads: Params, state: State) -> tuple[Params, State]:
         count = state["count"] + 1
-        m = tuple(self.beta1 * m + (1 - self.beta1) * g for m, g in zip(state["m"], grads))
-        v = tuple(self.beta2 * v + (1 - self.beta2) * g * g for v, g in zip(state["v"], grads))
-        m_scale = 1.0 / (1 - self.beta1**count)
-        v_scale = 1.0 / (1 - self.beta2**count)
-        new = tuple(
-            p - self.lr * (mi * m_scale) / (torch.sqrt(vi * v_scale + self.eps_root) + self.eps)
-            for p, mi, vi in zip(params, m, v)
-        )
+        constants = (self.lr, self.beta1, self.beta2, self.eps, self.eps_root,
+                     1.0 / (1 - self.beta1**count), 1.0 / (1 - self.beta2**count))
+        steps = [_AdamStep.apply(p, g, m, v, *constants) for p, g, m, v in zip(params, grads, state["m"], state["v"])]
+        new, m, v = (tuple(parts) for parts in zip(*steps))
         return new, {"count": count, "m": m, "v": v}
 
 
