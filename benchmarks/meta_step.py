@@ -66,7 +66,7 @@ def config_overrides(args) -> list[str]:
         f"inner.optimizer={args.optimizer}", f"inner.lr={args.lr}", f"inner.momentum={args.momentum}",
         f"population.size={args.pop}", "population.lifetime=100000",  # no reinitialisation while timing
         f"meta.method={args.method}", f"run.seed={args.seed}", "run.device=cpu",
-    ]
+    ] + ([f"meta.mixflow_chunk={args.mixflow_chunk}"] if args.mixflow_chunk else [])
 
 
 def run_one(args) -> dict:
@@ -94,7 +94,7 @@ def run_one(args) -> dict:
         "sec_per_step": statistics.median(times), "sec_min": min(times), "sec_all": times,
         "cpu_sec_per_step": statistics.median(cpu),  # process CPU time (both threads): robust to a busy machine
         "baseline_rss_mb": baseline, "peak_rss_mb": peak, "extra_mb": peak - baseline,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "mixflow_chunk": args.mixflow_chunk,
     }
 
 
@@ -180,7 +180,7 @@ def spawn(extra: list[str], timeout: float = 1800, env_extra: dict | None = None
 def child_args(method: str, T: int, pop: int, optimizer: str, lr: float, steps: int, args) -> list[str]:
     return ["--one", "--method", method, "--T", str(T), "--pop", str(pop), "--optimizer", optimizer,
             "--lr", str(lr), "--steps", str(steps), "--batch", str(args.batch), "--max-train", str(args.max_train),
-            "--data-dir", args.data_dir]
+            "--data-dir", args.data_dir] + (["--mixflow-chunk", str(args.mixflow_chunk)] if args.mixflow_chunk else [])
 
 
 def machine_info() -> dict:
@@ -337,6 +337,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--primitive", action="store_true", help=argparse.SUPPRESS)  # child: primitives
     p.add_argument("--method", default="mixflow", choices=METHODS)
     p.add_argument("--T", type=int, default=2)
+    p.add_argument("--mixflow-chunk", type=int, default=None,
+                   help="meta.mixflow_chunk: examples per JVP in mixflow's backward (default: the whole batch)")
     p.add_argument("--pop", type=int, default=1)
     p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
     p.add_argument("--lr", type=float, default=1e-3)

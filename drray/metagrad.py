@@ -27,8 +27,12 @@ class MetaProblem:
     """Binds an inner model, a rater, the inner optimizer and the softmax temperature to pure
     functions of parameter tuples. The modules serve only as templates for functional_call."""
 
-    def __init__(self, inner: nn.Module, rater: nn.Module, optimizer, temperature: float, modality=ImageModality):
+    def __init__(self, inner: nn.Module, rater: nn.Module, optimizer, temperature: float, modality=ImageModality,
+                 jvp_chunk: int | None = None):
+        """jvp_chunk: mixflow's backward runs its JVP over this many examples at a time (None: the
+        whole batch); smaller chunks lower its transient memory, at some speed."""
         self.inner, self.rater = inner, rater
+        self.jvp_chunk = jvp_chunk
         self.inner_names = [n for n, _ in inner.named_parameters()]
         self.rater_names = [n for n, _ in rater.named_parameters()]
         self.optimizer = optimizer
@@ -75,23 +79,34 @@ class _WeightedGrad(torch.autograd.Function):
         with torch.enable_grad():  # one rater forward serves both the JVP (w) and the VJP below
             eta_leaves = tuple(e.detach().requires_grad_() for e in eta)
             w_graph = problem.weights(eta_leaves, x, y)
-        w = w_graph.detach()
         need_theta = any(ctx.needs_input_grad[4 : 4 + n_theta])
-
-        if need_theta:
-            def grad_and_losses(th):
-                def weighted(th):
-                    losses = problem.losses(th, x, y)
-                    return (w * losses).sum(), losses
-                return torch.func.grad(weighted, has_aux=True)(th)
-
-            _, (hvp, dlosses) = torch.func.jvp(grad_and_losses, (theta,), (tuple(lam),))
-        else:  # theta_0 is a constant: only the directional derivatives of the losses are needed
+        # H_w lam = sum_i w_i H_i lam and d_i are sums / lists over examples: chunks add up.
+        chunk = problem.jvp_chunk or len(x)
+        parts = [_jvp_part(problem, theta, lam, x[i:i + chunk], y[i:i + chunk], w_graph.detach()[i:i + chunk],
+                           need_theta) for i in range(0, len(x), chunk)]
+        dlosses = torch.cat([d for _, d in parts])
+        if not need_theta:
             hvp = (None,) * n_theta
-            _, dlosses = torch.func.jvp(lambda th: problem.losses(th, x, y), (theta,), (tuple(lam),))
-
+        else:
+            hvp = parts[0][0] if len(parts) == 1 else tuple(sum(h) for h in zip(*(h for h, _ in parts)))
         eta_grads = torch.autograd.grad(w_graph, eta_leaves, grad_outputs=dlosses, allow_unused=True)
         return (None, None, None, None, *hvp, *eta_grads)
+
+
+def _jvp_part(problem: MetaProblem, theta: Params, lam, x, y, w, need_theta: bool):
+    """(H_w lam restricted to these examples or None, d_i = <lam, grad l_i> for each), one JVP."""
+    if not need_theta:  # theta_0 is a constant: only the directional derivatives of the losses are needed
+        _, dlosses = torch.func.jvp(lambda th: problem.losses(th, x, y), (theta,), (tuple(lam),))
+        return None, dlosses
+
+    def grad_and_losses(th):
+        def weighted(th):
+            losses = problem.losses(th, x, y)
+            return (w * losses).sum(), losses
+        return torch.func.grad(weighted, has_aux=True)(th)
+
+    _, (hvp, dlosses) = torch.func.jvp(grad_and_losses, (theta,), (tuple(lam),))
+    return hvp, dlosses
 
 
 # Each returns (g, mean unweighted loss of the batch), the loss as a detached statistic.

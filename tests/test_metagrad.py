@@ -44,10 +44,12 @@ OPTIMIZERS = {"sgd": SGD(lr=0.3, momentum=0.9), "adam": Adam(lr=0.05)}
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 @pytest.mark.parametrize("T", [1, 3])
-@pytest.mark.parametrize("method", ["backprop", "mixflow"])
+@pytest.mark.parametrize("method", ["backprop", "mixflow", "mixflow-chunk3"])
 def test_meta_gradient_matches_finite_differences_float64(method, T, opt_name):
     optimizer = OPTIMIZERS[opt_name]
     problem, inner, rater = tiny_problem(optimizer)
+    method, _, chunk = method.partition("-chunk")  # mixflow's JVP over 3 + 3 + 2 of the 8 examples
+    problem.jvp_chunk = int(chunk) if chunk else None
     theta, eta = params_of(inner), params_of(rater)
     state = optimizer.init(theta)
     if opt_name == "adam":  # start mid-training: nonzero moments and a step count
@@ -95,6 +97,18 @@ def test_methods_agree_float32_on_real_models(shape, arch, T, opt_name):
     assert relative_error(mix.theta, ref.theta) <= 1e-6
     assert mix.outer_loss == pytest.approx(ref.outer_loss, rel=1e-6)
     assert sum(g.abs().sum() for g in ref.grad) > 0  # a zero gradient would agree trivially
+
+
+def test_chunked_mixflow_agrees_with_backprop_on_the_mnist_cnn():
+    torch.manual_seed(0)
+    optimizer = Adam(lr=1e-3)
+    inner, rater = build_inner("cnn", (28, 28), 10), build_rater("cnn", (28, 28), 10)
+    theta, eta = params_of(inner), params_of(rater)
+    args = (theta, optimizer.init(theta), eta, batches(3, 32, (28, 28), 10, torch.float32, seed=1),
+            batches(1, 32, (28, 28), 10, torch.float32, seed=2)[0])
+    ref = meta_step(MetaProblem(inner, rater, optimizer, temperature=0.3), "backprop", *args)
+    chunked = meta_step(MetaProblem(inner, rater, optimizer, temperature=0.3, jvp_chunk=5), "mixflow", *args)
+    assert relative_error(chunked.grad, ref.grad) <= 1e-5 and sum(g.abs().sum() for g in ref.grad) > 0
 
 
 @pytest.mark.parametrize("arch", ["cnn_classifier", "cnn_classifier_large"])
