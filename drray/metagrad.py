@@ -31,6 +31,8 @@ class MetaProblem:
                  jvp_chunk: int | None = None):
         """jvp_chunk: mixflow's backward runs its JVP over this many examples at a time (None: the
         whole batch); smaller chunks lower its transient memory, at some speed."""
+        if jvp_chunk is not None and jvp_chunk < 1:
+            raise ValueError(f"jvp_chunk={jvp_chunk}: need at least 1 example per chunk (or None)")
         self.inner, self.rater = inner, rater
         self.jvp_chunk = jvp_chunk
         self.inner_names = [n for n, _ in inner.named_parameters()]
@@ -80,15 +82,16 @@ class _WeightedGrad(torch.autograd.Function):
             eta_leaves = tuple(e.detach().requires_grad_() for e in eta)
             w_graph = problem.weights(eta_leaves, x, y)
         need_theta = any(ctx.needs_input_grad[4 : 4 + n_theta])
-        # H_w lam = sum_i w_i H_i lam and d_i are sums / lists over examples: chunks add up.
-        chunk = problem.jvp_chunk or len(x)
-        parts = [_jvp_part(problem, theta, lam, x[i:i + chunk], y[i:i + chunk], w_graph.detach()[i:i + chunk],
-                           need_theta) for i in range(0, len(x), chunk)]
-        dlosses = torch.cat([d for _, d in parts])
-        if not need_theta:
-            hvp = (None,) * n_theta
-        else:
-            hvp = parts[0][0] if len(parts) == 1 else tuple(sum(h) for h in zip(*(h for h, _ in parts)))
+        # H_w lam = sum_i w_i H_i lam and d_i are a sum and a list over examples: chunks add up.
+        chunk, w = problem.jvp_chunk or len(x), w_graph.detach()
+        hvp, dlosses = None, []
+        for i in range(0, len(x), chunk):
+            part_hvp, part_dlosses = _jvp_part(problem, theta, lam, x[i:i + chunk], y[i:i + chunk], w[i:i + chunk],
+                                               need_theta)
+            hvp = part_hvp if hvp is None else tuple(a.add_(b) for a, b in zip(hvp, part_hvp))  # a running sum
+            dlosses.append(part_dlosses)
+        hvp = hvp if need_theta else (None,) * n_theta
+        dlosses = torch.cat(dlosses)
         eta_grads = torch.autograd.grad(w_graph, eta_leaves, grad_outputs=dlosses, allow_unused=True)
         return (None, None, None, None, *hvp, *eta_grads)
 

@@ -148,3 +148,20 @@ def test_adam_step_backward_matches_finite_differences_float64():
     v = torch.rand(6, dtype=torch.float64).add(0.1).requires_grad_()
     constants = (0.05, 0.9, 0.999, 1e-8, 1e-16, 1 / (1 - 0.9**3), 1 / (1 - 0.999**3))
     assert torch.autograd.gradcheck(lambda *args: _AdamStep.apply(*args, *constants), (p, g, m, v))
+
+
+def test_adam_update_matches_torch_optim_adam():
+    """The functional Adam's forward, 4 steps against torch.optim.Adam (an independent implementation)."""
+    torch.manual_seed(0)
+    ours = Adam(lr=0.01)
+    params = (torch.randn(5, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64))
+    grads = [tuple(torch.randn_like(p) for p in params) for _ in range(4)]
+    reference = [p.clone().requires_grad_() for p in params]
+    optimizer = torch.optim.Adam(reference, lr=0.01, eps=ours.eps)
+    state = ours.init(params)
+    for step_grads in grads:
+        params, state = ours.update(params, step_grads, state)
+        for p, g in zip(reference, step_grads):
+            p.grad = g.clone()
+        optimizer.step()
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(params, reference))
