@@ -47,6 +47,16 @@ def test_ray_population_matches_in_process(ray_cluster, tmp_path):
     assert any(not torch.equal(x, y) for x, y in zip(want, make_population(cfg, splits).rater_params))
 
 
+def test_ray_parameter_server_starts_from_the_same_warm_rater(ray_cluster, tmp_path):
+    cfg = tiny(tmp_path, "rater.arch=cnn_classifier", "rater.warm_start_steps=40")
+    splits = build_splits(cfg.data, cfg.run.seed)
+    want, got = make_population(cfg, splits).rater_params, RayPopulation(cfg, splits).rater_params
+    error = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(got, want))) / torch.sqrt(sum((y**2).sum() for y in want))
+    assert error.item() <= 1e-4  # Adam amplifies float rounding where thread counts differ
+    cold = make_population(tiny(tmp_path, "rater.arch=cnn_classifier"), splits).rater_params
+    assert any(not torch.equal(x, y) for x, y in zip(want, cold))  # the warm start did run
+
+
 def test_ray_population_runs_text_like_in_process(ray_cluster, tmp_path):
     """The same actors carry text: int16 token rows through the object store, transformers in the workers."""
     cfg = load_config(ROOT / "configs" / "text-tiny.yaml",
