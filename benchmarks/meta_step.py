@@ -178,9 +178,10 @@ def spawn(extra: list[str], timeout: float = 1800, env_extra: dict | None = None
 
 
 def child_args(method: str, T: int, pop: int, optimizer: str, lr: float, steps: int, args) -> list[str]:
+    chunk = ["--mixflow-chunk", str(args.mixflow_chunk)] if args.mixflow_chunk else []
     return ["--one", "--method", method, "--T", str(T), "--pop", str(pop), "--optimizer", optimizer,
             "--lr", str(lr), "--steps", str(steps), "--batch", str(args.batch), "--max-train", str(args.max_train),
-            "--data-dir", args.data_dir] + (["--mixflow-chunk", str(args.mixflow_chunk)] if args.mixflow_chunk else [])
+            "--data-dir", args.data_dir] + chunk
 
 
 def machine_info() -> dict:

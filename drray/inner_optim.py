@@ -49,12 +49,9 @@ class _AdamStep(torch.autograd.Function):
         lr, b1, b2, eps, eps_root, m_scale, v_scale = ctx.constants
         root = torch.sqrt(v_new * v_scale + eps_root)
         denom = root + eps
-        dm_total = -lr * m_scale * dp / denom  # through p' -> m'
-        dv_total = lr * (m_new * m_scale) * v_scale * dp / (2 * denom * denom * root)  # through p' -> v'
-        if dm is not None:
-            dm_total = dm_total + dm
-        if dv is not None:
-            dv_total = dv_total + dv
+        # Autograd passes zeros, never None, for an output that was not used.
+        dm_total = dm - lr * m_scale * dp / denom  # direct, and through p' -> m'
+        dv_total = dv + lr * (m_new * m_scale) * v_scale * dp / (2 * denom * denom * root)  # and through p' -> v'
         dg = (1 - b1) * dm_total + (2 * (1 - b2)) * g * dv_total
         return dp, dg, b1 * dm_total, b2 * dv_total, None, None, None, None, None, None, None
 

@@ -7,8 +7,9 @@ are trained from scratch on the config's training split: on all of it (baseline)
 paper's batch rule driven by the rater's score (datarater), by a random score (random drop) and by
 minus the loss under a model trained on the held-out split (loss heuristic), at every --discard
 fraction; opt-in, the ground truth as the score (oracle, the bound of any selection). The runs
-are Ray tasks (a local Ray is started when there is no cluster address). OUT gets results.json (a row per method and fraction: test accuracy and test loss, each as mean, std,
-standard error; n and, with ground truth, AUROC and precision of removal), results.md,
+are Ray tasks (a local Ray is started when there is no cluster address). OUT gets results.json
+(a row per method and fraction: test accuracy and test loss, each as mean, std, standard error;
+n and, with ground truth, AUROC and precision of removal), results.md,
 accuracy.png (test_loss.png on text, where the models are language models judged by their test
 loss, lower is better) and scores.png.
 """

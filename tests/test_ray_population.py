@@ -18,6 +18,7 @@ from drray.config import load_config
 from drray.data import build_splits
 from drray.errors import ConfigError
 from drray.train import make_population
+from tests.test_metagrad import relative_error
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.source=digits", "data.max_train=300", "data.probe_size=150", "population.size=2",
@@ -42,8 +43,7 @@ def test_ray_population_matches_in_process(ray_cluster, tmp_path):
     for a, b in zip(run_steps(local, 5), run_steps(remote, 5)):  # step 3 resets model 0 in both
         assert b.outer_loss == pytest.approx(a.outer_loss, rel=1e-5) and a.resets == b.resets
     want, got = local.rater_params, remote.rater_params
-    error = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(got, want))) / torch.sqrt(sum((y**2).sum() for y in want))
-    assert error.item() <= 1e-6
+    assert relative_error(got, want) <= 1e-6
     assert any(not torch.equal(x, y) for x, y in zip(want, make_population(cfg, splits).rater_params))
 
 
@@ -51,8 +51,7 @@ def test_ray_parameter_server_starts_from_the_same_warm_rater(ray_cluster, tmp_p
     cfg = tiny(tmp_path, "rater.arch=cnn_classifier", "rater.warm_start_steps=40")
     splits = build_splits(cfg.data, cfg.run.seed)
     want, got = make_population(cfg, splits).rater_params, RayPopulation(cfg, splits).rater_params
-    error = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(got, want))) / torch.sqrt(sum((y**2).sum() for y in want))
-    assert error.item() <= 1e-4  # Adam amplifies float rounding where thread counts differ
+    assert relative_error(got, want) <= 1e-4  # Adam amplifies float rounding where thread counts differ
     cold = make_population(tiny(tmp_path, "rater.arch=cnn_classifier"), splits).rater_params
     assert any(not torch.equal(x, y) for x, y in zip(want, cold))  # the warm start did run
 
@@ -66,8 +65,7 @@ def test_ray_population_runs_text_like_in_process(ray_cluster, tmp_path):
     for a, b in zip(run_steps(local, 3), run_steps(remote, 3)):
         assert b.outer_loss == pytest.approx(a.outer_loss, rel=1e-5)
     want, got = local.rater_params, remote.rater_params
-    error = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(got, want))) / torch.sqrt(sum((y**2).sum() for y in want))
-    assert error.item() <= 1e-4  # Adam on the rater amplifies float rounding (threads differ) a little
+    assert relative_error(got, want) <= 1e-4  # Adam on the rater amplifies float rounding (threads differ) a little
 
 
 def test_killed_worker_is_replaced_and_run_completes(ray_cluster, tmp_path, capsys):

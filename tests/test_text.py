@@ -147,11 +147,12 @@ def test_markup_lines_insert_boilerplate_lines_and_keep_the_text():
     from drray.text_corruption import BOILERPLATE
 
     templates = [re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(t)) + "$") for t in BOILERPLATE]
+    counts = []
     for seed in range(10):
         corrupted, level = corrupt_text("markup_lines", SAMPLE, seed)
         lines = corrupted.split("\n")
         added = [line for line in lines if line not in SAMPLE]
-        assert 1 <= len(added) <= 3
+        counts.append(len(added))
         assert all(any(t.match(line) for t in templates) for line in added), added  # boilerplate, nothing else
         share = sum(len(line.encode("utf-8")) + 1 for line in added) / len(corrupted.encode("utf-8"))
         assert level == pytest.approx(share)  # the level is the inserted share of the bytes
@@ -159,6 +160,7 @@ def test_markup_lines_insert_boilerplate_lines_and_keep_the_text():
         cut, _ = corrupt_text("markup_lines", SAMPLE, seed, seq_len=128)
         added = [line for line in cut.split("\n") if line not in SAMPLE]
         assert any(line[:20] in decode(encode(cut, 128)) for line in added)  # early enough to survive the cut
+    assert set(counts) <= {1, 2, 3} and len(set(counts)) > 1  # one to three lines, drawn per example
 
 
 def test_repeated_lines_repeat_one_line_to_fill_the_sequence():
