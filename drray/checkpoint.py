@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from drray.storage import current_umask
+
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -23,6 +25,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would keep others from reading a shared run
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -66,18 +69,36 @@ def load_run_config(run_dir: Path) -> dict:
 
 
 def load_rater(run_dir: Path):
-    """The trained rater of a run, ready to score: (module in eval mode, checkpoint metadata)."""
-    from drray.errors import ConfigError
+    """The trained rater of a run, ready to score: (module in eval mode, checkpoint metadata).
+    A missing, unreadable or incompatible rater.pt is a one-line ConfigError naming the file."""
+    from drray.errors import ConfigError, DrrayError
+    from drray.modality import describe_rows
     from drray.models import build_rater
 
     path = Path(run_dir) / CHECKPOINT_DIR / "rater.pt"
     if not path.is_file():
         raise ConfigError(f"{path}: no rater checkpoint; pass the --out directory of a meta-train run")
-    saved = torch.load(path, weights_only=True, map_location="cpu")
+    try:
+        saved = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or not a torch file at all
+        raise ConfigError(f"{path}: not a readable checkpoint ({_first_line(exc)}); pass the --out directory of "
+                          "a finished meta-train run, or meta-train again") from None
     missing = [key for key in ("rater", "arch", "image_shape", "num_classes") if key not in saved]
     if missing:
         raise ConfigError(f"{path}: not a drray rater checkpoint (no {', '.join(missing)}); "
                           "meta-train the rater again with this version")
-    rater = build_rater(saved["arch"], tuple(saved["image_shape"]), saved["num_classes"])
-    rater.load_state_dict(saved["rater"])
+    try:
+        rater = build_rater(saved["arch"], tuple(saved["image_shape"]), saved["num_classes"])
+        rater.load_state_dict(saved["rater"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, DrrayError):
+            raise
+        made = f"arch {saved['arch']}, {describe_rows(saved['image_shape'])}, {saved['num_classes']} classes"
+        raise ConfigError(f"{path}: the checkpoint ({made}) does not load into this version's rater of that "
+                          f"config ({_first_line(exc)}); use the drray version that trained it, or retrain") from None
     return rater.eval(), {k: v for k, v in saved.items() if k != "rater"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -156,7 +156,7 @@ class EvaluateConfig(_Section):
     def _fractions(cls, discard: list[float]) -> list[float]:
         bad = [d for d in discard if not 0.0 <= d < 1.0]
         if bad or not discard:
-            raise ValueError(f"discard fractions must be in [0, 1) (got {bad[0] if bad else 'none'})")
+            raise ValueError("give at least one discard fraction, each in [0, 1)")
         return sorted(set(discard))
 
 
@@ -215,6 +215,14 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def yaml_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
+    """`FILE:LINE:COLUMN: not valid YAML (what the parser expected)`, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc)
+    return ConfigError(f"{where}: not valid YAML ({problem})".replace("\n", " "))
+
+
 def validate_config(tree: dict, origin: str = "config") -> Config:
     try:
         return Config.model_validate(tree)
@@ -234,7 +242,7 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+            raise yaml_error(path, exc) from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     for text in overrides:

@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from drray.config import Config, apply_override, load_config, validate_config
+from drray.config import Config, apply_override, load_config, validate_config, yaml_error
 from drray.errors import ConfigError
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -61,11 +61,15 @@ class Domain(_Strict):
         return getattr(self, self.kind)
 
     def probes(self) -> list:
-        """Values that must each make a valid config: every listed value, or the range's ends."""
+        """Values that must each make a valid config: every listed value, or the range's ends (and,
+        for a continuous range, a point inside it that is no integer: an integer key needs randint)."""
         if self.kind in ("grid", "choice"):
             return list(self.values)
         low, high = self.values
-        return [low, high - 1 if self.kind == "randint" else high]
+        if self.kind == "randint":
+            return [low, high - 1]
+        inside = low + (high - low) * (5**0.5 - 1) / 2  # the golden section: never a whole number here
+        return [low, inside, high]
 
 
 class AshaSpec(_Strict):
@@ -99,7 +103,7 @@ def load_tune_spec(path: str | Path) -> tuple[TuneSpec, dict]:
         tree = yaml.safe_load(path.read_text()) or {}
         spec = TuneSpec.model_validate(tree)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+        raise yaml_error(path, exc) from None
     except ValidationError as exc:
         error = exc.errors()[0]
         key = ".".join(str(p) for p in error["loc"])

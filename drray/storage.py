@@ -4,12 +4,14 @@ the URI after every checkpoint and at the end; each file is uploaded under a tem
 moved into place, so a reader never sees a half-written file."""
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from drray.errors import ConfigError
+from drray.errors import ConfigError, DataError
 
 
 def is_uri(location: str) -> bool:
@@ -28,6 +30,13 @@ class RunDir:
             self.local = Path(tempfile.mkdtemp(prefix="drray-out-"))
         else:
             self.local = Path(self.location)
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fs is not None:  # the staging copy of a URI output: everything was pushed (or failed)
+            shutil.rmtree(self.local, ignore_errors=True)
 
     def display(self, relative: str = "") -> str:
         """How to name a file of the run to the user (the URI, not the staging copy)."""
@@ -82,13 +91,71 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(location).resolve())
 
 
-def claim_output(location: str, overwrite: bool) -> tuple[pafs.FileSystem, str]:
+def check_output(location: str, overwrite: bool) -> tuple[pafs.FileSystem, str]:
     """Make sure a job may write `location`: an existing file or directory is refused unless
-    overwrite, and then removed. Call before any work, so a refusal leaves nothing half-done."""
+    overwrite. Nothing is removed here: call clear_output once every other check has passed, so
+    a run refused for any reason leaves the old output as it was."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound and not overwrite:
+        raise ConfigError(f"{location} already exists; pass --overwrite to replace it or choose another output")
+    return fs, path
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two resolved paths are the same or one lies inside the other."""
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def check_separate(output: str, input: str) -> None:
+    """Refuse an output that would overwrite (or be written inside) the job's own input."""
+    (out_fs, out_path), (in_fs, in_path) = resolve(output), resolve(input)
+    if type(out_fs) is type(in_fs) and overlaps(out_path, in_path):
+        raise ConfigError(f"--output {output} overlaps --input {input}; write somewhere else")
+
+
+def clear_output(fs: pafs.FileSystem, path: str) -> None:
+    """Remove a file or directory, if there is one."""
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def parquet_files(location: str, what: str = "a Parquet file or a folder of Parquet shards") -> tuple[
+        pafs.FileSystem, str, list[str]]:
+    """(filesystem, path, sorted .parquet files) of a file or a folder, searched recursively.
+    Other files (summary.json, prepare.json) and names starting with '.' or '_' are left out, so
+    the output of one job reads as the input of the next."""
     fs, path = resolve(location)
     info = fs.get_file_info(path)
-    if info.type != pafs.FileType.NotFound:
-        if not overwrite:
-            raise ConfigError(f"{location} already exists; pass --overwrite to replace it or choose another output")
-        fs.delete_dir(path) if info.type == pafs.FileType.Directory else fs.delete_file(path)
-    return fs, path
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"{location}: no such file or folder; pass {what}")
+    if info.type == pafs.FileType.File:
+        return fs, path, [path]
+    selector = pafs.FileSelector(path, recursive=True)
+    files = sorted(
+        entry.path for entry in fs.get_file_info(selector)
+        if entry.type == pafs.FileType.File and entry.path.endswith(".parquet")
+        and not any(part.startswith((".", "_")) for part in entry.path[len(path):].split("/") if part)
+    )  # fmt: skip
+    if not files:
+        raise DataError(f"{location}: no .parquet files in this folder; pass {what}")
+    return fs, path, files
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def staging_dir_beside(path: str) -> Path:
+    """A hidden directory beside a local output, so that moving it into place is one rename on
+    one filesystem; its mode is what a plain mkdir gives (mkdtemp's 0700 would become the output's)."""
+    parent = Path(path).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{Path(path).name}.", suffix=".partial", dir=parent))
+    staging.chmod(0o777 & ~current_umask())
+    return staging

@@ -76,21 +76,56 @@ class Prober:
 RUN_FILES = ["metrics.jsonl", "tb", checkpoint.CHECKPOINT_DIR]
 
 
-def prepare_output(run_dir: RunDir, resume: bool, overwrite: bool) -> None:
+def check_output(run_dir: RunDir, resume: bool, overwrite: bool) -> bool:
+    """Whether an earlier run in the output must be cleared (--overwrite). Removes nothing: the
+    caller clears only once the run can start, so a refused run leaves the old one as it was."""
     run_dir.pull()
     out = run_dir.local
     if resume and not checkpoint.has_checkpoint(out):
         raise ConfigError(f"--resume: no checkpoint in {run_dir.display(checkpoint.CHECKPOINT_DIR)}; "
                           "run without --resume")
-    if not resume and (out / "metrics.jsonl").exists():
-        if not overwrite:
-            raise ConfigError(f"{run_dir.display()} already holds a run; pass --resume to continue it, --overwrite "
-                              "to replace it, or choose another --out")
-        for name in RUN_FILES:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        run_dir.clear_remote(RUN_FILES)
-    out.mkdir(parents=True, exist_ok=True)
+    if resume or not (out / "metrics.jsonl").exists():
+        return False
+    if not overwrite:
+        raise ConfigError(f"{run_dir.display()} already holds a run; pass --resume to continue it, --overwrite "
+                          "to replace it, or choose another --out")
+    return True
+
+
+def clear_run(run_dir: RunDir) -> None:
+    for name in RUN_FILES:
+        path = run_dir.local / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    run_dir.clear_remote(RUN_FILES)
+
+
+# What a resumed run may change: the length and pace of the run, learning rates, where it runs.
+# Anything else (data, architectures, population, T, method...) must match the checkpoint.
+RESUMABLE_KEYS = ("meta.steps", "meta.lr", "meta.clip_norm", "inner.lr", "rater.warm_start_steps",
+                  "rater.warm_start_lr", "data.dir", "data.download", "resources.", "run.", "evaluate.")
+FIXED_RUN_KEYS = ("run.seed",)
+
+
+def check_resumable(cfg: Config, out: Path, where: str) -> None:
+    """A one-line ConfigError naming the settings a resumed run changes that its checkpoint fixes."""
+    saved, now = _flatten(checkpoint.load_run_config(out)), _flatten(cfg.to_dict())
+    changed = [key for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)
+               and (key in FIXED_RUN_KEYS or not key.startswith(RESUMABLE_KEYS))]
+    if changed:
+        shown = ", ".join(f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise ConfigError(f"--resume: the config differs from the checkpoint's in {where}: {shown}{more}; resume "
+                          "with the run's own settings, or start a new run (--out or --overwrite)")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def make_population(cfg: Config, splits: DataSplits) -> Population:
@@ -112,40 +147,52 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
     trial reports from it)."""
     splits = splits or build_splits(cfg.data, cfg.run.seed)  # bad data fails here, before any output
     check_models_fit(cfg, splits)
-    run_dir = RunDir(cfg.run.out)
-    out = run_dir.local
-    prepare_output(run_dir, resume, overwrite)
-    population = population_factory(without_warm_start(cfg) if resume else cfg, splits)
-    if resume:
-        population.load_state_dict(checkpoint.load_state(out)["population"])
-    start = population.step_count
-    prober = Prober(cfg, splits)
-    has_truth = bool(splits.probe.is_corrupted.any())
-    log, progress = MetricsLog(out, resume_step=start), Progress(cfg.meta.steps, start, cfg.run.log_every)
-    try:
-        for step in range(start, cfg.meta.steps):
-            stats = population.step()
-            if not (math.isfinite(stats.outer_loss) and math.isfinite(stats.meta_grad_norm)):
-                raise TrainingDiverged(
-                    f"step {step}: outer loss {stats.outer_loss} / meta-gradient norm {stats.meta_grad_norm} is not "
-                    f"finite; the last good checkpoint is kept in {run_dir.display(checkpoint.CHECKPOINT_DIR)} "
-                    "(lower meta.lr or inner.lr, or set meta.clip_norm)")
-            record = {"step": step, "outer_loss": stats.outer_loss, "inner_loss": stats.inner_loss,
-                      "meta_grad_norm": stats.meta_grad_norm, "resets": stats.resets}
-            if has_truth and ((step + 1) % cfg.run.auroc_every == 0 or step + 1 == cfg.meta.steps):
-                record["auroc"] = prober.auroc(population.rater_params)
-            log.write(record)
-            progress.update(step, record)
-            if on_record is not None:
-                on_record(record, population, prober)
-            if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.meta.steps:
-                save(out, cfg, population, prober)
-                run_dir.push()
-    finally:
-        log.close()
-        run_dir.push()
-    final = prober.summary(population.rater_params)
+    with RunDir(cfg.run.out) as run_dir:
+        out = run_dir.local
+        population = open_run(cfg, splits, run_dir, resume, overwrite, population_factory)
+        start = population.step_count
+        prober = Prober(cfg, splits)
+        has_truth = bool(splits.probe.is_corrupted.any())
+        log, progress = MetricsLog(out, resume_step=start), Progress(cfg.meta.steps, start, cfg.run.log_every)
+        try:
+            for step in range(start, cfg.meta.steps):
+                stats = population.step()
+                if not (math.isfinite(stats.outer_loss) and math.isfinite(stats.meta_grad_norm)):
+                    raise TrainingDiverged(
+                        f"step {step}: outer loss {stats.outer_loss} / meta-gradient norm {stats.meta_grad_norm} is "
+                        f"not finite; the last good checkpoint is kept in {run_dir.display(checkpoint.CHECKPOINT_DIR)}"
+                        " (lower meta.lr or inner.lr, or set meta.clip_norm)")
+                record = {"step": step, "outer_loss": stats.outer_loss, "inner_loss": stats.inner_loss,
+                          "meta_grad_norm": stats.meta_grad_norm, "resets": stats.resets}
+                if has_truth and ((step + 1) % cfg.run.auroc_every == 0 or step + 1 == cfg.meta.steps):
+                    record["auroc"] = prober.auroc(population.rater_params)
+                log.write(record)
+                progress.update(step, record)
+                if on_record is not None:
+                    on_record(record, population, prober)
+                if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.meta.steps:
+                    save(out, cfg, population, prober)
+                    run_dir.push()
+        finally:
+            log.close()
+            run_dir.push()
+        final = prober.summary(population.rater_params)
     return RunSummary(out=run_dir, steps=cfg.meta.steps, **final)
+
+
+def open_run(cfg: Config, splits: DataSplits, run_dir: RunDir, resume: bool, overwrite: bool, population_factory):
+    """The population, loaded from the checkpoint on resume. An earlier run that --overwrite
+    replaces is removed only once the population exists (on Ray: its resources were checked)."""
+    replace = check_output(run_dir, resume, overwrite)
+    if resume:
+        check_resumable(cfg, run_dir.local, run_dir.display(checkpoint.CHECKPOINT_DIR))
+    population = population_factory(without_warm_start(cfg) if resume else cfg, splits)
+    if replace:
+        clear_run(run_dir)
+    run_dir.local.mkdir(parents=True, exist_ok=True)
+    if resume:
+        population.load_state_dict(checkpoint.load_state(run_dir.local)["population"])
+    return population
 
 
 def without_warm_start(cfg: Config) -> Config:

@@ -70,12 +70,17 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> str:
-    from drray.checkpoint import load_rater
-    from drray.data import build_splits
     from drray.storage import RunDir
 
     cfg = config_from_args(args)
-    out = RunDir(args.out)
+    with RunDir(args.out) as out:
+        return run_into(out, args, cfg)
+
+
+def run_into(out, args: argparse.Namespace, cfg) -> str:
+    from drray.checkpoint import load_rater
+    from drray.data import build_splits
+
     out.pull()
     if (out.local / "results.json").exists() and not args.overwrite:
         raise ConfigError(f"{out.display()} already holds an evaluation; pass --overwrite or choose another --out")

@@ -16,9 +16,9 @@ float `score` column, as jobs.score writes it. Modes (DESIGN.md, "Using a traine
 The driver reads only the narrow columns (score, id, is_corrupted: ~13 bytes a row); the rows
 themselves stream once through Ray Data (read_parquet -> filter -> write_parquet), so memory
 stays bounded by a few blocks. OUTPUT gets the kept rows (every column, input order) as
-part-NNNNN.parquet and summary.json: rows in and kept, the threshold or CDF sample size and,
-where the input has is_corrupted, the AUROC, the fraction of corrupted rows removed and the
-precision of removal. A local OUTPUT is written beside its destination and renamed into place
+part-NNNNN-0.parquet (NNNNN: the write task) and summary.json: rows in and kept, the threshold
+or CDF sample size and, where the input has is_corrupted, the AUROC, the fraction of corrupted
+rows removed and the precision of removal. A local OUTPUT is written beside its destination and renamed into place
 at the end; for a URI, summary.json is written last and marks a complete output.
 """
 from __future__ import annotations
@@ -29,8 +29,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -70,41 +68,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--cdf-sample must be >= 1, got {args.cdf_sample}")
 
 
-def list_parquet(location: str):
-    """(filesystem, sorted .parquet files) of a file or a directory (recursively; names starting
-    with '.' or '_' are skipped, as are other files such as summary.json)."""
-    import pyarrow.fs as pafs
-
-    from drray.storage import resolve
-
-    fs, path = resolve(location)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise DataError(f"{location}: not found; pass a scored Parquet file or directory (the output of jobs.score)")
-    if info.type == pafs.FileType.File:
-        return fs, path, [path]
-    selector = pafs.FileSelector(path, recursive=True)
-    files = sorted(
-        entry.path for entry in fs.get_file_info(selector)
-        if entry.type == pafs.FileType.File and entry.path.endswith(".parquet")
-        and not any(part.startswith((".", "_")) for part in entry.path[len(path):].split("/") if part)
-    )  # fmt: skip
-    if not files:
-        raise DataError(f"{location}: no .parquet files in this directory; pass the output of jobs.score")
-    return fs, path, files
-
-
-def _overlaps(a: str, b: str) -> bool:
-    a, b = a.rstrip("/"), b.rstrip("/")
-    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-
 def open_input(args: argparse.Namespace):
     """(fs, files, schema) of the scored input, its columns checked."""
     import pyarrow as pa
     import pyarrow.dataset as pads
 
-    fs, path, files = list_parquet(args.input)
+    from drray.storage import parquet_files
+
+    fs, _, files = parquet_files(args.input, "a scored Parquet file or folder (the output of jobs.score)")
     try:
         schema = pads.dataset(files, filesystem=fs, format="parquet").schema
     except (OSError, pa.ArrowException) as exc:
@@ -118,7 +89,7 @@ def open_input(args: argparse.Namespace):
     if args.mode == "sample" and not has_id:
         raise DataError(f"{args.input}: sample mode draws each row's fate from its id; needs an integer id "
                         "column (DESIGN.md schema)")
-    return fs, path, files, schema
+    return fs, files, schema
 
 
 def read_narrow(fs, files, schema, location: str) -> dict:
@@ -218,14 +189,12 @@ def run(args: argparse.Namespace) -> dict:
     import pyarrow.fs as pafs
 
     from drray.filtering import summarize
-    from drray.storage import claim_output, resolve
+    from drray.storage import check_output, check_separate, clear_output, staging_dir_beside
 
     check_args(args)
-    fs, in_path, files, schema = open_input(args)
-    out_fs, out_path = resolve(args.output)
-    if type(out_fs) is type(fs) and _overlaps(out_path, in_path):
-        raise ConfigError(f"--output {args.output} overlaps --input {args.input}; write somewhere else")
-    out_fs, out_path = claim_output(args.output, args.overwrite)
+    fs, files, schema = open_input(args)
+    check_separate(args.output, args.input)
+    out_fs, out_path = check_output(args.output, args.overwrite)
     narrow = read_narrow(fs, files, schema, args.input)
     rule, info = make_rule(args, narrow)
     kept = rule.keep(narrow["score"], narrow.get("id"))
@@ -240,8 +209,10 @@ def run(args: argparse.Namespace) -> dict:
     local = isinstance(out_fs, pafs.LocalFileSystem)
     staging = None
     try:
-        staging = _staging_dir(out_path) if local else None
+        staging = staging_dir_beside(out_path) if local else None
         target = str(staging / "output") if local else out_path  # Ray Data creates it
+        if not local:  # written in place: the old output goes now, after every check
+            clear_output(out_fs, out_path)
         stream_filter(fs, files, rule, out_fs, target)
         written = count_rows(out_fs, target)
         if written != summary["rows_kept"]:  # the driver and the workers applied the same rule
@@ -250,12 +221,13 @@ def run(args: argparse.Namespace) -> dict:
             import pyarrow.parquet as pq
 
             out_fs.create_dir(target, recursive=True)
-            with out_fs.open_output_stream(f"{target.rstrip('/')}/part-00000.parquet") as stream:
+            with out_fs.open_output_stream(f"{target.rstrip('/')}/part-00000-0.parquet") as stream:
                 pq.write_table(schema.empty_table(), stream)
         payload = json.dumps(summary, indent=2) + "\n"
         with out_fs.open_output_stream(f"{target.rstrip('/')}/summary.json") as stream:  # last: marks completion
             stream.write(payload.encode())
         if local:
+            clear_output(out_fs, out_path)
             os.rename(target, out_path)
     finally:
         if staging is not None:
@@ -265,12 +237,6 @@ def run(args: argparse.Namespace) -> dict:
 
             ray.shutdown()
     return summary
-
-
-def _staging_dir(path: str) -> Path:
-    parent = Path(path).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{Path(path).name}.", suffix=".partial", dir=parent))
 
 
 def format_summary(summary: dict) -> str:

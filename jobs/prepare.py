@@ -117,10 +117,10 @@ def data_config(args: argparse.Namespace):
 
 def prepare(args: argparse.Namespace) -> dict:
     from drray.data import build_splits, write_parquet
-    from drray.storage import claim_output
+    from drray.storage import check_output
 
     cfg = data_config(args)  # every argument checked before anything is touched
-    fs, path = claim_output(args.output, args.overwrite)
+    fs, path = check_output(args.output, args.overwrite)
     splits = build_splits(cfg, args.seed)
     train = splits.train
     if args.shards > len(train):
@@ -165,26 +165,25 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def _staging_dir(fs, path: str) -> Path:
-    """A hidden directory beside a local output (so the final rename stays on one filesystem),
-    or a local temporary directory for a URI."""
+    """Beside a local output, or a local temporary directory for a URI."""
     import pyarrow.fs as pafs
 
+    from drray.storage import staging_dir_beside
+
     if isinstance(fs, pafs.LocalFileSystem):
-        parent = Path(path).parent
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{Path(path).name}.", suffix=".partial", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output's mode
-        return staging
+        return staging_dir_beside(path)
     return Path(tempfile.mkdtemp(prefix="drray-prepare-"))
 
 
 def _publish(staging: Path, fs, path: str) -> None:
-    """Move the finished output into place: one rename locally; for a URI, each file uploaded
-    under a temporary name and moved, prepare.json last (its presence marks a complete upload)."""
+    """Move the finished output into place, replacing an old one (--overwrite) only now: one
+    rename locally; for a URI, each file uploaded under a temporary name and moved, prepare.json
+    last (its presence marks a complete upload)."""
     import pyarrow.fs as pafs
 
+    from drray.storage import clear_output
+
+    clear_output(fs, path)
     if isinstance(fs, pafs.LocalFileSystem):
         os.rename(staging, path)
         return

@@ -78,45 +78,25 @@ def read_rater(run_dir: str):
     """(rater.pt bytes, metadata), checked to rebuild into this version's rater."""
     from pathlib import Path
 
-    import torch
-
     from drray.checkpoint import CHECKPOINT_DIR, load_rater
-    from drray.modality import describe_rows
 
-    try:
-        _, info = load_rater(run_dir)
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        if isinstance(exc, DrrayError):
-            raise
-        path = Path(run_dir) / CHECKPOINT_DIR / "rater.pt"
-        try:
-            saved = torch.load(path, weights_only=True, map_location="cpu")
-            made = f"arch {saved['arch']}, {describe_rows(saved['image_shape'])}, {saved['num_classes']} classes"
-        except Exception:  # noqa: BLE001 - unreadable metadata: say so instead
-            made = "unreadable metadata"
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: the checkpoint ({made}) does not load into this version's rater of that "
-                          f"config ({detail}); score with the drray version that trained it, or retrain") from None
+    _, info = load_rater(run_dir)
     return (Path(run_dir) / CHECKPOINT_DIR / "rater.pt").read_bytes(), info
 
 
 def open_input(location: str):
-    """(pyarrow filesystem, path, pyarrow dataset) of the input; DataError when it is not Parquet."""
+    """(pyarrow filesystem, path, pyarrow dataset of its .parquet files); DataError when it is not
+    Parquet. Other files in a folder (a filter's summary.json, prepare.json) are left out."""
     import pyarrow as pa
     import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
 
-    from drray.storage import resolve
+    from drray.storage import parquet_files
 
-    fs, path = resolve(location)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        raise DataError(f"{location}: no such file or folder; pass a Parquet file or a folder of Parquet shards")
+    fs, path, files = parquet_files(location)
     try:
-        dataset = pads.dataset(path, filesystem=fs, format="parquet")
+        dataset = pads.dataset(files, filesystem=fs, format="parquet")
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{location}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
-    if not dataset.files:
-        raise DataError(f"{location}: no Parquet files there; pass a Parquet file or a folder of shards")
     return fs, path, dataset
 
 
@@ -167,20 +147,22 @@ def run(args) -> ScoreSummary:
     import pyarrow.dataset as pads
 
     from drray.scoring import check_schema, input_columns
-    from drray.storage import claim_output
+    from drray.storage import check_output, check_separate, clear_output
 
-    if args.actors is not None and args.actors < 1:
-        raise ConfigError(f"--actors {args.actors}: need at least 1")
+    for flag, value in (("--actors", args.actors), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: need at least 1")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: need at least 1")
     blob, info = read_rater(args.rater)
-    in_fs, in_path, dataset = open_input(args.input)
+    in_fs, _, dataset = open_input(args.input)
     check_schema(dataset.schema, info, args.input)  # columns and types first: head() needs the columns
     check_schema(dataset.schema, info, args.input, dataset.head(1, columns=input_columns(info)))
     rows_in = dataset.count_rows()  # from the Parquet footers
     if rows_in == 0:
         raise DataError(f"{args.input}: no rows to score")
-    out_fs, out_path = claim_output(args.output, args.overwrite)
+    check_separate(args.output, args.input)
+    out_fs, out_path = check_output(args.output, args.overwrite)
 
     from actors.cluster import connect
 
@@ -188,11 +170,12 @@ def run(args) -> ScoreSummary:
     try:
         plan = plan_resources(args.actors, args.threads, len(dataset.files))
         block_bytes = max(2**16, int(args.batch_size * bytes_per_row(dataset)))
+        clear_output(out_fs, out_path)  # an old output (--overwrite) goes only once every check has passed
         begin = time.perf_counter()
         try:
-            pipeline((in_path, in_fs, dataset.files), (out_path, out_fs), blob, args, plan, block_bytes)
-        except Exception as exc:  # the output is ours (claimed above): leave no half-written data set
-            _remove(out_fs, out_path)
+            pipeline((dataset.files, in_fs), (out_path, out_fs), blob, args, plan, block_bytes)
+        except Exception as exc:  # the output is ours (checked above): leave no half-written data set
+            clear_output(out_fs, out_path)
             error = _drray_error(exc)
             if error is not None:  # Ray Data appends lines about retries to the message: keep ours
                 raise type(error)(str(error).splitlines()[0]) from None
@@ -233,7 +216,7 @@ def pipeline(source, sink, blob: bytes, args, plan: Plan, block_bytes: int) -> N
 
     from drray.scoring import RaterScorer
 
-    (in_path, in_fs, files), (out_path, out_fs) = source, sink
+    (files, in_fs), (out_path, out_fs) = source, sink
     context = ray.data.DataContext.get_current()
     settings = {
         "raise_original_map_exception": True,  # an actor's DataError, not Ray Data's UserCodeException
@@ -247,7 +230,7 @@ def pipeline(source, sink, blob: bytes, args, plan: Plan, block_bytes: int) -> N
     try:
         for name, value in settings.items():
             setattr(context, name, value)
-        dataset = ray.data.read_parquet(in_path, filesystem=in_fs, num_cpus=plan.actor_cpus,
+        dataset = ray.data.read_parquet(files, filesystem=in_fs, num_cpus=plan.actor_cpus,
                                         override_num_blocks=len(files))
         scored = dataset.map_batches(
             RaterScorer,
@@ -282,16 +265,6 @@ def _drray_error(exc: BaseException):
             return current
         stack += [current.__context__, current.__cause__, inner]
     return None
-
-
-def _remove(fs, path) -> None:
-    import pyarrow.fs as pafs
-
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif info.type == pafs.FileType.File:
-        fs.delete_file(path)
 
 
 if __name__ == "__main__":

@@ -43,12 +43,11 @@ def run(args: argparse.Namespace) -> str:
     if spec.metric == "auroc" and not base.data.corruption and base.data.source != "parquet":
         raise ConfigError(f"{args.spec}: metric auroc needs ground truth (data.corruption); use metric: heldout_loss")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise ConfigError(f"{out} already holds a search; pass --overwrite or choose another --out")
-        import shutil
-
-        shutil.rmtree(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder for the search's results")
+    replace = out.exists() and any(out.iterdir())
+    if replace and not args.overwrite:
+        raise ConfigError(f"{out} already holds a search; pass --overwrite or choose another --out")
     from actors.cluster import connect, worker_gpus
     from actors.tuning import check_trials_fit, run_search
 
@@ -56,6 +55,10 @@ def run(args: argparse.Namespace) -> str:
     try:
         gpus = worker_gpus(base)
         check_trials_fit(spec, base_tree, gpus)
+        if replace:  # only now that the search can run
+            import shutil
+
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         results = run_search(spec, base_tree, out / "tune", "search", gpus)
         return summarize(spec, base_tree, results, out)

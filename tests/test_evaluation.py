@@ -141,8 +141,8 @@ def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--discard", "0.1,1.0"], "evaluate.discard: discard fractions must be in [0, 1) (got 1.0)"),
-    (["--discard", "-0.2"], "must be in [0, 1)"),
+    (["--discard", "0.1,1.0"], "evaluate.discard: give at least one discard fraction, each in [0, 1) (got [0.1, 1.0])"),
+    (["--discard", "-0.2"], "each in [0, 1) (got [-0.2])"),
     (["--methods", "baseline,magic"], "evaluate.methods"),
     (["--methods", "baseline,oracle", "--set", "data.corruption=[]"], "the oracle method needs ground truth"),
     (["--set", "data.source=idx", "--set", "data.dir=../shared/data/mnist"], "was trained on 8x8 images"),

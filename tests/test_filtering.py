@@ -1,6 +1,7 @@
 """Filtering: the maths of drray.filtering (hand-worked thresholds, P_accept against a simulation of
 the batch rule, the CDF, top-B batches), and jobs.filter on a small scored Parquet on a local Ray."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -301,6 +302,8 @@ def test_filter_quantile_end_to_end(ray_cluster, tmp_path, capsys):
     assert summary["removal_precision"] == pytest.approx((bad & ~want).sum() / (~want).sum())
     assert "kept 450 of 600 rows" in stdout
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+    names = sorted(p.name for p in out.iterdir())
+    assert names[-1] == "summary.json" and all(re.fullmatch(r"part-\d{5}-0\.parquet", n) for n in names[:-1])
 
 
 def test_filter_sample_end_to_end(ray_cluster, tmp_path, capsys):
@@ -331,7 +334,7 @@ def test_filter_sample_end_to_end(ray_cluster, tmp_path, capsys):
 
 @pytest.mark.parametrize("case,expected", [
     ("no_score", "no score column"),
-    ("missing_input", "not found"),
+    ("missing_input", "no such file or folder"),
     ("discard_one", "--discard must be in [0, 1)"),
     ("discard_negative", "--discard must be in [0, 1)"),
     ("existing_output", "already exists"),
@@ -370,6 +373,10 @@ def test_filter_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case,
         args.append("--overwrite")
     elif case == "sample_without_id":
         args += ["--mode", "sample"]
+    if case not in ("existing_output", "output_in_input"):  # even with --overwrite, an old output stays
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+        args.append("--overwrite")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     code, _, err = run_filter(capsys, *args)
     assert code == 2
@@ -382,5 +389,5 @@ def test_filter_job_as_a_subprocess_reports_bad_input(tmp_path):
     result = subprocess.run([sys.executable, "-m", "jobs.filter", "--input", str(tmp_path / "nope"),
                              "--discard", "0.5", "--output", str(tmp_path / "out")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not found" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file or folder" in result.stderr
     assert not (tmp_path / "out").exists()

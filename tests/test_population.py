@@ -1,5 +1,7 @@
 """Population logic in one process: schedule, truncated BPTT, determinism, resume, divergence."""
 import json
+import stat
+import tempfile
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from drray import checkpoint
 from drray.config import load_config
 from drray.errors import ConfigError, TrainingDiverged
 from drray.population import reset_due
+from drray.storage import current_umask
 from drray.train import make_population, meta_train
 
 TINY = ["data.source=digits", "data.max_train=400", "data.probe_size=200", "population.size=3",
@@ -91,10 +94,44 @@ def test_outputs_and_refusal_to_clobber(tmp_path):
     assert info == {"step": 6, "arch": "mlp", "image_shape": [8, 8], "num_classes": 10}
     final = checkpoint.load_state(out)["population"]["meta"]["params"]
     assert all(torch.equal(p, q) for p, q in zip(rater.parameters(), final))
+    mask = current_umask()  # readable by others as the umask allows (mkstemp alone gives 0600)
+    assert {stat.S_IMODE(f.stat().st_mode) for f in (out / "checkpoint").iterdir()} == {0o666 & ~mask}
     with pytest.raises(ConfigError, match="already holds a run"):
         meta_train(cfg)
     with pytest.raises(ConfigError, match="no checkpoint"):
         meta_train(tiny_config(tmp_path / "empty"), resume=True)
+
+
+def test_overwrite_refused_by_a_later_check_keeps_the_old_run(tmp_path):
+    cfg = tiny_config(tmp_path)
+    meta_train(cfg)
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+
+    def no_room(cfg, splits):  # as the Ray population refuses a population the cluster cannot fit
+        raise ConfigError("population.size=3 x resources.cpus_per_worker=1 needs 3 CPUs")
+
+    with pytest.raises(ConfigError, match="needs 3 CPUs"):
+        meta_train(cfg, overwrite=True, population_factory=no_room)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+    assert checkpoint.has_checkpoint(tmp_path / "run")
+    meta_train(tiny_config(tmp_path, "meta.steps=2"), overwrite=True)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_refuses_a_changed_config_in_one_line(tmp_path):
+    meta_train(tiny_config(tmp_path, "meta.steps=3"))
+    for change, named in [("population.size=2", "population.size 3 -> 2"),
+                          ("inner.optimizer=sgd", "inner.optimizer 'adam' -> 'sgd'"),
+                          ("rater.arch=cnn", "rater.arch 'auto' -> 'cnn'"),
+                          ("run.seed=1", "run.seed 0 -> 1")]:
+        with pytest.raises(ConfigError) as info:
+            meta_train(tiny_config(tmp_path, change), resume=True)
+        message = str(info.value)
+        assert message.startswith("--resume: the config differs from the checkpoint's in ") and named in message
+        assert "\n" not in message
+    # The run's length, its learning rates and where it runs may change.
+    meta_train(tiny_config(tmp_path, "meta.lr=1e-4", "inner.lr=5e-4", "run.log_every=1"), resume=True)
+    assert checkpoint.load_state(tmp_path / "run")["step"] == 6
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -116,8 +153,11 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert checkpoint.load_state(cfg.run.out)["step"] == 3
 
 
-def test_outputs_to_a_filesystem_uri_and_resume_from_it(tmp_path):
+def test_outputs_to_a_filesystem_uri_and_resume_from_it(tmp_path, monkeypatch):
     """run.out may be any pyarrow filesystem URI; file:// goes through the same upload path."""
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))  # where the local staging copies go
     uri = f"file://{tmp_path}/remote-run"
     cfg = load_config(None, TINY + [f"run.out={uri}", "meta.steps=3"])
     summary = meta_train(cfg)
@@ -128,6 +168,7 @@ def test_outputs_to_a_filesystem_uri_and_resume_from_it(tmp_path):
     meta_train(load_config(None, TINY + [f"run.out={uri}", "meta.steps=6"]), resume=True)
     assert checkpoint.load_state(remote)["step"] == 6
     assert len((remote / "metrics.jsonl").read_text().splitlines()) == 6
+    assert not list(staging.iterdir())  # each run removed its staging copy once pushed
     with pytest.raises(ConfigError, match="already holds a run"):
         meta_train(load_config(None, TINY + [f"run.out={uri}"]))
 

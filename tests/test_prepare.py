@@ -111,11 +111,11 @@ def test_overwrite_replaces_an_existing_output(tmp_path, capsys):
     (["existing"], "already exists"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, expected):
+    """Even with --overwrite, a refused run leaves an earlier output as it was."""
     out = tmp_path / "sub" / "out"
-    if args == ["existing"]:
-        out.mkdir(parents=True)
-        (out / "mine.txt").write_text("keep")
-        args = []
+    out.mkdir(parents=True)
+    (out / "mine.txt").write_text("keep")
+    args = [] if args == ["existing"] else [*args, "--overwrite"]
     before = sorted(tmp_path.rglob("*"))
     code, _, err = prepare(capsys, *args, "--output", out)
     assert code == 2

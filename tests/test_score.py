@@ -1,5 +1,6 @@
 """Scoring a Parquet data set with a trained rater: `score_table` and its checks in-process, and
 `jobs.score` (Ray Data, a pool of rater actors) on a local Ray."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -227,6 +228,8 @@ def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_pat
     assert "missing column label" in one_line_error(capsys)
     assert score_main(["--rater", str(run_dir), "--input", str(tmp_path / "nope"), "--output", str(out)]) == 2
     assert "no such file or folder" in one_line_error(capsys)
+    assert score_main(["--rater", str(run_dir), "--input", str(data), "--output", str(out), "--threads", "0"]) == 2
+    assert one_line_error(capsys) == "error: --threads 0: need at least 1"
     assert not out.exists()
     # A checkpoint that does not fit this version's raters names the checkpoint and the problem.
     save_checkpoint(tmp_path / "odd", {"step": 3}, {"rater": build_rater("mlp", (8, 8), 10).state_dict(), "arch": "cnn",
@@ -234,9 +237,24 @@ def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_pat
     with pytest.raises(ConfigError, match=r"odd/checkpoint/rater.pt: the checkpoint "
                        r"\(arch cnn, 8x8 images, 10 classes\) does not load into this version's rater "
                        r"of that config \(Error"):
-        from jobs.score import read_rater
+        load_rater(tmp_path / "odd")
+    (tmp_path / "odd" / "checkpoint" / "rater.pt").write_text("hello")  # not a torch file at all
+    assert score_main(["--rater", str(tmp_path / "odd"), "--input", str(data), "--output", str(out)]) == 2
+    assert one_line_error(capsys).startswith(f"error: {tmp_path / 'odd' / 'checkpoint' / 'rater.pt'}: not a readable "
+                                             "checkpoint (")
+    assert not out.exists()
 
-        read_rater(str(tmp_path / "odd"))
+
+def test_input_folder_may_hold_other_files(trained, tmp_path):
+    """A filter's output (summary.json beside the shards) or a prepare root reads as an input."""
+    from jobs.score import open_input
+
+    _, data, examples = trained
+    (tmp_path / "shards").mkdir()
+    shutil.copy(data, tmp_path / "shards" / "part-00000.parquet")
+    (tmp_path / "shards" / "summary.json").write_text("{}")
+    _, _, dataset = open_input(str(tmp_path / "shards"))
+    assert dataset.count_rows() == len(examples) and [Path(f).name for f in dataset.files] == ["part-00000.parquet"]
 
 
 def test_job_as_a_command_prints_one_line_errors(trained, tmp_path):

@@ -1,16 +1,40 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from drray.errors import ConfigError
+from drray.errors import ConfigError, DataError
+from drray.storage import check_output, check_separate, clear_output, parquet_files
 
 
-def test_claim_output_refuses_existing_unless_overwrite(tmp_path):
-    from drray.storage import claim_output
-
+def test_check_output_refuses_existing_unless_overwrite_and_removes_nothing(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "part-0.parquet").write_text("x")
     with pytest.raises(ConfigError, match="already exists; pass --overwrite"):
-        claim_output(str(target), overwrite=False)
-    assert (target / "part-0.parquet").exists()
-    claim_output(f"file://{target}", overwrite=True)
+        check_output(str(target), overwrite=False)
+    fs, path = check_output(f"file://{target}", overwrite=True)
+    assert (target / "part-0.parquet").exists()  # removed only when the job is ready to write
+    clear_output(fs, path)
     assert not target.exists()
+    clear_output(fs, path)  # nothing there: nothing to do
+
+
+def test_parquet_files_reads_past_other_files(tmp_path):
+    """A filter's output (part files + summary.json) or a prepare root (prepare.json) is an input."""
+    (tmp_path / "sub").mkdir()
+    for name in ("b.parquet", "sub/a.parquet", ".hidden.parquet", "_tmp.parquet"):
+        pq.write_table(pa.table({"x": [1]}), tmp_path / name)
+    (tmp_path / "summary.json").write_text("{}")
+    _, _, files = parquet_files(str(tmp_path))
+    assert [f.removeprefix(str(tmp_path)) for f in files] == ["/b.parquet", "/sub/a.parquet"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .parquet files in this folder; pass a scored set"):
+        parquet_files(str(tmp_path / "empty"), "a scored set")
+    with pytest.raises(DataError, match="no such file or folder"):
+        parquet_files(str(tmp_path / "missing"))
+
+
+def test_output_inside_the_input_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="overlaps --input"):
+        check_separate(str(tmp_path / "in" / "out"), str(tmp_path / "in"))
+    check_separate(str(tmp_path / "in2"), str(tmp_path / "in"))  # a shared prefix is not overlap

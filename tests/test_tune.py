@@ -40,6 +40,7 @@ def test_spec_applies_set_and_samples_into_a_valid_config(tmp_path):
     ({"space": {"inner.T": {"grid": [1], "choice": [2]}}}, "give exactly one of"),
     ({"set": {"population.sizes": 3}}, "unknown key 'population.sizes'"),
     ({"metric": "accuracy"}, "metric"),
+    ({"space": {"inner.T": {"uniform": [1, 3]}}}, "inner.T: Input should be a valid integer"),  # needs randint
 ])
 def test_bad_spec_is_one_line(tmp_path, fields, expected):
     path = write_spec(tmp_path / "s.yaml", **fields)
@@ -53,12 +54,21 @@ def run_tune(*args):
                           timeout=400)
 
 
-def test_trial_that_can_never_fit_is_refused(tmp_path, ray_cluster):
+def test_trial_that_can_never_fit_is_refused_and_the_old_search_kept(tmp_path, ray_cluster):
     spec = write_spec(tmp_path / "s.yaml", space={"population.size": {"grid": [2, 4]}})
-    result = run_tune("--spec", str(spec), "--out", str(tmp_path / "out"), "--address", ray_cluster)
-    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "best.yaml").write_text("an earlier search")
+    result = run_tune("--spec", str(spec), "--out", str(tmp_path / "out"), "--address", ray_cluster, "--overwrite")
+    assert result.returncode == 2 and (tmp_path / "out" / "best.yaml").read_text() == "an earlier search"
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: the largest trial (population.size=4") and "needs 3 CPUs" in line
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "out").write_text("x")
+    result = run_tune("--spec", str(write_spec(tmp_path / "s.yaml")), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: --out {tmp_path / 'out'} is a file; pass a folder for the search's results")
 
 
 @pytest.mark.timeout(400)
