@@ -25,8 +25,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would keep others from reading a shared run
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp's 0600 would hide a shared run
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -65,7 +65,20 @@ def load_rater_weights(run_dir: Path) -> dict:
 
 
 def load_run_config(run_dir: Path) -> dict:
-    return yaml.safe_load((Path(run_dir) / CHECKPOINT_DIR / "config.yaml").read_text())
+    """The run's saved config tree; a missing or damaged file is a one-line ConfigError."""
+    from drray.config import yaml_error
+    from drray.errors import ConfigError
+
+    path = Path(run_dir) / CHECKPOINT_DIR / "config.yaml"
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the run's config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise yaml_error(path, exc) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: not a drray config (expected a mapping of sections)")
+    return tree
 
 
 def load_rater(run_dir: Path):
@@ -83,7 +96,8 @@ def load_rater(run_dir: Path):
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or not a torch file at all
         raise ConfigError(f"{path}: not a readable checkpoint ({_first_line(exc)}); pass the --out directory of "
                           "a finished meta-train run, or meta-train again") from None
-    missing = [key for key in ("rater", "arch", "image_shape", "num_classes") if key not in saved]
+    needed = ("rater", "arch", "image_shape", "num_classes")
+    missing = [key for key in needed if not isinstance(saved, dict) or key not in saved]
     if missing:
         raise ConfigError(f"{path}: not a drray rater checkpoint (no {', '.join(missing)}); "
                           "meta-train the rater again with this version")
@@ -93,7 +107,10 @@ def load_rater(run_dir: Path):
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, DrrayError):
             raise
-        made = f"arch {saved['arch']}, {describe_rows(saved['image_shape'])}, {saved['num_classes']} classes"
+        try:
+            made = f"arch {saved['arch']}, {describe_rows(saved['image_shape'])}, {saved['num_classes']} classes"
+        except Exception:  # noqa: BLE001 - malformed metadata: say so instead
+            made = "unreadable metadata"
         raise ConfigError(f"{path}: the checkpoint ({made}) does not load into this version's rater of that "
                           f"config ({_first_line(exc)}); use the drray version that trained it, or retrain") from None
     return rater.eval(), {k: v for k, v in saved.items() if k != "rater"}

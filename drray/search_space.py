@@ -146,3 +146,21 @@ def trial_config(base_tree: dict, params: dict, out: str) -> Config:
         apply_override(tree, key.split("."), value)
     apply_override(tree, ["run", "out"], out)
     return validate_config(tree, "trial")
+
+
+def check_trial_models(spec: TuneSpec, base_tree: dict) -> None:
+    """Load the base config's data once and build every arch a trial may use, so missing data or
+    an arch that does not fit it is one line before any trial starts (not a failure in each)."""
+    from drray.data import build_splits
+    from drray.train import check_models_fit
+
+    base = trial_config(base_tree, {}, "unused")
+    splits = build_splits(base.data, base.run.seed)
+    check_models_fit(base, splits)
+    for key, domain in spec.space.items():
+        if key.endswith(".arch"):
+            for value in domain.probes():
+                try:
+                    check_models_fit(trial_config(base_tree, {key: value}, "unused"), splits)
+                except ConfigError as exc:
+                    raise ConfigError(f"space {key}={value}: {exc}") from None

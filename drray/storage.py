@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -107,11 +108,11 @@ def overlaps(a: str, b: str) -> bool:
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
-def check_separate(output: str, input: str) -> None:
-    """Refuse an output that would overwrite (or be written inside) the job's own input."""
-    (out_fs, out_path), (in_fs, in_path) = resolve(output), resolve(input)
+def check_separate(output: str, source: str, flag: str = "--input") -> None:
+    """Refuse an output that would replace (or be written inside) what the job reads."""
+    (out_fs, out_path), (in_fs, in_path) = resolve(output), resolve(source)
     if type(out_fs) is type(in_fs) and overlaps(out_path, in_path):
-        raise ConfigError(f"--output {output} overlaps --input {input}; write somewhere else")
+        raise ConfigError(f"--output {output} overlaps {flag} {source}; write somewhere else")
 
 
 def clear_output(fs: pafs.FileSystem, path: str) -> None:
@@ -126,14 +127,18 @@ def clear_output(fs: pafs.FileSystem, path: str) -> None:
 def parquet_files(location: str, what: str = "a Parquet file or a folder of Parquet shards") -> tuple[
         pafs.FileSystem, str, list[str]]:
     """(filesystem, path, sorted .parquet files) of a file or a folder, searched recursively.
-    Other files (summary.json, prepare.json) and names starting with '.' or '_' are left out, so
-    the output of one job reads as the input of the next."""
+    Other files (a filter's summary.json) and names starting with '.' or '_' are left out, so
+    the output of one job reads as the input of the next; a jobs.prepare root (prepare.json) is
+    refused, as its splits are not one data set."""
     fs, path = resolve(location)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"{location}: no such file or folder; pass {what}")
     if info.type == pafs.FileType.File:
         return fs, path, [path]
+    if fs.get_file_info(f"{path.rstrip('/')}/prepare.json").type == pafs.FileType.File:
+        raise DataError(f"{location}: a prepared data set (train, heldout and test splits); pass its train/ "
+                        "folder to score or filter the training rows")
     selector = pafs.FileSelector(path, recursive=True)
     files = sorted(
         entry.path for entry in fs.get_file_info(selector)
@@ -146,7 +151,14 @@ def parquet_files(location: str, what: str = "a Parquet file or a folder of Parq
 
 
 def current_umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without setting it (os.umask would, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: the only portable way is to set it and put it back
     os.umask(mask)
     return mask
 
@@ -159,3 +171,26 @@ def staging_dir_beside(path: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{Path(path).name}.", suffix=".partial", dir=parent))
     staging.chmod(0o777 & ~current_umask())
     return staging
+
+
+@contextmanager
+def replacing_output(fs: pafs.FileSystem, path: str):
+    """Yields where a job writes its new output; when the block ends without error, the output
+    replaces whatever was at `path`. Locally it is written in a hidden folder beside `path` and
+    renamed into place, so a failed job leaves the old output as it was. For a URI it is written
+    in place (the old output removed first) and removed again if the job fails."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        staging = staging_dir_beside(path)
+        try:
+            yield str(staging / "output")
+            clear_output(fs, path)
+            os.rename(staging / "output", path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return
+    clear_output(fs, path)
+    try:
+        yield path
+    except BaseException:
+        clear_output(fs, path)
+        raise

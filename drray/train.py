@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from drray import checkpoint
-from drray.config import Config
+from drray.config import Config, validate_config
 from drray.data import DataSplits, build_splits, to_tensors
 from drray.errors import ConfigError, TrainingDiverged
 from drray.metrics import MetricsLog, Progress, corruption_auroc
@@ -99,16 +99,19 @@ def clear_run(run_dir: RunDir) -> None:
     run_dir.clear_remote(RUN_FILES)
 
 
-# What a resumed run may change: the length and pace of the run, learning rates, where it runs.
-# Anything else (data, architectures, population, T, method...) must match the checkpoint.
-RESUMABLE_KEYS = ("meta.steps", "meta.lr", "meta.clip_norm", "inner.lr", "rater.warm_start_steps",
-                  "rater.warm_start_lr", "data.dir", "data.download", "resources.", "run.", "evaluate.")
+# What a resumed run may change: the length and pace of the run, learning rates, memory use
+# (mixflow_chunk), where it runs. Anything else (data, architectures, population, T...) must match.
+RESUMABLE_KEYS = ("meta.steps", "meta.lr", "meta.clip_norm", "meta.mixflow_chunk", "inner.lr",
+                  "rater.warm_start_steps", "rater.warm_start_lr", "data.dir", "data.download", "resources.",
+                  "run.", "evaluate.")
 FIXED_RUN_KEYS = ("run.seed",)
 
 
-def check_resumable(cfg: Config, out: Path, where: str) -> None:
+def check_resumable(cfg: Config, out: Path, where: str, image_shape) -> None:
     """A one-line ConfigError naming the settings a resumed run changes that its checkpoint fixes."""
-    saved, now = _flatten(checkpoint.load_run_config(out)), _flatten(cfg.to_dict())
+    path = Path(out) / checkpoint.CHECKPOINT_DIR / "config.yaml"
+    saved_cfg = validate_config(checkpoint.load_run_config(out), str(path))  # fields added since: defaults
+    saved, now = (_flatten(_resolved_archs(c, image_shape).to_dict()) for c in (saved_cfg, cfg))
     changed = [key for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)
                and (key in FIXED_RUN_KEYS or not key.startswith(RESUMABLE_KEYS))]
     if changed:
@@ -116,6 +119,13 @@ def check_resumable(cfg: Config, out: Path, where: str) -> None:
         more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
         raise ConfigError(f"--resume: the config differs from the checkpoint's in {where}: {shown}{more}; resume "
                           "with the run's own settings, or start a new run (--out or --overwrite)")
+
+
+def _resolved_archs(cfg: Config, image_shape) -> Config:
+    """`auto` and the arch it stands for are the same model."""
+    return cfg.model_copy(update={
+        "rater": cfg.rater.model_copy(update={"arch": choose_arch(cfg.rater.arch, image_shape)}),
+        "inner": cfg.inner.model_copy(update={"arch": choose_arch(cfg.inner.arch, image_shape)})})
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -185,7 +195,7 @@ def open_run(cfg: Config, splits: DataSplits, run_dir: RunDir, resume: bool, ove
     replaces is removed only once the population exists (on Ray: its resources were checked)."""
     replace = check_output(run_dir, resume, overwrite)
     if resume:
-        check_resumable(cfg, run_dir.local, run_dir.display(checkpoint.CHECKPOINT_DIR))
+        check_resumable(cfg, run_dir.local, run_dir.display(checkpoint.CHECKPOINT_DIR), splits.image_shape)
     population = population_factory(without_warm_start(cfg) if resume else cfg, splits)
     if replace:
         clear_run(run_dir)

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import sys
 
 import numpy as np
@@ -186,10 +184,8 @@ def count_rows(fs, path: str) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    import pyarrow.fs as pafs
-
     from drray.filtering import summarize
-    from drray.storage import check_output, check_separate, clear_output, staging_dir_beside
+    from drray.storage import check_output, check_separate, replacing_output
 
     check_args(args)
     fs, files, schema = open_input(args)
@@ -206,32 +202,22 @@ def run(args: argparse.Namespace) -> dict:
     from actors.cluster import connect
 
     started = connect(args.address)
-    local = isinstance(out_fs, pafs.LocalFileSystem)
-    staging = None
     try:
-        staging = staging_dir_beside(out_path) if local else None
-        target = str(staging / "output") if local else out_path  # Ray Data creates it
-        if not local:  # written in place: the old output goes now, after every check
-            clear_output(out_fs, out_path)
-        stream_filter(fs, files, rule, out_fs, target)
-        written = count_rows(out_fs, target)
-        if written != summary["rows_kept"]:  # the driver and the workers applied the same rule
-            raise RuntimeError(f"wrote {written} rows but the rule keeps {summary['rows_kept']}")
-        if written == 0:  # Ray Data writes no file for no rows; readers still want the schema
-            import pyarrow.parquet as pq
+        with replacing_output(out_fs, out_path) as target:  # Ray Data creates it
+            stream_filter(fs, files, rule, out_fs, target)
+            written = count_rows(out_fs, target)
+            if written != summary["rows_kept"]:  # the driver and the workers applied the same rule
+                raise RuntimeError(f"wrote {written} rows but the rule keeps {summary['rows_kept']}")
+            if written == 0:  # Ray Data writes no file for no rows; readers still want the schema
+                import pyarrow.parquet as pq
 
-            out_fs.create_dir(target, recursive=True)
-            with out_fs.open_output_stream(f"{target.rstrip('/')}/part-00000-0.parquet") as stream:
-                pq.write_table(schema.empty_table(), stream)
-        payload = json.dumps(summary, indent=2) + "\n"
-        with out_fs.open_output_stream(f"{target.rstrip('/')}/summary.json") as stream:  # last: marks completion
-            stream.write(payload.encode())
-        if local:
-            clear_output(out_fs, out_path)
-            os.rename(target, out_path)
+                out_fs.create_dir(target, recursive=True)
+                with out_fs.open_output_stream(f"{target.rstrip('/')}/part-00000-0.parquet") as stream:
+                    pq.write_table(schema.empty_table(), stream)
+            payload = json.dumps(summary, indent=2) + "\n"
+            with out_fs.open_output_stream(f"{target.rstrip('/')}/summary.json") as stream:  # last: marks completion
+                stream.write(payload.encode())
     finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
         if started:
             import ray
 

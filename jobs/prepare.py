@@ -117,9 +117,11 @@ def data_config(args: argparse.Namespace):
 
 def prepare(args: argparse.Namespace) -> dict:
     from drray.data import build_splits, write_parquet
-    from drray.storage import check_output
+    from drray.storage import check_output, check_separate
 
     cfg = data_config(args)  # every argument checked before anything is touched
+    if cfg.dir is not None:
+        check_separate(args.output, cfg.dir, "--dir")
     fs, path = check_output(args.output, args.overwrite)
     splits = build_splits(cfg, args.seed)
     train = splits.train

@@ -147,7 +147,7 @@ def run(args) -> ScoreSummary:
     import pyarrow.dataset as pads
 
     from drray.scoring import check_schema, input_columns
-    from drray.storage import check_output, check_separate, clear_output
+    from drray.storage import check_output, check_separate, replacing_output
 
     for flag, value in (("--actors", args.actors), ("--threads", args.threads)):
         if value is not None and value < 1:
@@ -162,6 +162,7 @@ def run(args) -> ScoreSummary:
     if rows_in == 0:
         raise DataError(f"{args.input}: no rows to score")
     check_separate(args.output, args.input)
+    check_separate(args.output, args.rater, "--rater")
     out_fs, out_path = check_output(args.output, args.overwrite)
 
     from actors.cluster import connect
@@ -170,12 +171,11 @@ def run(args) -> ScoreSummary:
     try:
         plan = plan_resources(args.actors, args.threads, len(dataset.files))
         block_bytes = max(2**16, int(args.batch_size * bytes_per_row(dataset)))
-        clear_output(out_fs, out_path)  # an old output (--overwrite) goes only once every check has passed
         begin = time.perf_counter()
-        try:
-            pipeline((dataset.files, in_fs), (out_path, out_fs), blob, args, plan, block_bytes)
-        except Exception as exc:  # the output is ours (checked above): leave no half-written data set
-            clear_output(out_fs, out_path)
+        try:  # a failed job leaves no half-written data set, and a local old output as it was
+            with replacing_output(out_fs, out_path) as target:
+                pipeline((dataset.files, in_fs), (target, out_fs), blob, args, plan, block_bytes)
+        except Exception as exc:
             error = _drray_error(exc)
             if error is not None:  # Ray Data appends lines about retries to the message: keep ours
                 raise type(error)(str(error).splitlines()[0]) from None

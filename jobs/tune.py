@@ -36,12 +36,13 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> str:
-    from drray.search_space import load_tune_spec, trial_config
+    from drray.search_space import check_trial_models, load_tune_spec, trial_config
 
     spec, base_tree = load_tune_spec(args.spec)
     base = trial_config(base_tree, {}, "unused")
     if spec.metric == "auroc" and not base.data.corruption and base.data.source != "parquet":
         raise ConfigError(f"{args.spec}: metric auroc needs ground truth (data.corruption); use metric: heldout_loss")
+    check_trial_models(spec, base_tree)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder for the search's results")

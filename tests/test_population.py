@@ -1,10 +1,12 @@
 """Population logic in one process: schedule, truncated BPTT, determinism, resume, divergence."""
 import json
+import os
 import stat
 import tempfile
 
 import pytest
 import torch
+import yaml
 
 from drray import checkpoint
 from drray.config import load_config
@@ -80,7 +82,15 @@ def test_resume_continues_bit_identically(tmp_path, extra):
     assert [r["outer_loss"] for r in lines] == [r["outer_loss"] for r in full_lines]
 
 
-def test_outputs_and_refusal_to_clobber(tmp_path):
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    assert current_umask() == 0o022
+    yield
+    os.umask(previous)
+
+
+def test_outputs_and_refusal_to_clobber(tmp_path, umask_022):
     cfg = tiny_config(tmp_path)
     summary = meta_train(cfg)
     out = tmp_path / "run"
@@ -94,8 +104,7 @@ def test_outputs_and_refusal_to_clobber(tmp_path):
     assert info == {"step": 6, "arch": "mlp", "image_shape": [8, 8], "num_classes": 10}
     final = checkpoint.load_state(out)["population"]["meta"]["params"]
     assert all(torch.equal(p, q) for p, q in zip(rater.parameters(), final))
-    mask = current_umask()  # readable by others as the umask allows (mkstemp alone gives 0600)
-    assert {stat.S_IMODE(f.stat().st_mode) for f in (out / "checkpoint").iterdir()} == {0o666 & ~mask}
+    assert {stat.S_IMODE(f.stat().st_mode) for f in (out / "checkpoint").iterdir()} == {0o644}  # umask 022
     with pytest.raises(ConfigError, match="already holds a run"):
         meta_train(cfg)
     with pytest.raises(ConfigError, match="no checkpoint"):
@@ -122,16 +131,25 @@ def test_resume_refuses_a_changed_config_in_one_line(tmp_path):
     meta_train(tiny_config(tmp_path, "meta.steps=3"))
     for change, named in [("population.size=2", "population.size 3 -> 2"),
                           ("inner.optimizer=sgd", "inner.optimizer 'adam' -> 'sgd'"),
-                          ("rater.arch=cnn", "rater.arch 'auto' -> 'cnn'"),
+                          ("rater.arch=cnn", "rater.arch 'mlp' -> 'cnn'"),  # auto is mlp for 8x8
                           ("run.seed=1", "run.seed 0 -> 1")]:
         with pytest.raises(ConfigError) as info:
             meta_train(tiny_config(tmp_path, change), resume=True)
         message = str(info.value)
         assert message.startswith("--resume: the config differs from the checkpoint's in ") and named in message
         assert "\n" not in message
-    # The run's length, its learning rates and where it runs may change.
-    meta_train(tiny_config(tmp_path, "meta.lr=1e-4", "inner.lr=5e-4", "run.log_every=1"), resume=True)
+    # A checkpoint from before a field existed reads it at its default.
+    saved = tmp_path / "run" / "checkpoint" / "config.yaml"
+    tree = yaml.safe_load(saved.read_text())
+    del tree["data"]["seq_len"], tree["meta"]["mixflow_chunk"]
+    saved.write_text(yaml.safe_dump(tree))
+    # The run's length, its learning rates, memory use and where it runs may change; `auto` is its arch.
+    meta_train(tiny_config(tmp_path, "meta.lr=1e-4", "inner.lr=5e-4", "run.log_every=1", "meta.mixflow_chunk=16",
+                           "rater.arch=mlp"), resume=True)
     assert checkpoint.load_state(tmp_path / "run")["step"] == 6
+    saved.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:2:1: not valid YAML"):
+        meta_train(tiny_config(tmp_path, "meta.steps=7"), resume=True)
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

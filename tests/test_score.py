@@ -211,6 +211,14 @@ def test_bad_rows_fail_the_job_by_default(ray_cluster, trained, with_bad_labels,
     error = one_line_error(capsys, after_ray=True)
     assert f"row id {table.column('id')[bad[0]].as_py()}: label outside" in error and "--on-bad-row drop" in error
     assert not out.exists()  # nothing half-written is left
+    out.mkdir()  # and an earlier output that --overwrite would replace stays as it was
+    (out / "part-0.parquet").write_text("earlier scores")
+    assert score_main(["--rater", str(run_dir), "--input", str(bad_path), "--output", str(out), "--overwrite"]) == 2
+    assert "label outside" in one_line_error(capsys, after_ray=True)
+    assert [p.name for p in out.iterdir()] == ["part-0.parquet"] and not list(tmp_path.glob(".out.*"))
+    # Nor may --output replace the rater it scores with.
+    assert score_main(["--rater", str(run_dir), "--input", str(bad_path), "--output", str(run_dir), "--overwrite"]) == 2
+    assert one_line_error(capsys).endswith("overlaps --rater " + str(run_dir) + "; write somewhere else")
 
 
 def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_path, capsys):
@@ -246,7 +254,7 @@ def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_pat
 
 
 def test_input_folder_may_hold_other_files(trained, tmp_path):
-    """A filter's output (summary.json beside the shards) or a prepare root reads as an input."""
+    """A filter's output (summary.json beside the shards) reads as an input."""
     from jobs.score import open_input
 
     _, data, examples = trained

@@ -20,7 +20,7 @@ def test_check_output_refuses_existing_unless_overwrite_and_removes_nothing(tmp_
 
 
 def test_parquet_files_reads_past_other_files(tmp_path):
-    """A filter's output (part files + summary.json) or a prepare root (prepare.json) is an input."""
+    """A filter's output (part files + summary.json) is an input; a prepare root is not."""
     (tmp_path / "sub").mkdir()
     for name in ("b.parquet", "sub/a.parquet", ".hidden.parquet", "_tmp.parquet"):
         pq.write_table(pa.table({"x": [1]}), tmp_path / name)
@@ -32,6 +32,9 @@ def test_parquet_files_reads_past_other_files(tmp_path):
         parquet_files(str(tmp_path / "empty"), "a scored set")
     with pytest.raises(DataError, match="no such file or folder"):
         parquet_files(str(tmp_path / "missing"))
+    (tmp_path / "prepare.json").write_text("{}")  # a jobs.prepare root: train, heldout and test together
+    with pytest.raises(DataError, match="a prepared data set .* pass its train/ folder"):
+        parquet_files(str(tmp_path))
 
 
 def test_output_inside_the_input_is_refused(tmp_path):

@@ -64,6 +64,16 @@ def test_trial_that_can_never_fit_is_refused_and_the_old_search_kept(tmp_path, r
     assert line.startswith("error: the largest trial (population.size=4") and "needs 3 CPUs" in line
 
 
+def test_arch_that_does_not_fit_the_data_is_refused_before_any_trial(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", space={"rater.arch": {"grid": ["mlp", "transformer_tiny"]}})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "best.yaml").write_text("an earlier search")
+    result = run_tune("--spec", str(spec), "--out", str(tmp_path / "out"), "--overwrite")
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and line.startswith("error: space rater.arch=transformer_tiny: "), result.stderr
+    assert (tmp_path / "out" / "best.yaml").read_text() == "an earlier search"
+
+
 def test_out_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("x")
     result = run_tune("--spec", str(write_spec(tmp_path / "s.yaml")), "--out", str(tmp_path / "out"))
