@@ -166,8 +166,8 @@ def stream_filter(fs, files, rule, out_fs, out_path: str) -> None:
     try:
         dataset = ray.data.read_parquet(files, filesystem=fs)
         kept = dataset.map_batches(keep_rows, batch_format="pyarrow", fn_kwargs={"rule": rule})
-        # OVERWRITE: the target is new and empty (claimed or a fresh staging directory), and this
-        # mode lets the files have stable names (APPEND insists on a random write id in them).
+        # OVERWRITE: the target is new and empty (a fresh staging directory, or a URI cleared just
+        # before), and this mode lets the files have stable names (APPEND wants a random write id).
         kept.write_parquet(out_path, filesystem=out_fs, filename_provider=_part_names(),
                            mode=ray.data.SaveMode.OVERWRITE)
     finally:

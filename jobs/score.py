@@ -6,7 +6,7 @@
 Ray Data reads the Parquet (a file or a folder of shards; local or any pyarrow filesystem URI),
 a pool of rater actors scores it block by block (on GPUs where the cluster has them) and the
 result is written as Parquet files under --output, streaming: memory stays bounded whatever the
-input's size. The input is checked against the rater, and --output claimed, before any work.
+input's size. The input is checked against the rater, and --output, before any work.
 A `score` column already in the input is replaced. Row order is not kept; `id` identifies rows.
 """
 from __future__ import annotations
