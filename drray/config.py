@@ -151,6 +151,13 @@ class EvaluateConfig(_Section):
     methods: list[Literal["baseline", "datarater", "random", "loss", "oracle"]] = ["baseline", "datarater", "random",
                                                                                    "loss"]
 
+    @field_validator("methods")
+    @classmethod
+    def _some_methods(cls, methods: list[str]) -> list[str]:
+        if not methods:
+            raise ValueError("give at least one method")
+        return methods
+
     @field_validator("discard")
     @classmethod
     def _fractions(cls, discard: list[float]) -> list[float]:

@@ -182,7 +182,8 @@ PARQUET_COLUMNS, SPLITS = ("id", "image", "shape", "label"), ("train", "test", "
 
 def parquet_split_paths(cfg: DataConfig) -> dict[str, Optional[Path]]:
     if cfg.dir is None or not Path(cfg.dir).is_dir():
-        raise DataError(f"data.dir {cfg.dir} does not exist; set data.dir to a folder with train.parquet or train/")
+        where = "no data.dir given" if cfg.dir is None else f"data.dir {cfg.dir} does not exist"
+        raise DataError(f"{where}; set data.dir to a folder with train.parquet or train/")
     paths = {name: _first_existing(Path(cfg.dir) / f"{name}.parquet", Path(cfg.dir) / name) for name in SPLITS}
     if paths["train"] is None:
         raise DataError(f"{Path(cfg.dir) / 'train.parquet'}: missing (nor a train/ folder); write train there")

@@ -137,10 +137,14 @@ def read_documents(path: Path, text_field: str) -> Iterator[str]:
 
 
 def text_files(cfg: DataConfig) -> list[Path]:
+    where = "no data.dir given" if cfg.dir is None else f"data.dir {cfg.dir} does not exist"
     if cfg.dir is None or not Path(cfg.dir).is_dir():
-        raise DataError(f"data.dir {cfg.dir} does not exist; set data.dir to a folder of .txt[.gz] / .jsonl[.gz] files")
+        raise DataError(f"{where}; set data.dir to a folder of .txt[.gz] / .jsonl[.gz] files")
     pattern = cfg.pattern or "*"
-    files = sorted(p for p in Path(cfg.dir).glob(pattern) if p.is_file())
+    try:
+        files = sorted(p for p in Path(cfg.dir).glob(pattern) if p.is_file())
+    except (NotImplementedError, ValueError) as exc:  # an absolute or empty pattern
+        raise DataError(f"data.pattern {pattern!r}: {exc}; give a glob relative to data.dir (e.g. '*.txt.gz')") from None
     if not files:
         raise DataError(f"{Path(cfg.dir) / pattern}: no files match; set data.pattern (e.g. '*.txt.gz')")
     return files

@@ -16,7 +16,9 @@ loss, lower is better) and scores.png.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import re
 import sys
 import time
 
@@ -39,19 +41,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+EVALUATE_FLAGS = ("discard", "seeds", "steps", "methods")  # each sets evaluate.<same name>
+
+
 def config_from_args(args: argparse.Namespace):
     from drray.config import load_config
 
-    overrides = list(args.overrides)
-    for flag, key, wrap in (("discard", "discard", True), ("seeds", "seeds", False), ("steps", "steps", False),
-                            ("methods", "methods", True)):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"evaluate.{key}=[{value}]" if wrap else f"evaluate.{key}={value}")
-    cfg = load_config(args.config, overrides)
+    given = {flag: getattr(args, flag) for flag in EVALUATE_FLAGS if getattr(args, flag) is not None}
+    for flag in ("discard", "methods"):  # comma lists, split here: the text never goes through YAML
+        if flag in given:
+            given[flag] = [item.strip() for item in given[flag].split(",") if item.strip()]
+    if "discard" in given:
+        given["discard"] = [_number("--discard", item) for item in given["discard"]]
+    overrides = list(args.overrides) + [f"evaluate.{flag}={json.dumps(value)}" for flag, value in given.items()]
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:  # name the flag the user typed, not the config key it sets
+        match = re.match(r"^.*?: evaluate\.(\w+)(?:\.\d+)?: (.*)$", str(exc))
+        if match is None or match.group(1) not in given:
+            raise
+        raise ConfigError(f"--{match.group(1)}: {match.group(2)}") from None
     if "datarater" in cfg.evaluate.methods and not args.rater:
         raise ConfigError("--rater RUN_DIR is needed for the datarater method (or leave it out of --methods)")
     return cfg
+
+
+def _number(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not a number; give comma-separated fractions, e.g. 0.1,0.25") from None
 
 
 def check_rater_fits(meta: dict, rater_dir: str, splits, data_name: str) -> None:

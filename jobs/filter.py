@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="sample mode: B of the batch rule it matches, N = B / (1 - discard) (default 128)")
     parser.add_argument("--cdf-sample", type=int, default=100_000,
                         help="sample mode: scores sampled to estimate the CDF (default 100000)")
-    parser.add_argument("--seed", type=int, default=0, help="sample mode: seed of the CDF sample and the draws")
+    parser.add_argument("--seed", type=int, default=0, help="sample mode: seed of the CDF sample and the draws (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     add_address_arg(parser)
     return parser.parse_args(argv)

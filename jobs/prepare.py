@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drray.errors import ConfigError
+from drray.errors import ConfigError, DrrayError
 from jobs.common import run_job
 
 PREPARE_FORMAT = "drray-prepared/1"
@@ -56,6 +56,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     return run_job(prepare, parse_args(argv), report=None)
+
+
+# The data.* keys the library's messages name, as the flags that set them here.
+FLAG_FOR_KEY = {"data.download=true": "--download", "data.text_field": "--text-field", "data.seq_len": "--seq-len",
+                "data.heldout_fraction": "--heldout-fraction", "data.test_fraction": "--test-fraction",
+                "data.max_train": "--max-train", "data.pattern": "--pattern", "data.source": "--source",
+                "data.dir": "--dir", "data.download": "--download"}
+
+
+def in_flags(exc: DrrayError) -> DrrayError:
+    message = str(exc)
+    for key, flag in FLAG_FOR_KEY.items():  # longest first where one key starts another
+        message = message.replace(key, flag)
+    return type(exc)(message)
 
 
 def parse_corruption(text: str) -> list[dict]:
@@ -116,6 +130,13 @@ def data_config(args: argparse.Namespace):
 
 
 def prepare(args: argparse.Namespace) -> dict:
+    try:
+        return write_prepared(args)
+    except DrrayError as exc:  # the library names config keys; here the user typed flags
+        raise in_flags(exc) from None
+
+
+def write_prepared(args: argparse.Namespace) -> dict:
     from drray.data import build_splits, write_parquet
     from drray.storage import check_output, check_separate
 

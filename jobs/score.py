@@ -36,11 +36,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per actor (default: the cluster's CPUs shared among the actors)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="about this many rows per block: what an actor scores at once, and one output file")
+                        help="about this many rows per block: what an actor scores at once, and one output file "
+                             f"(default {DEFAULT_BATCH_SIZE})")
     add_address_arg(parser)
     parser.add_argument("--on-bad-row", choices=BAD_ROW_MODES, default="fail",
                         help="rows that cannot be scored (null/undecodable image, NaN pixels, label out of range): "
-                             "stop with an error naming the row (fail) or leave them out (drop)")
+                             "stop with an error naming the row (fail, the default) or leave them out (drop)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     return parser.parse_args(argv)
 

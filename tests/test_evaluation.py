@@ -141,9 +141,12 @@ def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--discard", "0.1,1.0"], "evaluate.discard: give at least one discard fraction, each in [0, 1) (got [0.1, 1.0])"),
+    (["--discard", "0.1,1.0"], "error: --discard: give at least one discard fraction, each in [0, 1) (got [0.1, 1.0])"),
     (["--discard", "-0.2"], "each in [0, 1) (got [-0.2])"),
-    (["--methods", "baseline,magic"], "evaluate.methods"),
+    (["--discard", "0.1]"], "error: --discard: '0.1]' is not a number"),  # the flag's text is not YAML
+    (["--seeds", "0"], "error: --seeds: Input should be greater than or equal to 1 (got 0)"),
+    (["--methods", ""], "error: --methods: give at least one method"),
+    (["--methods", "baseline,magic"], "error: --methods: Input should be 'baseline'"),
     (["--methods", "baseline,oracle", "--set", "data.corruption=[]"], "the oracle method needs ground truth"),
     (["--set", "data.source=idx", "--set", "data.dir=../shared/data/mnist"], "was trained on 8x8 images"),
 ])

@@ -110,13 +110,18 @@ def test_overwrite_replaces_an_existing_output(tmp_path, capsys):
     (["--source", "mnist", "--dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
     (["existing"], "already exists"),
     (["--source", "idx", "--dir", "SUB"], "overlaps --dir"),  # --overwrite would remove the source
+    (["--source", "text"], "error: no --dir given; set --dir to a folder of"),  # flags, not data.* keys
+    (["--source", "text", "--dir", "SRC", "--pattern", "/abs/*"], "error: --pattern '/abs/*': "),
+    (["--seq-len", "1"], "error: --seq-len: Input should be greater than or equal to 2"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, expected):
     """Even with --overwrite, a refused run leaves an earlier output as it was."""
     out = tmp_path / "sub" / "out"
     out.mkdir(parents=True)
     (out / "mine.txt").write_text("keep")
-    args = [] if args == ["existing"] else [str(tmp_path / "sub") if a == "SUB" else a for a in args] + ["--overwrite"]
+    (tmp_path / "src").mkdir()
+    folders = {"SUB": str(tmp_path / "sub"), "SRC": str(tmp_path / "src")}
+    args = [] if args == ["existing"] else [folders.get(a, a) for a in args] + ["--overwrite"]
     before = sorted(tmp_path.rglob("*"))
     code, _, err = prepare(capsys, *args, "--output", out)
     assert code == 2
