@@ -74,12 +74,7 @@ class RunDir:
         if self.fs is None:
             return
         for name in names:
-            target = f"{self.remote}/{name}"
-            info = self.fs.get_file_info(target)
-            if info.type == pafs.FileType.Directory:
-                self.fs.delete_dir(target)
-            elif info.type == pafs.FileType.File:
-                self.fs.delete_file(target)
+            clear_output(self.fs, f"{self.remote}/{name}")
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:

@@ -76,7 +76,7 @@ class Prober:
 RUN_FILES = ["metrics.jsonl", "tb", checkpoint.CHECKPOINT_DIR]
 
 
-def check_output(run_dir: RunDir, resume: bool, overwrite: bool) -> bool:
+def check_run_output(run_dir: RunDir, resume: bool, overwrite: bool) -> bool:
     """Whether an earlier run in the output must be cleared (--overwrite). Removes nothing: the
     caller clears only once the run can start, so a refused run leaves the old one as it was."""
     run_dir.pull()
@@ -193,7 +193,7 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
 def open_run(cfg: Config, splits: DataSplits, run_dir: RunDir, resume: bool, overwrite: bool, population_factory):
     """The population, loaded from the checkpoint on resume. An earlier run that --overwrite
     replaces is removed only once the population exists (on Ray: its resources were checked)."""
-    replace = check_output(run_dir, resume, overwrite)
+    replace = check_run_output(run_dir, resume, overwrite)
     if resume:
         check_resumable(cfg, run_dir.local, run_dir.display(checkpoint.CHECKPOINT_DIR), splits.image_shape)
     population = population_factory(without_warm_start(cfg) if resume else cfg, splits)

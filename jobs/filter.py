@@ -18,8 +18,9 @@ themselves stream once through Ray Data (read_parquet -> filter -> write_parquet
 stays bounded by a few blocks. OUTPUT gets the kept rows (every column, input order) as
 part-NNNNN-0.parquet (NNNNN: the write task) and summary.json: rows in and kept, the threshold
 or CDF sample size and, where the input has is_corrupted, the AUROC, the fraction of corrupted
-rows removed and the precision of removal. A local OUTPUT is written beside its destination and renamed into place
-at the end; for a URI, summary.json is written last and marks a complete output.
+rows removed and the precision of removal. A local OUTPUT is written beside its destination
+and renamed into place at the end (a failed run leaves an earlier OUTPUT as it was); for a URI,
+summary.json is written last and marks a complete output.
 """
 from __future__ import annotations
 

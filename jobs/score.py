@@ -86,19 +86,19 @@ def read_rater(run_dir: str):
 
 
 def open_input(location: str):
-    """(pyarrow filesystem, path, pyarrow dataset of its .parquet files); DataError when it is not
-    Parquet. Other files in a folder (a filter's summary.json, prepare.json) are left out."""
+    """(pyarrow filesystem, pyarrow dataset of its .parquet files); DataError when it is not
+    Parquet. Other files in a folder (a filter's summary.json) are left out."""
     import pyarrow as pa
     import pyarrow.dataset as pads
 
     from drray.storage import parquet_files
 
-    fs, path, files = parquet_files(location)
+    fs, _, files = parquet_files(location)
     try:
         dataset = pads.dataset(files, filesystem=fs, format="parquet")
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{location}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
-    return fs, path, dataset
+    return fs, dataset
 
 
 @dataclass
@@ -156,7 +156,7 @@ def run(args) -> ScoreSummary:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: need at least 1")
     blob, info = read_rater(args.rater)
-    in_fs, _, dataset = open_input(args.input)
+    in_fs, dataset = open_input(args.input)
     check_schema(dataset.schema, info, args.input)  # columns and types first: head() needs the columns
     check_schema(dataset.schema, info, args.input, dataset.head(1, columns=input_columns(info)))
     rows_in = dataset.count_rows()  # from the Parquet footers

@@ -261,7 +261,7 @@ def test_input_folder_may_hold_other_files(trained, tmp_path):
     (tmp_path / "shards").mkdir()
     shutil.copy(data, tmp_path / "shards" / "part-00000.parquet")
     (tmp_path / "shards" / "summary.json").write_text("{}")
-    _, _, dataset = open_input(str(tmp_path / "shards"))
+    _, dataset = open_input(str(tmp_path / "shards"))
     assert dataset.count_rows() == len(examples) and [Path(f).name for f in dataset.files] == ["part-00000.parquet"]
 
 
