@@ -7,11 +7,14 @@ MNIST CNN inner model and CNN rater (28x28, ../shared/data/mnist), batch 128. Ev
 runs in a fresh child process (`--one ...`), so peak memory is not polluted by earlier runs. The
 child builds the population exactly as jobs.meta_train does, resets the peak-RSS counter after
 setup (/proc/self/clear_refs), runs one warm-up outer step and N timed ones, and prints one JSON
-line. A `--primitive` child times the autograd primitives of one inner step of this CNN
+line: "extra" is the peak over the RSS after setup (the first step's one-time costs included:
+torch's lazy imports, allocator and kernel caches), "warm extra" the peak of the timed steps over
+the RSS after the warm-up step. `--mixflow-mode reverse_over_reverse` runs mixflow's backward as
+a double backward (meta.mixflow_mode). A `--primitive` child times the autograd primitives of one inner step of this CNN
 (forward+backward, reverse-over-reverse Hessian-vector product, forward-over-reverse JVP), which
 bound what an outer step can cost: ratios in the table are against those, measured in the same run.
 
-Results: benchmarks/results/meta_step.json (meta_step.quick.json for --quick); see BENCHMARKS.md.
+Results: benchmarks/results/meta_step[.MODE].json (.quick.json for --quick); see BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ def config_overrides(args) -> list[str]:
         f"inner.optimizer={args.optimizer}", f"inner.lr={args.lr}", f"inner.momentum={args.momentum}",
         f"population.size={args.pop}", "population.lifetime=100000",  # no reinitialisation while timing
         f"meta.method={args.method}", f"run.seed={args.seed}", "run.device=cpu",
+        f"meta.mixflow_mode={args.mixflow_mode}",
     ] + ([f"meta.mixflow_chunk={args.mixflow_chunk}"] if args.mixflow_chunk else [])
 
 
@@ -80,20 +84,25 @@ def run_one(args) -> dict:
     splits = build_splits(cfg.data, cfg.run.seed)
     population = make_population(cfg, splits)
     baseline = reset_peak_rss()
-    population.step()  # warm-up (allocator, autograd caches)
+    population.step()  # warm-up (allocator, autograd caches, torch's lazy imports)
+    cold_peak = proc_status_mb("VmHWM")
+    warm_baseline = reset_peak_rss()  # "warm": what the timed steps add to a process that has run one
     times, cpu = [], []
     for _ in range(args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
         population.step()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    peak = proc_status_mb("VmHWM")
+    warm_peak = proc_status_mb("VmHWM")
+    peak = max(cold_peak, warm_peak)
     return {
         "kind": "meta_step", "method": args.method, "T": args.T, "pop": args.pop, "optimizer": args.optimizer,
         "lr": args.lr, "batch": args.batch, "steps_timed": args.steps,
         "sec_per_step": statistics.median(times), "sec_min": min(times), "sec_all": times,
         "cpu_sec_per_step": statistics.median(cpu),  # process CPU time (both threads): robust to a busy machine
         "baseline_rss_mb": baseline, "peak_rss_mb": peak, "extra_mb": peak - baseline,
+        "warm_baseline_rss_mb": warm_baseline, "warm_extra_mb": warm_peak - warm_baseline,
+        "mixflow_mode": args.mixflow_mode,
         "torch_threads": torch.get_num_threads(), "mixflow_chunk": args.mixflow_chunk,
     }
 
@@ -181,7 +190,7 @@ def child_args(method: str, T: int, pop: int, optimizer: str, lr: float, steps: 
     chunk = ["--mixflow-chunk", str(args.mixflow_chunk)] if args.mixflow_chunk else []
     return ["--one", "--method", method, "--T", str(T), "--pop", str(pop), "--optimizer", optimizer,
             "--lr", str(lr), "--steps", str(steps), "--batch", str(args.batch), "--max-train", str(args.max_train),
-            "--data-dir", args.data_dir] + chunk
+            "--data-dir", args.data_dir, "--mixflow-mode", args.mixflow_mode] + chunk
 
 
 def machine_info() -> dict:
@@ -200,6 +209,7 @@ def machine_info() -> dict:
 
 def add_pinned(r: dict, pinned: dict) -> None:
     r.update(pinned_peak_rss_mb=pinned["peak_rss_mb"], pinned_extra_mb=pinned["extra_mb"],
+             pinned_warm_extra_mb=pinned["warm_extra_mb"],
              pinned_baseline_rss_mb=pinned["baseline_rss_mb"], pinned_sec_per_step=pinned["sec_per_step"])
 
 
@@ -253,6 +263,7 @@ def main_parent(args) -> int:
                       "min_time_ratio_mixflow_over_backprop": ratio(m["sec_min"], b["sec_min"]),
                       "cpu_time_ratio_mixflow_over_backprop": ratio(m["cpu_sec_per_step"], b["cpu_sec_per_step"]),
                       "extra_ratio_mixflow_over_backprop": ratio(m["extra_mb"], b["extra_mb"]),
+                      "warm_extra_ratio_mixflow_over_backprop": ratio(m["warm_extra_mb"], b["warm_extra_mb"]),
                       "pinned_extra_ratio_mixflow_over_backprop": ratio(m.get("pinned_extra_mb", math.nan),
                                                                         b.get("pinned_extra_mb", math.nan)),
                       "backprop_over_floor": ratio(b["sec_per_step"], b["floor_sec"]),
@@ -284,6 +295,10 @@ def main_parent(args) -> int:
         targets[f"{tag}backprop_mb_per_inner_step"] = slopes["backprop"]
         targets[f"{tag}mixflow_mb_per_inner_step"] = slopes["mixflow"]
         targets[f"{tag}slope_ratio_mixflow_over_backprop"] = ratio(slopes["mixflow"], slopes["backprop"])
+    for tag in ("", "pinned_"):
+        targets[f"{tag}warm_mixflow_extra_over_backprop_extra_T{t_mid}"] = ratio(
+            get[("mixflow", t_mid)].get(f"{tag}warm_extra_mb", math.nan),
+            get[("backprop", t_mid)].get(f"{tag}warm_extra_mb", math.nan))
     targets["met"] = {
         "mixflow_peak_flat (<= 1.5)": targets[f"mixflow_peak_T{t_hi}_over_T{t_lo}"] <= 1.5,
         "mixflow_extra_vs_backprop (<= 0.1)": targets[f"mixflow_extra_over_backprop_extra_T{t_mid}"] <= 0.1,
@@ -306,6 +321,9 @@ def main_parent(args) -> int:
               f"{b['floor_sec']:>7.3f} {p['backprop_over_floor']:>8.2f} {p['mixflow_over_floor']:>8.2f} | "
               f"{b.get('pinned_extra_mb', math.nan):>10.0f} {m.get('pinned_extra_mb', math.nan):>10.0f} "
               f"{p['pinned_extra_ratio_mixflow_over_backprop']:>5.3f}")
+    print("warm extra MB (peak over the RSS after one outer step: torch's lazy imports and caches excluded), "
+          "backprop / mixflow: " + ", ".join(f"T={T} {get[('backprop', T)]['warm_extra_mb']:.0f} / "
+                                             f"{get[('mixflow', T)]['warm_extra_mb']:.0f}" for T in t_values))
     print("t mf/bp: median wall time ratio; min: ratio of the fastest steps; cpu: ratio of process CPU time")
     print("floor = T*double-backward + forward+backward + rater forward+backward, from the primitives above")
     print(f"pinned: memory re-measured (1 warm-up + 1 step) with {PINNED_ENV}, which stops glibc from keeping "
@@ -321,9 +339,11 @@ def main_parent(args) -> int:
         print(f"  target {key}: {'met' if ok else 'MISSED'}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("meta_step.quick.json" if args.quick else "meta_step.json")
+    mode = "" if args.mixflow_mode == "forward_over_reverse" else f".{args.mixflow_mode}"
+    path = RESULTS / (f"meta_step{mode}.quick.json" if args.quick else f"meta_step{mode}.json")
     path.write_text(json.dumps({"machine": info, "command": "python -m benchmarks.meta_step" +
-                                (" --quick" if args.quick else ""), "primitives": prim, "sweep": sweep,
+                                (" --quick" if args.quick else "") +
+                                (f" --mixflow-mode {args.mixflow_mode}" if mode else ""), "primitives": prim, "sweep": sweep,
                                 "per_T": per_t, "reference": reference, "targets": targets}, indent=2) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     return 0
@@ -340,6 +360,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--T", type=int, default=2)
     p.add_argument("--mixflow-chunk", type=int, default=None,
                    help="meta.mixflow_chunk: examples per JVP in mixflow's backward (default: the whole batch)")
+    p.add_argument("--mixflow-mode", default="forward_over_reverse",
+                   choices=("forward_over_reverse", "reverse_over_reverse"),
+                   help="meta.mixflow_mode: the JVP of the paper, or a double backward (default: %(default)s)")
     p.add_argument("--pop", type=int, default=1)
     p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
     p.add_argument("--lr", type=float, default=1e-3)

@@ -121,6 +121,8 @@ class MetaConfig(_Section):
     # mixflow: run the backward's JVP over this many examples at a time (null: the whole batch).
     # Lowers the one transient that does not grow with T, at some speed (BENCHMARKS.md).
     mixflow_chunk: Optional[int] = Field(None, ge=1)
+    # mixflow's backward: the paper's JVP, or a double backward (same gradient; less memory on CPU).
+    mixflow_mode: Literal["forward_over_reverse", "reverse_over_reverse"] = "forward_over_reverse"
 
 
 class ResourcesConfig(_Section):

@@ -7,6 +7,9 @@ Two methods, one answer (DESIGN.md):
   runs without a graph; its backward, for a cotangent lam, computes H_w lam and
   d_i = <lam, grad l_i> with ONE forward-over-reverse JVP, then sum_i d_i grad_eta w_i with one
   VJP through the rater. Autograd stores only theta_t, the optimizer state and the batch per step.
+  `mode="reverse_over_reverse"` computes the same two quantities with a double backward instead
+  of the JVP: on CPU in PyTorch 2.13 its transient is smaller and it avoids forward-mode AD,
+  whose first use imports torch._dynamo and sympy (~65 MB per process; BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -28,13 +31,17 @@ class MetaProblem:
     functions of parameter tuples. The modules serve only as templates for functional_call."""
 
     def __init__(self, inner: nn.Module, rater: nn.Module, optimizer, temperature: float, modality=ImageModality,
-                 jvp_chunk: int | None = None):
+                 jvp_chunk: int | None = None, mixflow_mode: str = "forward_over_reverse"):
         """jvp_chunk: mixflow's backward runs its JVP over this many examples at a time (None: the
-        whole batch); smaller chunks lower its transient memory, at some speed."""
+        whole batch); smaller chunks lower its transient memory, at some speed. mixflow_mode: how
+        that backward gets H_w lam and d_i (MIXFLOW_MODES)."""
         if jvp_chunk is not None and jvp_chunk < 1:
             raise ValueError(f"jvp_chunk={jvp_chunk}: need at least 1 example per chunk (or None)")
+        if mixflow_mode not in MIXFLOW_MODES:
+            raise ValueError(f"mixflow_mode={mixflow_mode!r}: expected one of {sorted(MIXFLOW_MODES)}")
         self.inner, self.rater = inner, rater
         self.jvp_chunk = jvp_chunk
+        self.mixflow_mode = mixflow_mode
         self.inner_names = [n for n, _ in inner.named_parameters()]
         self.rater_names = [n for n, _ in rater.named_parameters()]
         self.optimizer = optimizer
@@ -86,8 +93,8 @@ class _WeightedGrad(torch.autograd.Function):
         chunk, w = problem.jvp_chunk or len(x), w_graph.detach()
         hvp, dlosses = None, []
         for i in range(0, len(x), chunk):
-            part_hvp, part_dlosses = _jvp_part(problem, theta, lam, x[i:i + chunk], y[i:i + chunk], w[i:i + chunk],
-                                               need_theta)
+            part_hvp, part_dlosses = MIXFLOW_MODES[problem.mixflow_mode](
+                problem, theta, lam, x[i:i + chunk], y[i:i + chunk], w[i:i + chunk], need_theta)
             hvp = part_hvp if hvp is None else tuple(a.add_(b) for a, b in zip(hvp, part_hvp))  # a running sum
             dlosses.append(part_dlosses)
         hvp = hvp if need_theta else (None,) * n_theta
@@ -110,6 +117,22 @@ def _jvp_part(problem: MetaProblem, theta: Params, lam, x, y, w, need_theta: boo
 
     _, (hvp, dlosses) = torch.func.jvp(grad_and_losses, (theta,), (tuple(lam),))
     return hvp, dlosses
+
+
+def _double_backward_part(problem: MetaProblem, theta: Params, lam, x, y, w, need_theta: bool):
+    """The same pair by reverse-over-reverse: with w a leaf, s = <lam, grad_theta sum_i w_i l_i>
+    has ds/dtheta = H_w lam and ds/dw_i = <lam, grad l_i> = d_i; one backward through the gradient."""
+    with torch.enable_grad():
+        leaves = tuple(t.detach().requires_grad_() for t in theta)
+        w_leaf = w.detach().requires_grad_()
+        grads = torch.autograd.grad((w_leaf * problem.losses(leaves, x, y)).sum(), leaves, create_graph=True)
+        s = sum((g * l).sum() for g, l in zip(grads, lam))
+        wrt = (*leaves, w_leaf) if need_theta else (w_leaf,)
+        out = torch.autograd.grad(s, wrt)
+    return (out[:-1] if need_theta else None), out[-1]
+
+
+MIXFLOW_MODES = {"forward_over_reverse": _jvp_part, "reverse_over_reverse": _double_backward_part}
 
 
 # Each returns (g, mean unweighted loss of the batch), the loss as a detached statistic.

@@ -45,7 +45,7 @@ def build_problem(cfg: Config, image_shape: tuple[int, int], num_classes: int) -
     rater = build_rater(cfg.rater.arch, image_shape, num_classes)
     optimizer = build_inner_optimizer(cfg.inner.optimizer, cfg.inner.lr, cfg.inner.momentum)
     return MetaProblem(inner.to(cfg.run.device), rater.to(cfg.run.device), optimizer, cfg.rater.temperature,
-                       modality_for(image_shape), cfg.meta.mixflow_chunk)
+                       modality_for(image_shape), cfg.meta.mixflow_chunk, cfg.meta.mixflow_mode)
 
 
 def init_params(build, seed: int, device: str) -> Params:

@@ -100,8 +100,8 @@ def clear_run(run_dir: RunDir) -> None:
 
 
 # What a resumed run may change: the length and pace of the run, learning rates, memory use
-# (mixflow_chunk), where it runs. Anything else (data, architectures, population, T...) must match.
-RESUMABLE_KEYS = ("meta.steps", "meta.lr", "meta.clip_norm", "meta.mixflow_chunk", "inner.lr",
+# (mixflow_chunk, mixflow_mode), where it runs. Anything else (data, architectures, population, T...) must match.
+RESUMABLE_KEYS = ("meta.steps", "meta.lr", "meta.clip_norm", "meta.mixflow_chunk", "meta.mixflow_mode", "inner.lr",
                   "rater.warm_start_steps", "rater.warm_start_lr", "data.dir", "data.download", "resources.",
                   "run.", "evaluate.")
 FIXED_RUN_KEYS = ("run.seed",)

@@ -1,11 +1,17 @@
 """The two meta-gradient methods agree with each other and with central finite differences."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from drray.inner_optim import SGD, Adam
-from drray.metagrad import MetaProblem, meta_step
+from drray.metagrad import MIXFLOW_MODES, MetaProblem, meta_step
 from drray.models import ClassConditionedRater, build_inner, build_rater
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_problem(optimizer, dtype=torch.float64, seed=0):
@@ -44,12 +50,14 @@ OPTIMIZERS = {"sgd": SGD(lr=0.3, momentum=0.9), "adam": Adam(lr=0.05)}
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 @pytest.mark.parametrize("T", [1, 3])
-@pytest.mark.parametrize("method", ["backprop", "mixflow", "mixflow-chunk3"])
+@pytest.mark.parametrize("method", ["backprop", "mixflow", "mixflow-chunk3", "mixflow-rr", "mixflow-rr-chunk3"])
 def test_meta_gradient_matches_finite_differences_float64(method, T, opt_name):
     optimizer = OPTIMIZERS[opt_name]
     problem, inner, rater = tiny_problem(optimizer)
     method, _, chunk = method.partition("-chunk")  # mixflow's JVP over 3 + 3 + 2 of the 8 examples
     problem.jvp_chunk = int(chunk) if chunk else None
+    if method == "mixflow-rr":  # the double-backward backward instead of the JVP
+        method, problem.mixflow_mode = "mixflow", "reverse_over_reverse"
     theta, eta = params_of(inner), params_of(rater)
     state = optimizer.init(theta)
     if opt_name == "adam":  # start mid-training: nonzero moments and a step count
@@ -92,10 +100,12 @@ def test_methods_agree_float32_on_real_models(shape, arch, T, opt_name):
     inner_b = batches(T, 32, shape, 10, torch.float32, seed=1)
     outer_b = batches(1, 32, shape, 10, torch.float32, seed=2)[0]
     ref = meta_step(problem, "backprop", theta, state, eta, inner_b, outer_b)
-    mix = meta_step(problem, "mixflow", theta, state, eta, inner_b, outer_b)
-    assert relative_error(mix.grad, ref.grad) <= 1e-5
-    assert relative_error(mix.theta, ref.theta) <= 1e-6
-    assert mix.outer_loss == pytest.approx(ref.outer_loss, rel=1e-6)
+    for mode in MIXFLOW_MODES:
+        problem.mixflow_mode = mode
+        mix = meta_step(problem, "mixflow", theta, state, eta, inner_b, outer_b)
+        assert relative_error(mix.grad, ref.grad) <= 1e-5, mode
+        assert relative_error(mix.theta, ref.theta) <= 1e-6, mode
+        assert mix.outer_loss == pytest.approx(ref.outer_loss, rel=1e-6), mode
     assert sum(g.abs().sum() for g in ref.grad) > 0  # a zero gradient would agree trivially
 
 
@@ -165,3 +175,30 @@ def test_adam_update_matches_torch_optim_adam():
             p.grad = g.clone()
         optimizer.step()
     assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(params, reference))
+
+
+def test_reverse_over_reverse_mixflow_runs_without_forward_mode_ad():
+    """Its point on CPU: no dual tensors, so torch never imports torch._dynamo and sympy (the first
+    mul of a dual tensor does in PyTorch 2.13, ~65 MB per process). Run in a fresh interpreter."""
+    script = (
+        "import sys, torch\n"
+        "from drray.inner_optim import Adam\n"
+        "from drray.metagrad import MetaProblem, meta_step\n"
+        "from drray.models import build_inner, build_rater\n"
+        "inner, rater = build_inner('cnn', (8, 8), 10), build_rater('cnn', (8, 8), 10)\n"
+        "problem = MetaProblem(inner, rater, Adam(lr=1e-3), 0.3, mixflow_mode=sys.argv[1])\n"
+        "theta = tuple(p.detach() for p in inner.parameters())\n"
+        "eta = tuple(p.detach() for p in rater.parameters())\n"
+        "batch = lambda: (torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,)))\n"
+        "result = meta_step(problem, 'mixflow', theta, Adam(lr=1e-3).init(theta), eta, [batch(), batch()], batch())\n"
+        "assert sum(g.abs().sum() for g in result.grad) > 0\n"
+        "print('torch._dynamo' in sys.modules)\n")
+    imported = {mode: subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                                     check=True, cwd=ROOT).stdout.split()[-1] for mode in MIXFLOW_MODES}
+    assert imported["reverse_over_reverse"] == "False"
+    assert imported["forward_over_reverse"] == "True"  # what the mode avoids (a torch upgrade may change it)
+
+
+def test_unknown_mixflow_mode_is_refused():
+    with pytest.raises(ValueError, match="mixflow_mode='sideways'"):
+        MetaProblem(nn.Linear(2, 2), nn.Linear(2, 2), SGD(lr=0.1), 0.3, mixflow_mode="sideways")

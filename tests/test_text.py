@@ -13,7 +13,7 @@ from drray.corruption import CORRUPTIONS, apply_corruptions
 from drray.data import ExampleSet, build_splits, read_parquet, to_tensors, write_parquet
 from drray.errors import ConfigError, DataError
 from drray.inner_optim import SGD, Adam
-from drray.metagrad import MetaProblem, meta_step
+from drray.metagrad import MIXFLOW_MODES, MetaProblem, meta_step
 from drray.modality import TextModality
 from drray.models import build_inner, build_rater
 from drray.text_data import document_sequences, text_examples, wikitext_to_text
@@ -236,10 +236,12 @@ def text_batches(n, size, seq_len, seed):
             for _ in range(n)]
 
 
-@pytest.mark.parametrize("method", ["backprop", "mixflow"])
+@pytest.mark.parametrize("method", ["backprop", "mixflow", "mixflow-rr"])
 def test_meta_gradient_through_attention_matches_finite_differences_float64(method):
     optimizer = Adam(lr=0.05)
     problem, inner, rater = text_problem(optimizer)
+    if method == "mixflow-rr":  # the double-backward backward instead of the JVP
+        method, problem.mixflow_mode = "mixflow", "reverse_over_reverse"
     theta, eta = params_of(inner), params_of(rater)
     state = {"count": 3, "m": tuple(0.01 * torch.randn_like(t) for t in theta),
              "v": tuple(1e-3 * torch.rand_like(t) for t in theta)}
@@ -263,9 +265,11 @@ def test_methods_agree_float32_on_the_registered_transformers(opt):
     theta, eta = params_of(inner), params_of(rater)
     inner_b, outer_b = text_batches(2, 8, 32, seed=1), text_batches(1, 8, 32, seed=2)[0]
     ref = meta_step(problem, "backprop", theta, opt.init(theta), eta, inner_b, outer_b)
-    mix = meta_step(problem, "mixflow", theta, opt.init(theta), eta, inner_b, outer_b)
-    assert relative_error(mix.grad, ref.grad) <= 1e-4
-    assert relative_error(mix.theta, ref.theta) <= 1e-6
+    for mode in MIXFLOW_MODES:
+        problem.mixflow_mode = mode
+        mix = meta_step(problem, "mixflow", theta, opt.init(theta), eta, inner_b, outer_b)
+        assert relative_error(mix.grad, ref.grad) <= 1e-4, mode
+        assert relative_error(mix.theta, ref.theta) <= 1e-6, mode
     assert sum(g.abs().sum() for g in ref.grad) > 0
 
 
