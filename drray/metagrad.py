@@ -7,9 +7,9 @@ Two methods, one answer (DESIGN.md):
   runs without a graph; its backward, for a cotangent lam, computes H_w lam and
   d_i = <lam, grad l_i> with ONE forward-over-reverse JVP, then sum_i d_i grad_eta w_i with one
   VJP through the rater. Autograd stores only theta_t, the optimizer state and the batch per step.
-  `mode="reverse_over_reverse"` computes the same two quantities with a double backward instead
-  of the JVP: on CPU in PyTorch 2.13 its transient is smaller and it avoids forward-mode AD,
-  whose first use imports torch._dynamo and sympy (~65 MB per process; BENCHMARKS.md).
+  `mixflow_mode="reverse_over_reverse"` computes the same two quantities with a double backward
+  instead of the JVP: on CPU in PyTorch 2.13 its transient is smaller and it avoids forward-mode
+  AD, whose first use imports torch._dynamo and sympy (~70 MB per process; BENCHMARKS.md).
 """
 from __future__ import annotations
 
