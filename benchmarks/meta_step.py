@@ -14,7 +14,7 @@ a double backward (meta.mixflow_mode). A `--primitive` child times the autograd 
 (forward+backward, reverse-over-reverse Hessian-vector product, forward-over-reverse JVP), which
 bound what an outer step can cost: ratios in the table are against those, measured in the same run.
 
-Results: benchmarks/results/meta_step[.MODE].json (.quick.json for --quick); see BENCHMARKS.md.
+Results: benchmarks/results/meta_step[.MODE][.chunkN].json (.quick.json for --quick); see BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -339,11 +339,13 @@ def main_parent(args) -> int:
         print(f"  target {key}: {'met' if ok else 'MISSED'}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    mode = "" if args.mixflow_mode == "forward_over_reverse" else f".{args.mixflow_mode}"
-    path = RESULTS / (f"meta_step{mode}.quick.json" if args.quick else f"meta_step{mode}.json")
-    path.write_text(json.dumps({"machine": info, "command": "python -m benchmarks.meta_step" +
-                                (" --quick" if args.quick else "") +
-                                (f" --mixflow-mode {args.mixflow_mode}" if mode else ""), "primitives": prim, "sweep": sweep,
+    flags, variant = ["--quick"] if args.quick else [], ""  # a variant never overwrites the default's file
+    if args.mixflow_mode != "forward_over_reverse":
+        flags, variant = flags + ["--mixflow-mode", args.mixflow_mode], f".{args.mixflow_mode}"
+    if args.mixflow_chunk:
+        flags, variant = flags + ["--mixflow-chunk", str(args.mixflow_chunk)], variant + f".chunk{args.mixflow_chunk}"
+    path = RESULTS / (f"meta_step{variant}.quick.json" if args.quick else f"meta_step{variant}.json")
+    path.write_text(json.dumps({"machine": info, "command": " ".join(["python -m benchmarks.meta_step", *flags]), "primitives": prim, "sweep": sweep,
                                 "per_T": per_t, "reference": reference, "targets": targets}, indent=2) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     return 0

@@ -118,7 +118,7 @@ class MetaConfig(_Section):
     clip_norm: Optional[float] = Field(5.0, gt=0.0)  # null: no clipping
     steps: int = Field(1000, ge=1)
     outer_batch_size: int = Field(128, ge=1)
-    # mixflow: run the backward's JVP over this many examples at a time (null: the whole batch).
+    # mixflow: run the backward (JVP or double backward) over this many examples at a time (null: all).
     # Lowers the one transient that does not grow with T, at some speed (BENCHMARKS.md).
     mixflow_chunk: Optional[int] = Field(None, ge=1)
     # mixflow's backward: the paper's JVP, or a double backward (same gradient; less memory on CPU).
