@@ -164,9 +164,9 @@ def stream_filter(fs, files, rule, out_fs, out_path: str) -> None:
 
     context = ray.data.DataContext.get_current()
     preserve = context.execution_options.preserve_order
-    # Rows in read order, which is input order on most runs; the test suite once saw Ray 2.60's
-    # ListFiles -> ReadFiles split write one file's rows after the next file's, so the kept rows
-    # (not their order) are what the job guarantees.
+    # Rows in read order, which is input order on most runs; one test run under Ray 2.60's
+    # ListFiles -> ReadFiles read still wrote them in another order, so the kept rows (not their
+    # order) are what the job guarantees.
     context.execution_options.preserve_order = True
     try:
         dataset = ray.data.read_parquet(files, filesystem=fs)
