@@ -9,8 +9,9 @@ child builds the population exactly as jobs.meta_train does, resets the peak-RSS
 setup (/proc/self/clear_refs), runs one warm-up outer step and N timed ones, and prints one JSON
 line: "extra" is the peak over the RSS after setup (the first step's one-time costs included:
 torch's lazy imports, allocator and kernel caches), "warm extra" the peak of the timed steps over
-the RSS after the warm-up step. `--mixflow-mode reverse_over_reverse` runs mixflow's backward as
-a double backward (meta.mixflow_mode). A `--primitive` child times the autograd primitives of one inner step of this CNN
+the RSS after the warm-up step (measured since the fourth session: the heap is trimmed between the
+warm-up and the timed steps, which earlier sweeps did not do). `--mixflow-mode reverse_over_reverse`
+runs mixflow's backward as a double backward (meta.mixflow_mode). A `--primitive` child times the autograd primitives of one inner step of this CNN
 (forward+backward, reverse-over-reverse Hessian-vector product, forward-over-reverse JVP), which
 bound what an outer step can cost: ratios in the table are against those, measured in the same run.
 
@@ -339,7 +340,7 @@ def main_parent(args) -> int:
         print(f"  target {key}: {'met' if ok else 'MISSED'}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    flags, variant = ["--quick"] if args.quick else [], ""  # a variant never overwrites the default's file
+    flags, variant = ["--quick"] if args.quick else [], ""  # a mixflow mode or chunk gets a file of its own
     if args.mixflow_mode != "forward_over_reverse":
         flags, variant = flags + ["--mixflow-mode", args.mixflow_mode], f".{args.mixflow_mode}"
     if args.mixflow_chunk:
@@ -361,7 +362,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--method", default="mixflow", choices=METHODS)
     p.add_argument("--T", type=int, default=2)
     p.add_argument("--mixflow-chunk", type=int, default=None,
-                   help="meta.mixflow_chunk: examples per JVP in mixflow's backward (default: the whole batch)")
+                   help="meta.mixflow_chunk: examples per chunk of mixflow's backward (default: the whole batch)")
     p.add_argument("--mixflow-mode", default="forward_over_reverse",
                    choices=("forward_over_reverse", "reverse_over_reverse"),
                    help="meta.mixflow_mode: the JVP of the paper, or a double backward (default: %(default)s)")

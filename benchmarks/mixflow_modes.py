@@ -17,7 +17,7 @@ import statistics
 import sys
 from types import SimpleNamespace
 
-from benchmarks.meta_step import DATA_DIR, RESULTS, child_args, machine_info, spawn
+from benchmarks.meta_step import DATA_DIR, RESULTS, child_args, machine_info, ratio, spawn
 
 SETTINGS = {"T16": dict(T=16, pop=1, optimizer="adam", lr=1e-3),
             "reference": dict(T=2, pop=8, optimizer="sgd", lr=0.01)}
@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     info = machine_info()
+    command = "python -m benchmarks.mixflow_modes" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "mixflow_modes.json"
     runs: dict[str, list[dict]] = {}
     for repeat in range(args.repeats):
         for name, setting in SETTINGS.items():
@@ -43,6 +46,7 @@ def main(argv=None) -> int:
                 label = f"{name} {method}" + (f" {mode}" if method == "mixflow" else "")
                 r = run(setting, method, mode)
                 runs.setdefault(label, []).append(r)
+                path.write_text(json.dumps({"command": command, "machine": info, "runs": runs}, indent=2) + "\n")
                 print(f"[{repeat + 1}/{args.repeats}] {label:<42} {r['sec_per_step']:.3f} s/step  "
                       f"peak {r['peak_rss_mb']:.0f} MB  extra {r['extra_mb']:.0f} MB", flush=True)
     medians = {label: {k: statistics.median(r[k] for r in rs) for k in KEYS} for label, rs in runs.items()}
@@ -51,11 +55,9 @@ def main(argv=None) -> int:
     for label, m in medians.items():
         bp = medians[label.split()[0] + " backprop"]
         print(f"{label:<42} {m['sec_per_step']:>7.3f} {m['cpu_sec_per_step']:>6.3f} {m['peak_rss_mb']:>8.0f} "
-              f"{m['extra_mb']:>8.0f} {m['warm_extra_mb']:>8.0f} {m['sec_per_step'] / bp['sec_per_step']:>7.2f} "
-              f"{m['extra_mb'] / bp['extra_mb']:>8.3f}")
-    info["command"] = "python -m benchmarks.mixflow_modes" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
-    path = RESULTS / "mixflow_modes.json"
-    path.write_text(json.dumps({"machine": info, "medians": medians, "runs": runs}, indent=2) + "\n")
+              f"{m['extra_mb']:>8.0f} {m['warm_extra_mb']:>8.0f} {ratio(m['sec_per_step'], bp['sec_per_step']):>7.2f} "
+              f"{ratio(m['extra_mb'], bp['extra_mb']):>8.3f}")
+    path.write_text(json.dumps({"command": command, "machine": info, "medians": medians, "runs": runs}, indent=2) + "\n")
     print(f"wrote {path}")
     return 0
 

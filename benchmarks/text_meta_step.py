@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -56,9 +57,12 @@ def main(argv=None) -> None:
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "T"))
     parser.add_argument("--mixflow-modes", nargs="+", default=["forward_over_reverse"],
                         choices=["forward_over_reverse", "reverse_over_reverse"])
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "text_meta_step.json"))
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/text_meta_step.json, "
+                        "text_meta_step.modes.json when --mixflow-modes differs from the default")
     args = parser.parse_args(argv)
     if args.one:
+        if len(args.mixflow_modes) != 1:
+            parser.error("--one runs one configuration: give one --mixflow-modes value")
         print(TAG + json.dumps(run_one(args.one[0], int(args.one[1]), args.steps, args.mixflow_modes[0])), flush=True)
         return
     rows = []
@@ -72,8 +76,13 @@ def main(argv=None) -> None:
             rows.append(row)
             label = method + (f" ({mode})" if method == "mixflow" else "")
             print(f"T={T:<3} {label:<32} {row['sec_per_step']:.2f} s/step  +{row['extra_mb']:.0f} MB peak", flush=True)
-    Path(args.output).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    default_modes = args.mixflow_modes == ["forward_over_reverse"]
+    output = args.output or str(ROOT / "benchmarks" / "results" /
+                                ("text_meta_step.json" if default_modes else "text_meta_step.modes.json"))
+    command = "python -m benchmarks.text_meta_step " + " ".join(argv if argv is not None else sys.argv[1:])
+    Path(output).write_text(json.dumps({"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                        "loadavg": os.getloadavg(), "rows": rows}, indent=2) + "\n")
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

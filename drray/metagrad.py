@@ -32,8 +32,8 @@ class MetaProblem:
 
     def __init__(self, inner: nn.Module, rater: nn.Module, optimizer, temperature: float, modality=ImageModality,
                  jvp_chunk: int | None = None, mixflow_mode: str = "forward_over_reverse"):
-        """jvp_chunk: mixflow's backward runs its JVP over this many examples at a time (None: the
-        whole batch); smaller chunks lower its transient memory, at some speed. mixflow_mode: how
+        """jvp_chunk: mixflow's backward (JVP or double backward) runs over this many examples at a
+        time (None: the whole batch); smaller chunks lower its transient memory, at some speed. mixflow_mode: how
         that backward gets H_w lam and d_i (MIXFLOW_MODES)."""
         if jvp_chunk is not None and jvp_chunk < 1:
             raise ValueError(f"jvp_chunk={jvp_chunk}: need at least 1 example per chunk (or None)")

@@ -179,7 +179,7 @@ def test_adam_update_matches_torch_optim_adam():
 
 def test_reverse_over_reverse_mixflow_runs_without_forward_mode_ad():
     """Its point on CPU: no dual tensors, so torch never imports torch._dynamo and sympy (the first
-    mul of a dual tensor does in PyTorch 2.13, ~65 MB per process). Run in a fresh interpreter."""
+    mul of a dual tensor does in PyTorch 2.13, ~70 MB per process). Run in a fresh interpreter."""
     script = (
         "import sys, torch\n"
         "from drray.inner_optim import Adam\n"

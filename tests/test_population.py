@@ -11,7 +11,7 @@ import yaml
 from drray import checkpoint
 from drray.config import load_config
 from drray.errors import ConfigError, TrainingDiverged
-from drray.population import reset_due
+from drray.population import build_problem, reset_due
 from drray.storage import current_umask
 from drray.train import make_population, meta_train
 
@@ -141,11 +141,11 @@ def test_resume_refuses_a_changed_config_in_one_line(tmp_path):
     # A checkpoint from before a field existed reads it at its default.
     saved = tmp_path / "run" / "checkpoint" / "config.yaml"
     tree = yaml.safe_load(saved.read_text())
-    del tree["data"]["seq_len"], tree["meta"]["mixflow_chunk"]
+    del tree["data"]["seq_len"], tree["meta"]["mixflow_chunk"], tree["meta"]["mixflow_mode"]
     saved.write_text(yaml.safe_dump(tree))
     # The run's length, its learning rates, memory use and where it runs may change; `auto` is its arch.
     meta_train(tiny_config(tmp_path, "meta.lr=1e-4", "inner.lr=5e-4", "run.log_every=1", "meta.mixflow_chunk=16",
-                           "rater.arch=mlp"), resume=True)
+                           "meta.mixflow_mode=reverse_over_reverse", "rater.arch=mlp"), resume=True)
     assert checkpoint.load_state(tmp_path / "run")["step"] == 6
     saved.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match=r"config.yaml:2:1: not valid YAML"):
@@ -197,3 +197,10 @@ def test_auroc_every_n_steps_and_at_the_last(tmp_path):
     meta_train(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "auroc" in r] == [3, 5]
+
+
+def test_mixflow_settings_reach_the_meta_problem(tmp_path):
+    cfg = tiny_config(tmp_path, "meta.mixflow_mode=reverse_over_reverse", "meta.mixflow_chunk=7")
+    problem = build_problem(cfg, (8, 8), 10)
+    assert (problem.mixflow_mode, problem.jvp_chunk) == ("reverse_over_reverse", 7)
+    assert build_problem(tiny_config(tmp_path), (8, 8), 10).mixflow_mode == "forward_over_reverse"  # the default
