@@ -99,7 +99,12 @@ class _WeightedGrad(torch.autograd.Function):
             dlosses.append(part_dlosses)
         hvp = hvp if need_theta else (None,) * n_theta
         dlosses = torch.cat(dlosses)
-        eta_grads = torch.autograd.grad(w_graph, eta_leaves, grad_outputs=dlosses, allow_unused=True)
+        # The VJP sum_i d_i grad_eta w_i as the gradient of a scalar: the same seeds (d_i) as
+        # grad_outputs=dlosses, without the sympy import PyTorch 2.13 makes on a first explicit
+        # grad_outputs (~30 MB per process; BENCHMARKS.md).
+        with torch.enable_grad():
+            seeded = (w_graph * dlosses).sum()
+        eta_grads = torch.autograd.grad(seeded, eta_leaves, allow_unused=True)
         return (None, None, None, None, *hvp, *eta_grads)
 
 
