@@ -64,12 +64,16 @@ def load_rater_weights(run_dir: Path) -> dict:
     return torch.load(Path(run_dir) / CHECKPOINT_DIR / "rater.pt", weights_only=True, map_location="cpu")
 
 
+def run_config_path(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / "config.yaml"
+
+
 def load_run_config(run_dir: Path) -> dict:
     """The run's saved config tree; a missing or damaged file is a one-line ConfigError."""
     from drray.config import yaml_error
     from drray.errors import ConfigError
 
-    path = Path(run_dir) / CHECKPOINT_DIR / "config.yaml"
+    path = run_config_path(run_dir)
     try:
         tree = yaml.safe_load(path.read_text())
     except OSError as exc:

@@ -180,13 +180,19 @@ def _first_existing(*candidates: Path) -> Optional[Path]:
 PARQUET_COLUMNS, SPLITS = ("id", "image", "shape", "label"), ("train", "test", "heldout")
 
 
-def parquet_split_paths(cfg: DataConfig) -> dict[str, Optional[Path]]:
+def existing_data_dir(cfg: DataConfig, holding: str) -> Path:
+    """data.dir as a Path; a one-line DataError (saying what it should hold) when unset or missing."""
     if cfg.dir is None or not Path(cfg.dir).is_dir():
         where = "no data.dir given" if cfg.dir is None else f"data.dir {cfg.dir} does not exist"
-        raise DataError(f"{where}; set data.dir to a folder with train.parquet or train/")
-    paths = {name: _first_existing(Path(cfg.dir) / f"{name}.parquet", Path(cfg.dir) / name) for name in SPLITS}
+        raise DataError(f"{where}; set data.dir to {holding}")
+    return Path(cfg.dir)
+
+
+def parquet_split_paths(cfg: DataConfig) -> dict[str, Optional[Path]]:
+    directory = existing_data_dir(cfg, "a folder with train.parquet or train/")
+    paths = {name: _first_existing(directory / f"{name}.parquet", directory / name) for name in SPLITS}
     if paths["train"] is None:
-        raise DataError(f"{Path(cfg.dir) / 'train.parquet'}: missing (nor a train/ folder); write train there")
+        raise DataError(f"{directory / 'train.parquet'}: missing (nor a train/ folder); write train there")
     return paths
 
 

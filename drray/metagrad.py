@@ -31,16 +31,16 @@ class MetaProblem:
     functions of parameter tuples. The modules serve only as templates for functional_call."""
 
     def __init__(self, inner: nn.Module, rater: nn.Module, optimizer, temperature: float, modality=ImageModality,
-                 jvp_chunk: int | None = None, mixflow_mode: str = "forward_over_reverse"):
-        """jvp_chunk: mixflow's backward (JVP or double backward) runs over this many examples at a
-        time (None: the whole batch); smaller chunks lower its transient memory, at some speed. mixflow_mode: how
-        that backward gets H_w lam and d_i (MIXFLOW_MODES)."""
-        if jvp_chunk is not None and jvp_chunk < 1:
-            raise ValueError(f"jvp_chunk={jvp_chunk}: need at least 1 example per chunk (or None)")
+                 mixflow_chunk: int | None = None, mixflow_mode: str = "forward_over_reverse"):
+        """mixflow_chunk: mixflow's backward runs over this many examples at a time (None: the whole
+        batch); smaller chunks lower its transient memory, at some speed. mixflow_mode: how that
+        backward gets H_w lam and d_i (MIXFLOW_MODES: the paper's JVP or a double backward)."""
+        if mixflow_chunk is not None and mixflow_chunk < 1:
+            raise ValueError(f"mixflow_chunk={mixflow_chunk}: need at least 1 example per chunk (or None)")
         if mixflow_mode not in MIXFLOW_MODES:
             raise ValueError(f"mixflow_mode={mixflow_mode!r}: expected one of {sorted(MIXFLOW_MODES)}")
         self.inner, self.rater = inner, rater
-        self.jvp_chunk = jvp_chunk
+        self.mixflow_chunk = mixflow_chunk
         self.mixflow_mode = mixflow_mode
         self.inner_names = [n for n, _ in inner.named_parameters()]
         self.rater_names = [n for n, _ in rater.named_parameters()]
@@ -90,7 +90,7 @@ class _WeightedGrad(torch.autograd.Function):
             w_graph = problem.weights(eta_leaves, x, y)
         need_theta = any(ctx.needs_input_grad[4 : 4 + n_theta])
         # H_w lam = sum_i w_i H_i lam and d_i are a sum and a list over examples: chunks add up.
-        chunk, w = problem.jvp_chunk or len(x), w_graph.detach()
+        chunk, w = problem.mixflow_chunk or len(x), w_graph.detach()
         hvp, dlosses = None, []
         for i in range(0, len(x), chunk):
             part_hvp, part_dlosses = MIXFLOW_MODES[problem.mixflow_mode](

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from drray.config import DataConfig
-from drray.data import DATA_SOURCES, ExampleSet, _read_ground_truth, label_and_truth_columns
+from drray.data import DATA_SOURCES, ExampleSet, _read_ground_truth, existing_data_dir, label_and_truth_columns
 from drray.errors import DataError
 from drray.tokenizer import TOKEN_DTYPE, decode, encode_batch
 
@@ -137,16 +137,14 @@ def read_documents(path: Path, text_field: str) -> Iterator[str]:
 
 
 def text_files(cfg: DataConfig) -> list[Path]:
-    where = "no data.dir given" if cfg.dir is None else f"data.dir {cfg.dir} does not exist"
-    if cfg.dir is None or not Path(cfg.dir).is_dir():
-        raise DataError(f"{where}; set data.dir to a folder of .txt[.gz] / .jsonl[.gz] files")
+    directory = existing_data_dir(cfg, "a folder of .txt[.gz] / .jsonl[.gz] files")
     pattern = cfg.pattern or "*"
     try:
-        files = sorted(p for p in Path(cfg.dir).glob(pattern) if p.is_file())
+        files = sorted(p for p in directory.glob(pattern) if p.is_file())
     except (NotImplementedError, ValueError) as exc:  # an absolute or empty pattern
         raise DataError(f"data.pattern {pattern!r}: {exc}; give a glob relative to data.dir (e.g. '*.txt.gz')") from None
     if not files:
-        raise DataError(f"{Path(cfg.dir) / pattern}: no files match; set data.pattern (e.g. '*.txt.gz')")
+        raise DataError(f"{directory / pattern}: no files match; set data.pattern (e.g. '*.txt.gz')")
     return files
 
 

@@ -109,8 +109,7 @@ FIXED_RUN_KEYS = ("run.seed",)
 
 def check_resumable(cfg: Config, out: Path, where: str, image_shape) -> None:
     """A one-line ConfigError naming the settings a resumed run changes that its checkpoint fixes."""
-    path = Path(out) / checkpoint.CHECKPOINT_DIR / "config.yaml"
-    saved_cfg = validate_config(checkpoint.load_run_config(out), str(path))  # fields added since: defaults
+    saved_cfg = validate_config(checkpoint.load_run_config(out), str(checkpoint.run_config_path(out)))  # fields added since: defaults
     saved, now = (_flatten(_resolved_archs(c, image_shape).to_dict()) for c in (saved_cfg, cfg))
     changed = [key for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)
                and (key in FIXED_RUN_KEYS or not key.startswith(RESUMABLE_KEYS))]

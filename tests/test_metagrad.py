@@ -55,7 +55,7 @@ def test_meta_gradient_matches_finite_differences_float64(method, T, opt_name):
     optimizer = OPTIMIZERS[opt_name]
     problem, inner, rater = tiny_problem(optimizer)
     method, _, chunk = method.partition("-chunk")  # mixflow's JVP over 3 + 3 + 2 of the 8 examples
-    problem.jvp_chunk = int(chunk) if chunk else None
+    problem.mixflow_chunk = int(chunk) if chunk else None
     if method == "mixflow-rr":  # the double-backward backward instead of the JVP
         method, problem.mixflow_mode = "mixflow", "reverse_over_reverse"
     theta, eta = params_of(inner), params_of(rater)
@@ -117,7 +117,7 @@ def test_chunked_mixflow_agrees_with_backprop_on_the_mnist_cnn():
     args = (theta, optimizer.init(theta), eta, batches(3, 32, (28, 28), 10, torch.float32, seed=1),
             batches(1, 32, (28, 28), 10, torch.float32, seed=2)[0])
     ref = meta_step(MetaProblem(inner, rater, optimizer, temperature=0.3), "backprop", *args)
-    chunked = meta_step(MetaProblem(inner, rater, optimizer, temperature=0.3, jvp_chunk=5), "mixflow", *args)
+    chunked = meta_step(MetaProblem(inner, rater, optimizer, temperature=0.3, mixflow_chunk=5), "mixflow", *args)
     assert relative_error(chunked.grad, ref.grad) <= 1e-5 and sum(g.abs().sum() for g in ref.grad) > 0
 
 

@@ -202,5 +202,5 @@ def test_auroc_every_n_steps_and_at_the_last(tmp_path):
 def test_mixflow_settings_reach_the_meta_problem(tmp_path):
     cfg = tiny_config(tmp_path, "meta.mixflow_mode=reverse_over_reverse", "meta.mixflow_chunk=7")
     problem = build_problem(cfg, (8, 8), 10)
-    assert (problem.mixflow_mode, problem.jvp_chunk) == ("reverse_over_reverse", 7)
+    assert (problem.mixflow_mode, problem.mixflow_chunk) == ("reverse_over_reverse", 7)
     assert build_problem(tiny_config(tmp_path), (8, 8), 10).mixflow_mode == "forward_over_reverse"  # the default
