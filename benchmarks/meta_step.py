@@ -175,11 +175,13 @@ def run_primitive(args) -> dict:
 PINNED_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc: every block >= 64 KiB is its own mmap
 
 
-def spawn(extra: list[str], timeout: float = 1800, env_extra: dict | None = None) -> dict:
+def spawn(extra: list[str], timeout: float = 1800, env_extra: dict | None = None,
+          module: str = "benchmarks.meta_step") -> dict:
+    """Run `python -m module *extra` in a fresh process; returns its RESULT line."""
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.update(env_extra or {})
-    cmd = [sys.executable, "-m", "benchmarks.meta_step", *extra]
+    cmd = [sys.executable, "-m", module, *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
