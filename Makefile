@@ -21,7 +21,7 @@ demo: setup
 	$(PY) -m jobs.meta_train --config configs/digits.yaml --out runs/demo --overwrite
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: setup
 	$(PY) -m benchmarks.meta_step
