@@ -1,6 +1,6 @@
 """Peak memory and time of one outer step on text, backprop vs mixflow, as T grows.
 
-    python -m benchmarks.text_meta_step [--T 1 2 4 8] [--steps 2] [--mixflow-modes MODE ...]
+    python -m benchmarks.text_meta_step [--T 1 2 4 8] [--steps 2] [--mixflow-modes MODE ...] [--output PATH]
 
 configs/text.yaml's models and data (transformer rater, causal transformer LM, 64-byte sequences,
 batch 32), one inner model, no reinitialisation. Each (method, T) runs in a fresh child process
@@ -8,7 +8,8 @@ batch 32), one inner model, no reinitialisation. Each (method, T) runs in a fres
 after setup, runs a warm-up step and `--steps` timed ones, and prints one JSON line. Memory is
 the growth of the process's peak RSS over its post-setup RSS (benchmarks.meta_step's helpers).
 `--mixflow-modes` runs mixflow once per meta.mixflow_mode given (default: the paper's JVP only).
-Results: benchmarks/results/text_meta_step.json; see docs/text.md.
+Results: benchmarks/results/text_meta_step.json (text_meta_step.modes.json with other --mixflow-modes;
+--output PATH to choose); see docs/text.md.
 """
 from __future__ import annotations
 

@@ -31,10 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input", required=True, help="Parquet file or folder of shards (path or URI)")
     parser.add_argument("--output", required=True, help="folder for the scored Parquet shards (path or URI)")
     parser.add_argument("--actors", type=int, default=None,
-                        help="rater actors (default: one per GPU where the cluster has GPUs, else one per CPU, "
+                        help="rater actors (default: one per GPU where the cluster has GPUs, else one per CPU but "
                              "at most one per input file)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per actor (default: the cluster's CPUs shared among the actors)")
+                        help="torch threads per actor (default: 1 on GPUs, else the cluster's CPUs shared among the actors)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="about this many rows per block: what an actor scores at once, and one output file "
                              f"(default {DEFAULT_BATCH_SIZE})")
