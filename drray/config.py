@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drray.errors import ConfigError
 
@@ -139,6 +139,10 @@ class RunConfig(_Section):
     log_every: int = Field(10, ge=1)  # a progress line every this many steps
     auroc_every: int = Field(1, ge=1)  # score the probe set every this many steps (and at the last)
     device: str = "cpu"
+    # backend local: inner models that take their meta-step at once, in threads of one torch thread
+    # each (small models use one core better than two). null: one per torch thread (the cores), at
+    # most the population size; 1: one after another, each on all of torch's threads.
+    learner_threads: Optional[int] = Field(None, ge=1)
 
 
 class EvaluateConfig(_Section):
@@ -182,6 +186,18 @@ class Config(_Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    @model_validator(mode="after")
+    def _threads_need_reverse_mode(self) -> "Config":
+        if (self.run.learner_threads or 1) > 1 and uses_forward_mode_ad(self):
+            raise ValueError(f"run.learner_threads={self.run.learner_threads}: PyTorch's forward-mode AD (mixflow's "
+                             "JVP) is not thread-safe; set meta.mixflow_mode=reverse_over_reverse, meta.method="
+                             "backprop or run.learner_threads=1")
+        return self
+
+
+def uses_forward_mode_ad(cfg: Config) -> bool:
+    return cfg.meta.method == "mixflow" and cfg.meta.mixflow_mode == "forward_over_reverse"
+
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'inner.T=4' -> (['inner', 'T'], 4); the value is parsed as YAML (numbers, lists, null)."""
@@ -207,6 +223,8 @@ def apply_override(tree: dict, path: list[str], value: Any) -> None:
 
 def _describe(error: dict, model: type[BaseModel]) -> str:
     key = ".".join(str(p) for p in error["loc"])
+    if not key:  # a check across sections names its keys itself
+        return error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, error["loc"][:-1])
         return f"unknown key {key!r}; allowed here: {', '.join(allowed)}"
@@ -232,12 +250,22 @@ def yaml_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
     return ConfigError(f"{where}: not valid YAML ({problem})".replace("\n", " "))
 
 
-def validate_config(tree: dict, origin: str = "config") -> Config:
+def validate_config(tree: dict, origin: str = "config", overrides: list[str] = ()) -> Config:
+    """origin: where the tree came from (a file); a bad key that an override set is blamed on it."""
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(f"{origin}: {_describe(first, Config)}") from None
+        raise ConfigError(f"{_blame(first, origin, overrides)}: {_describe(first, Config)}") from None
+
+
+def _blame(error: dict, origin: str, overrides: list[str]) -> str:
+    key = ".".join(str(p) for p in error["loc"] if isinstance(p, str))
+    for text in overrides:
+        set_key = text.partition("=")[0].strip()
+        if key and (key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + ".")):
+            return f"--set {text}"
+    return origin
 
 
 def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
@@ -256,4 +284,4 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     for text in overrides:
         apply_override(tree, *parse_override(text))
-    return validate_config(tree, origin)
+    return validate_config(tree, origin, overrides)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from drray.config import Config
+from drray.config import Config, uses_forward_mode_ad
 from drray.inner_optim import build_inner_optimizer
 from drray.meta_optim import AveragedAdam
 from drray.metagrad import MetaProblem, meta_step
@@ -177,6 +178,13 @@ def summarize(stats: list[LearnerStats], norms: list[float], resets: int) -> Ste
     )
 
 
+def learner_threads(cfg: Config) -> int:
+    """How many inner models take their meta-step at once in this process (run.learner_threads;
+    by default 1 with mixflow's JVP: PyTorch's forward-mode AD levels are global, not per thread)."""
+    default = 1 if uses_forward_mode_ad(cfg) else torch.get_num_threads()
+    return max(1, min(cfg.run.learner_threads or default, cfg.population.size))
+
+
 class Population:
     """N inner models in this process. step() is one outer step of Algorithm 1."""
 
@@ -186,6 +194,12 @@ class Population:
         self.learners = [InnerLearner(cfg, i, train(i), heldout, image_shape, num_classes)
                          for i in range(cfg.population.size)]
         self.meta = new_meta_optimizer(cfg, image_shape, num_classes, heldout)
+        # Like the Ray workers, each thread runs one learner at a time on one torch thread: a
+        # learner's arithmetic does not depend on the thread, and each has its own modules and
+        # data stream (functional_call swaps a module's parameters, so modules are never shared).
+        threads = learner_threads(cfg)
+        self._pool = (ThreadPoolExecutor(threads, thread_name_prefix="learner", initializer=torch.set_num_threads,
+                                         initargs=(1,)) if threads > 1 else None)
 
     def stale(self) -> list[int]:
         size, lifetime = self.cfg.population.size, self.cfg.population.lifetime
@@ -195,7 +209,11 @@ class Population:
         stale = self.stale()
         for i in stale:
             self.learners[i].reset()
-        results = [learner.meta_step(self.meta.params) for learner in self.learners]
+        params = self.meta.params
+        if self._pool is None:
+            results = [learner.meta_step(params) for learner in self.learners]
+        else:
+            results = list(self._pool.map(lambda learner: learner.meta_step(params), self.learners))
         norms = self.meta.apply([grad for grad, _ in results])
         self.step_count += 1
         return summarize([s for _, s in results], norms, len(stale))

@@ -54,6 +54,18 @@ def test_bad_values_are_one_line_errors_naming_the_key(override, expected):
     assert expected in message and "\n" not in message
 
 
+def test_a_bad_override_is_blamed_on_the_set_flag_and_a_bad_file_key_on_the_file(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("inner: {T: 3}\n")
+    with pytest.raises(ConfigError, match=r"^--set inner\.TT=4: unknown key 'inner\.TT'"):
+        load_config(config, ["inner.TT=4"])
+    with pytest.raises(ConfigError, match=r"^--set inner=\{T: four\}: inner\.T: Input should be a valid integer"):
+        load_config(config, ["inner={T: four}"])
+    config.write_text("inner: {T: 0}\n")
+    with pytest.raises(ConfigError, match=rf"^{config}: inner\.T: Input should be greater"):
+        load_config(config, ["meta.steps=3"])
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -3,6 +3,7 @@ import json
 import os
 import stat
 import tempfile
+import threading
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import yaml
 from drray import checkpoint
 from drray.config import load_config
 from drray.errors import ConfigError, TrainingDiverged
-from drray.population import build_problem, reset_due
+from drray.population import InnerLearner, build_problem, reset_due
 from drray.storage import current_umask
 from drray.train import make_population, meta_train
 
@@ -63,6 +64,37 @@ def test_deterministic_for_a_seed(tmp_path):
     c = rater_after(tiny_config(tmp_path, "run.seed=1"))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert any(not torch.equal(x, y) for x, y in zip(a, c))
+
+
+@pytest.mark.parametrize("method", ["meta.method=backprop", "meta.mixflow_mode=reverse_over_reverse"])
+def test_learners_in_threads_match_one_after_another(tmp_path, monkeypatch, method):
+    """run.learner_threads: learners stepped at once in threads of one torch thread each give
+    bit-for-bit what the same learners give one after another on one torch thread."""
+    threads_seen = set()
+    meta_step = InnerLearner.meta_step
+
+    def recording(self, eta):
+        threads_seen.add(threading.current_thread().name)
+        return meta_step(self, eta)
+
+    monkeypatch.setattr(InnerLearner, "meta_step", recording)
+    threaded = rater_after(tiny_config(tmp_path, method, "run.learner_threads=3"))
+    assert len(threads_seen) > 1 and all(name.startswith("learner") for name in threads_seen)
+    threads_seen.clear()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sequential = rater_after(tiny_config(tmp_path, method, "run.learner_threads=1"))
+    finally:
+        torch.set_num_threads(before)
+    assert threads_seen == {threading.main_thread().name}
+    assert all(torch.equal(x, y) for x, y in zip(threaded, sequential))
+
+
+def test_learner_threads_refuse_forward_mode_ad(tmp_path):
+    with pytest.raises(ConfigError, match=r"run.learner_threads=2: .*forward-mode AD.*not thread-safe"):
+        load_config(None, ["run.learner_threads=2"])  # the default meta-gradient: mixflow's JVP
+    assert load_config(None, ["run.learner_threads=2", "meta.method=backprop"]).run.learner_threads == 2
 
 
 @pytest.mark.parametrize("extra", [[], ["rater.arch=cnn_classifier", "rater.warm_start_steps=20"]],
