@@ -87,13 +87,31 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(location).resolve())
 
 
-def check_output(location: str, overwrite: bool) -> tuple[pafs.FileSystem, str]:
+def check_local_folder(location: str, flag: str, may_exist_as_file: bool = False) -> None:
+    """Refuse, in one line, a local output folder that cannot be made: the path is a regular file
+    (unless may_exist_as_file: an output that --overwrite replaces) or lies under one."""
+    if is_uri(location):
+        return
+    path = Path(location).absolute()
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return
+        if candidate.exists():
+            if candidate != path:
+                raise ConfigError(f"{flag} {location}: {candidate} is a file, not a folder; choose another {flag}")
+            if not may_exist_as_file:
+                raise ConfigError(f"{flag} {location} is a file; give a folder (new or empty) for the outputs")
+            return
+
+
+def check_output(location: str, overwrite: bool, flag: str = "--output") -> tuple[pafs.FileSystem, str]:
     """Make sure a job may write `location`: an existing file or directory is refused unless
     overwrite. Nothing is removed here: call clear_output once every other check has passed, so
     a run refused for any reason leaves the old output as it was."""
     fs, path = resolve(location)
     if fs.get_file_info(path).type != pafs.FileType.NotFound and not overwrite:
         raise ConfigError(f"{location} already exists; pass --overwrite to replace it or choose another output")
+    check_local_folder(location, flag, may_exist_as_file=True)
     return fs, path
 
 

@@ -89,9 +89,10 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> str:
-    from drray.storage import RunDir
+    from drray.storage import RunDir, check_local_folder
 
     cfg = config_from_args(args)
+    check_local_folder(args.out, "--out")
     with RunDir(args.out) as out:
         return run_into(out, args, cfg)
 

@@ -34,7 +34,10 @@ def main(argv=None) -> int:
 def run(args):
     overrides = args.overrides + ([f"run.out={args.out}"] if args.out else [])
     cfg = load_config(args.config, overrides)
+    from drray.storage import check_local_folder
     from drray.train import meta_train
+
+    check_local_folder(cfg.run.out, "--out" if args.out else "run.out")
 
     if cfg.run.backend == "local":
         return meta_train(cfg, resume=args.resume, overwrite=args.overwrite)

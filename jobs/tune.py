@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from drray.errors import ConfigError, DrrayError
+from drray.storage import check_local_folder, is_uri
 from jobs.common import add_address_arg, run_job
 
 
@@ -43,9 +44,11 @@ def run(args: argparse.Namespace) -> str:
     if spec.metric == "auroc" and not base.data.corruption and base.data.source != "parquet":
         raise ConfigError(f"{args.spec}: metric auroc needs ground truth (data.corruption); use metric: heldout_loss")
     check_trial_models(spec, base_tree)
+    if is_uri(args.out):
+        raise ConfigError(f"--out {args.out}: a search writes to a local folder (Ray Tune's storage_path); "
+                          "give a local path")
+    check_local_folder(args.out, "--out")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; pass a folder for the search's results")
     replace = out.exists() and any(out.iterdir())
     if replace and not args.overwrite:
         raise ConfigError(f"{out} already holds a search; pass --overwrite or choose another --out")

@@ -159,6 +159,14 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, digits_rater, args, exp
     assert not out.exists()
 
 
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, digits_rater):
+    (tmp_path / "a_file").write_text("x")
+    result = run_job("--config", "configs/digits.yaml", "--rater", str(digits_rater), "--out", str(tmp_path / "a_file"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --out {tmp_path / 'a_file'} is a file; give a folder (new or empty) for the outputs"]
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
 def test_missing_rater_is_one_line(tmp_path):
     result = run_job("--config", "configs/digits.yaml", "--rater", str(tmp_path / "nope"), "--out", str(tmp_path / "e"))
     assert result.returncode == 2 and "no rater checkpoint" in result.stderr

@@ -286,6 +286,7 @@ def test_filter_sample_end_to_end(ray_cluster, tmp_path, capsys):
     ("discard_negative", "--discard must be in [0, 1)"),
     ("existing_output", "already exists"),
     ("output_in_input", "overlaps --input"),
+    ("output_under_a_file", "is a file, not a folder; choose another --output"),
     ("sample_without_id", "needs an integer id"),
     ("nan_score", "NaN score"),
 ])  # fmt: skip
@@ -320,7 +321,10 @@ def test_filter_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case,
         args.append("--overwrite")
     elif case == "sample_without_id":
         args += ["--mode", "sample"]
-    if case not in ("existing_output", "output_in_input"):  # even with --overwrite, an old output stays
+    elif case == "output_under_a_file":
+        (tmp_path / "a_file").write_text("mine")
+        args[-1] = tmp_path / "a_file" / "curated"
+    if case not in ("existing_output", "output_in_input", "output_under_a_file"):  # even with --overwrite, an old output stays
         out.mkdir()
         (out / "keep.txt").write_text("mine")
         args.append("--overwrite")

@@ -43,6 +43,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, expected):
     assert not out.exists()
 
 
+def test_out_under_a_file_is_refused_before_ray_starts(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "run"
+    result = run_job("--config", "configs/digits.yaml", "--out", str(out), *TINY)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --out {out}: {tmp_path / 'a_file'} is a file, not a folder; choose another --out"]
+    assert "Ray" not in result.stdout + result.stderr and (tmp_path / "a_file").read_text() == "x"
+
+
 def test_drray_command_dispatches_to_jobs(tmp_path):
     from jobs.cli import main
 

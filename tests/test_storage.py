@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from drray.errors import ConfigError, DataError
-from drray.storage import check_output, check_separate, clear_output, parquet_files
+from drray.storage import check_local_folder, check_output, check_separate, clear_output, parquet_files
 
 
 def test_check_output_refuses_existing_unless_overwrite_and_removes_nothing(tmp_path):
@@ -17,6 +17,19 @@ def test_check_output_refuses_existing_unless_overwrite_and_removes_nothing(tmp_
     clear_output(fs, path)
     assert not target.exists()
     clear_output(fs, path)  # nothing there: nothing to do
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_in_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    check_local_folder(str(tmp_path / "new" / "deeper"), "--out")  # a folder to be made: fine
+    check_local_folder("s3://bucket/run", "--out")  # not a local path: the filesystem decides
+    with pytest.raises(ConfigError, match=r"^--out .*/a_file is a file; give a folder"):
+        check_local_folder(str(tmp_path / "a_file"), "--out")
+    check_local_folder(str(tmp_path / "a_file"), "--output", may_exist_as_file=True)  # --overwrite replaces it
+    under = tmp_path / "a_file" / "sub" / "out"
+    with pytest.raises(ConfigError, match=rf"^--output {under}: {tmp_path / 'a_file'} is a file, not a folder"):
+        check_output(str(under), overwrite=True)
+    assert (tmp_path / "a_file").read_text() == "x"
 
 
 def test_parquet_files_reads_past_other_files(tmp_path):

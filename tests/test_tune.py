@@ -74,11 +74,18 @@ def test_arch_that_does_not_fit_the_data_is_refused_before_any_trial(tmp_path):
     assert (tmp_path / "out" / "best.yaml").read_text() == "an earlier search"
 
 
-def test_out_that_is_a_file_is_refused(tmp_path):
+@pytest.mark.parametrize("out,expected", [
+    ("out", "error: --out {tmp}/out is a file; give a folder (new or empty) for the outputs"),
+    ("out/search", "error: --out {tmp}/out/search: {tmp}/out is a file, not a folder; choose another --out"),
+    ("s3://bucket/search", "error: --out s3://bucket/search: a search writes to a local folder"),
+])
+def test_out_that_cannot_be_a_local_folder_is_refused(tmp_path, out, expected):
     (tmp_path / "out").write_text("x")
-    result = run_tune("--spec", str(write_spec(tmp_path / "s.yaml")), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
-        f"error: --out {tmp_path / 'out'} is a file; pass a folder for the search's results")
+    out = out if "://" in out else str(tmp_path / out)
+    result = run_tune("--spec", str(write_spec(tmp_path / "s.yaml")), "--out", out)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        expected.format(tmp=tmp_path))
+    assert (tmp_path / "out").read_text() == "x"
 
 
 @pytest.mark.timeout(400)
