@@ -1,5 +1,6 @@
 """Outer steps per second: the population on Ray actors against the same population in one
-process (same config and seed), N in {2, 4, 8}, plus Ray's per-step orchestration overhead.
+process (same config and seed), N in {2, 4, 8}, plus Ray's per-step orchestration overhead. In
+process both ways: learners in threads (run.learner_threads default) and one after another (1).
 
     python -m benchmarks.ray_population [--sizes 2 4 8] [--steps 5] [--quick]
 
@@ -43,13 +44,19 @@ def seconds_per_step(population, steps: int) -> list[float]:
 
 
 def compare(base: list[str], size: int, steps: int) -> dict:
+    """In process two ways (learners in threads of one torch thread, the default; one after
+    another on torch's threads, run.learner_threads=1), then on Ray."""
     cfg = load_config(None, base + [f"population.size={size}", "population.lifetime=1000"])
+    sequential_cfg = load_config(None, base + [f"population.size={size}", "population.lifetime=1000",
+                                               "run.learner_threads=1"])
     splits = build_splits(cfg.data, cfg.run.seed)
     local = statistics.median(seconds_per_step(make_population(cfg, splits), steps))
+    sequential = statistics.median(seconds_per_step(make_population(sequential_cfg, splits), steps))
     remote_population = RayPopulation(cfg, splits)
     remote = statistics.median(seconds_per_step(remote_population, steps))
     ray.kill(remote_population.scheduler)
-    return {"size": size, "in_process_s": local, "ray_s": remote, "ray_speedup": local / remote}
+    return {"size": size, "in_process_s": local, "in_process_sequential_s": sequential, "ray_s": remote,
+            "ray_speedup": local / remote, "ray_speedup_over_sequential": sequential / remote}
 
 
 def main() -> None:
@@ -65,8 +72,9 @@ def main() -> None:
     for size in sizes:
         row = {"workload": "mnist-cnn", **compare(MNIST, size, steps)}
         rows.append(row)
-        print(f"mnist cnn  N={size}: in-process {row['in_process_s']:.3f} s/step, ray {row['ray_s']:.3f} s/step, "
-              f"ray speed-up {row['ray_speedup']:.2f}x", flush=True)
+        print(f"mnist cnn  N={size}: in-process {row['in_process_s']:.3f} s/step (one after another: "
+              f"{row['in_process_sequential_s']:.3f}), ray {row['ray_s']:.3f} s/step, ray speed-up "
+              f"{row['ray_speedup']:.2f}x ({row['ray_speedup_over_sequential']:.2f}x over one after another)", flush=True)
     overhead = compare(TINY, 4, max(steps, 20))
     print(f"orchestration (digits mlp, batch 8, T=1, N=4): ray {1000 * overhead['ray_s']:.1f} ms/step, "
           f"in-process {1000 * overhead['in_process_s']:.1f} ms/step", flush=True)

@@ -9,8 +9,10 @@ Loading uses torch.load(weights_only=True): tensors and plain containers only.
 from __future__ import annotations
 
 import io
+import pickle
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -85,20 +87,35 @@ def load_run_config(run_dir: Path) -> dict:
     return tree
 
 
+def run_dir_of(location) -> Path:
+    """The run directory a user meant: the run itself, its checkpoint/ folder or checkpoint/rater.pt."""
+    path = Path(location)
+    if path.name == "rater.pt" and path.parent.name == CHECKPOINT_DIR:
+        return path.parent.parent
+    if path.name == CHECKPOINT_DIR and (path / "rater.pt").is_file():
+        return path.parent
+    return path
+
+
 def load_rater(run_dir: Path):
     """The trained rater of a run, ready to score: (module in eval mode, checkpoint metadata).
-    A missing, unreadable or incompatible rater.pt is a one-line ConfigError naming the file."""
+    run_dir may also be its checkpoint folder or rater.pt. A missing, unreadable or incompatible
+    rater.pt is a one-line ConfigError naming the file."""
     from drray.errors import ConfigError, DrrayError
     from drray.modality import describe_rows
     from drray.models import build_rater
 
-    path = Path(run_dir) / CHECKPOINT_DIR / "rater.pt"
+    path = run_dir_of(run_dir) / CHECKPOINT_DIR / "rater.pt"
     if not path.is_file():
         raise ConfigError(f"{path}: no rater checkpoint; pass the --out directory of a meta-train run")
     try:
-        saved = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # the weights-only unpickler warns about foreign pickles
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or not a torch file at all
-        raise ConfigError(f"{path}: not a readable checkpoint ({_first_line(exc)}); pass the --out directory of "
+        reason = ("damaged, or holds more than tensors and plain values" if isinstance(exc, pickle.UnpicklingError)
+                  else _first_line(exc))
+        raise ConfigError(f"{path}: not a readable checkpoint ({reason}); pass the --out directory of "
                           "a finished meta-train run, or meta-train again") from None
     needed = ("rater", "arch", "image_shape", "num_classes")
     missing = [key for key in needed if not isinstance(saved, dict) or key not in saved]

@@ -168,8 +168,10 @@ class EvaluateConfig(_Section):
     @classmethod
     def _fractions(cls, discard: list[float]) -> list[float]:
         bad = [d for d in discard if not 0.0 <= d < 1.0]
-        if bad or not discard:
+        if not discard:
             raise ValueError("give at least one discard fraction, each in [0, 1)")
+        if bad:
+            raise ValueError(f"each discard fraction must be in [0, 1); {', '.join(map(str, bad))} is not")
         return sorted(set(discard))
 
 
@@ -275,7 +277,7 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
         path = Path(path)
         origin = str(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            raise ConfigError(f"{path}: {'a folder, not a config file' if path.is_dir() else 'config file not found'}")
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -74,7 +74,8 @@ def _read_idx_split(directory: Path, prefix: str, checksums: Optional[dict[str, 
 
 def _load_idx_dir(directory: Path, checksums: Optional[dict[str, str]], num_classes: Optional[int]):
     if not directory.is_dir():
-        raise DataError(f"data.dir {directory} does not exist; set data.dir to an MNIST-format directory")
+        problem = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise DataError(f"data.dir {directory} {problem}; set data.dir to an MNIST-format directory")
     (train_images, train_labels), (test_images, test_labels) = (
         _read_idx_split(directory, prefix, checksums) for prefix in ("train", "t10k")
     )

@@ -101,13 +101,15 @@ def load_tune_spec(path: str | Path) -> tuple[TuneSpec, dict]:
         raise ConfigError(f"{path}: tune spec not found")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
-        spec = TuneSpec.model_validate(tree)
     except yaml.YAMLError as exc:
         raise yaml_error(path, exc) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: not a tune spec (expected a mapping with space:, and optionally base:, set:, "
+                          f"metric:, ...)")
+    try:
+        spec = TuneSpec.model_validate(tree)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"])
-        raise ConfigError(f"{path}: {key}: {error['msg'].removeprefix('Value error, ')}") from None
+        raise ConfigError(f"{path}: {_describe_spec_error(exc.errors()[0])}") from None
     base_tree = _base_tree(spec, path)
     for key, value in spec.set.items():
         _check(base_tree, key, value, f"{path}: set")
@@ -121,12 +123,23 @@ def load_tune_spec(path: str | Path) -> tuple[TuneSpec, dict]:
     return spec, base_tree
 
 
+def _describe_spec_error(error: dict) -> str:
+    loc = error["loc"]
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":  # name what is allowed where the unknown key sits
+        owner = Domain if loc[0] == "space" else AshaSpec if loc[0] == "asha" else TuneSpec
+        return f"unknown key {key!r}; allowed here: {', '.join(owner.model_fields)}"
+    return f"{key}: {error['msg'].removeprefix('Value error, ')}"
+
+
 def _base_tree(spec: TuneSpec, path: Path) -> dict:
     if spec.base is None:
         return {}
     base = Path(spec.base)
     if not base.is_file() and (path.parent / base).is_file():
         base = path.parent / base  # relative to the spec's own directory
+    if not base.is_file():
+        raise ConfigError(f"{path}: base: {spec.base} not found (looked for it as given and beside the spec)")
     return load_config(base).to_dict()
 
 

@@ -20,14 +20,15 @@ def is_uri(location: str) -> bool:
 
 
 class RunDir:
-    def __init__(self, location: str):
+    def __init__(self, location: str, flag: str = "run.out"):
+        """flag: how the user gave `location`, for error messages (run.out, --out)."""
         self.location = str(location)
         self.fs = None
         if is_uri(self.location):
             try:
                 self.fs, self.remote = pafs.FileSystem.from_uri(self.location)
             except (ValueError, OSError) as exc:
-                raise ConfigError(f"run.out={self.location}: not a filesystem pyarrow can open ({exc})") from None
+                raise ConfigError(f"{flag} {self.location}: not a filesystem pyarrow can open ({exc})") from None
             self.local = Path(tempfile.mkdtemp(prefix="drray-out-"))
         else:
             self.local = Path(self.location)

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> str:
 
     cfg = config_from_args(args)
     check_local_folder(args.out, "--out")
-    with RunDir(args.out) as out:
+    with RunDir(args.out, "--out") as out:
         return run_into(out, args, cfg)
 
 

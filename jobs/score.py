@@ -79,10 +79,10 @@ def read_rater(run_dir: str):
     """(rater.pt bytes, metadata), checked to rebuild into this version's rater."""
     from pathlib import Path
 
-    from drray.checkpoint import CHECKPOINT_DIR, load_rater
+    from drray.checkpoint import CHECKPOINT_DIR, load_rater, run_dir_of
 
     _, info = load_rater(run_dir)
-    return (Path(run_dir) / CHECKPOINT_DIR / "rater.pt").read_bytes(), info
+    return (run_dir_of(run_dir) / CHECKPOINT_DIR / "rater.pt").read_bytes(), info
 
 
 def open_input(location: str):

@@ -69,6 +69,8 @@ def test_a_bad_override_is_blamed_on_the_set_flag_and_a_bad_file_key_on_the_file
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: a folder, not a config file$"):
+        load_config(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError) as info:

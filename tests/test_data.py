@@ -131,6 +131,11 @@ def test_missing_dir_and_missing_file(tmp_path):
     with pytest.raises(DataError) as excinfo:
         build_splits(DataConfig(source="idx", dir=str(tmp_path / "nowhere")), 0)
     one_line_error(excinfo, "nowhere", "does not exist", "data.dir")
+    (tmp_path / "notes.txt").write_text("not data")
+    for source in ("idx", "parquet"):  # a file where a folder belongs is not "missing"
+        with pytest.raises(DataError) as excinfo:
+            build_splits(DataConfig(source=source, dir=str(tmp_path / "notes.txt")), 0)
+        one_line_error(excinfo, "notes.txt", "is a file, not a folder", "data.dir")
     make_idx_dir(tmp_path, gz=False)
     (tmp_path / "t10k-images-idx3-ubyte").unlink()
     with pytest.raises(DataError) as excinfo:

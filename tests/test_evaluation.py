@@ -141,8 +141,8 @@ def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--discard", "0.1,1.0"], "error: --discard: give at least one discard fraction, each in [0, 1) (got [0.1, 1.0])"),
-    (["--discard", "-0.2"], "each in [0, 1) (got [-0.2])"),
+    (["--discard", "0.1,1.0"], "error: --discard: each discard fraction must be in [0, 1); 1.0 is not (got [0.1, 1.0])"),
+    (["--discard", "-0.2"], "must be in [0, 1); -0.2 is not (got [-0.2])"),
     (["--discard", "0.1]"], "error: --discard: '0.1]' is not a number"),  # the flag's text is not YAML
     (["--seeds", "0"], "error: --seeds: Input should be greater than or equal to 1 (got 0)"),
     (["--methods", ""], "error: --methods: give at least one method"),

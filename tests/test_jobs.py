@@ -52,9 +52,12 @@ def test_out_under_a_file_is_refused_before_ray_starts(tmp_path):
     assert "Ray" not in result.stdout + result.stderr and (tmp_path / "a_file").read_text() == "x"
 
 
-def test_drray_command_dispatches_to_jobs(tmp_path):
-    from jobs.cli import main
+def test_drray_command_dispatches_to_jobs(tmp_path, capsys):
+    from jobs.cli import SUBCOMMANDS, main
 
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert all(any(line.split()[:1] == [name] and len(line.split()) > 3 for line in listing) for name in SUBCOMMANDS)
     assert main(["no-such-job"]) == 2
     for name, flag in [("meta-train", "--resume"), ("prepare", "--corrupt"), ("score", "--rater"),
                        ("filter", "--discard")]:

@@ -250,7 +250,22 @@ def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_pat
     assert score_main(["--rater", str(tmp_path / "odd"), "--input", str(data), "--output", str(out)]) == 2
     assert one_line_error(capsys).startswith(f"error: {tmp_path / 'odd' / 'checkpoint' / 'rater.pt'}: not a readable "
                                              "checkpoint (")
+    torch.save({"rater": object}, tmp_path / "odd" / "checkpoint" / "rater.pt")  # more than tensors: refused
+    with pytest.raises(ConfigError, match=r"not a readable checkpoint \(damaged, or holds more than tensors") as info:
+        load_rater(tmp_path / "odd")
+    assert "weights_only" not in str(info.value)  # no advice to unpickle it unsafely
     assert not out.exists()
+
+
+def test_rater_may_be_named_by_its_checkpoint_folder_or_file(trained):
+    from jobs.score import read_rater
+
+    run_dir = trained[0]
+    blob, info = read_rater(str(run_dir))
+    for other in (run_dir / "checkpoint", run_dir / "checkpoint" / "rater.pt"):
+        assert read_rater(str(other)) == (blob, info)
+        loaded, want = load_rater(other)[0].state_dict(), load_rater(run_dir)[0].state_dict()
+        assert loaded.keys() == want.keys() and all(torch.equal(loaded[k], want[k]) for k in want)
 
 
 def test_input_folder_may_hold_other_files(trained, tmp_path):

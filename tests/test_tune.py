@@ -41,12 +41,23 @@ def test_spec_applies_set_and_samples_into_a_valid_config(tmp_path):
     ({"set": {"population.sizes": 3}}, "unknown key 'population.sizes'"),
     ({"metric": "accuracy"}, "metric"),
     ({"space": {"inner.T": {"uniform": [1, 3]}}}, "inner.T: Input should be a valid integer"),  # needs randint
+    ({"reprot_every": 5}, "unknown key 'reprot_every'; allowed here: base, set, space, metric"),
+    ({"space": {"meta.lr": {"normal": [0, 1]}}}, "unknown key 'space.meta.lr.normal'; allowed here: grid, choice, "
+                                                 "uniform, loguniform, randint"),
+    ({"asha": {"grace": 3}}, "unknown key 'asha.grace'; allowed here: grace_period, reduction_factor"),
+    ({"base": "nowhere.yaml"}, "base: nowhere.yaml not found (looked for it as given and beside the spec)"),
 ])
 def test_bad_spec_is_one_line(tmp_path, fields, expected):
     path = write_spec(tmp_path / "s.yaml", **fields)
     with pytest.raises(ConfigError) as info:
         load_tune_spec(path)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_spec_that_is_not_a_mapping_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("just some notes\n")
+    with pytest.raises(ConfigError, match=r"notes.txt: not a tune spec \(expected a mapping with space:"):
+        load_tune_spec(tmp_path / "notes.txt")
 
 
 def run_tune(*args):
