@@ -234,9 +234,11 @@ def examples_from_table(table: pa.Table, path) -> ExampleSet:
         raise DataError(f"{path}: missing columns {', '.join(missing)}; needs {', '.join(PARQUET_COLUMNS)}")
     if any(table.column(column).null_count for column in PARQUET_COLUMNS):
         raise DataError(f"{path}: nulls in {', '.join(PARQUET_COLUMNS)}; fill or drop those rows")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows; write the examples there (prepare makes such files)")
     n, shapes = table.num_rows, _list_column(table, "shape", path)
-    if n == 0 or shapes.size != 2 * n or (shapes.reshape(n, 2) != shapes[:2]).any():
-        raise DataError(f"{path}: column shape must be the same [H, W] on every (of at least one) row")
+    if shapes.size != 2 * n or (shapes.reshape(n, 2) != shapes[:2]).any():
+        raise DataError(f"{path}: column shape must be the same [H, W] on every row")
     height, width = shapes[:2]
     pixels = _list_column(table, "image", path)
     if pixels.size != n * height * width:

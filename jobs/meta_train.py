@@ -18,7 +18,7 @@ from jobs.common import add_address_arg, add_config_args, run_job
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="drray meta-train", description=__doc__.splitlines()[0])
     add_config_args(parser)
-    parser.add_argument("--out", help="output directory (overrides run.out)")
+    parser.add_argument("--out", help="output directory (overrides run.out; default runs/default, or the config's)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT")
     add_address_arg(parser)

@@ -343,6 +343,12 @@ def test_parquet_missing_columns(tmp_path):
     with pytest.raises(DataError) as excinfo:
         build_splits(DataConfig(source="parquet", dir=str(tmp_path)), 0)
     one_line_error(excinfo, "train.parquet", "image", "shape")
+    empty = pa.table({"id": pa.array([], pa.int64()), "image": pa.array([], pa.list_(pa.uint8())),
+                      "shape": pa.array([], pa.list_(pa.int32())), "label": pa.array([], pa.int64())})
+    pq.write_table(empty, tmp_path / "train.parquet")
+    with pytest.raises(DataError) as excinfo:
+        build_splits(DataConfig(source="parquet", dir=str(tmp_path)), 0)
+    one_line_error(excinfo, "train.parquet", "no rows")
 
 
 def test_parquet_negative_label_and_repeated_ids(tmp_path):
