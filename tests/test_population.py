@@ -97,8 +97,9 @@ def test_learner_threads_refuse_forward_mode_ad(tmp_path):
     assert load_config(None, ["run.learner_threads=2", "meta.method=backprop"]).run.learner_threads == 2
 
 
-@pytest.mark.parametrize("extra", [[], ["rater.arch=cnn_classifier", "rater.warm_start_steps=20"]],
-                         ids=["cold", "warm-start"])
+@pytest.mark.parametrize("extra", [[], ["rater.arch=cnn_classifier", "rater.warm_start_steps=20"],
+                                   ["meta.method=backprop", "run.learner_threads=3"]],
+                         ids=["cold", "warm-start", "learner-threads"])
 def test_resume_continues_bit_identically(tmp_path, extra):
     full = tiny_config(tmp_path / "full", *extra)
     meta_train(full)
