@@ -140,8 +140,9 @@ class RunConfig(_Section):
     auroc_every: int = Field(1, ge=1)  # score the probe set every this many steps (and at the last)
     device: str = "cpu"
     # backend local: inner models that take their meta-step at once, in threads of one torch thread
-    # each (small models use one core better than two). null: one per torch thread (the cores), at
-    # most the population size; 1: one after another, each on all of torch's threads.
+    # each (small models use one core better than two). null: on CPU one per torch thread (the
+    # cores), at most the population size; on an accelerator 1; 1: one after another, each on all
+    # of torch's threads.
     learner_threads: Optional[int] = Field(None, ge=1)
 
 

@@ -179,9 +179,11 @@ def summarize(stats: list[LearnerStats], norms: list[float], resets: int) -> Ste
 
 
 def learner_threads(cfg: Config) -> int:
-    """How many inner models take their meta-step at once in this process (run.learner_threads;
-    by default 1 with mixflow's JVP: PyTorch's forward-mode AD levels are global, not per thread)."""
-    default = 1 if uses_forward_mode_ad(cfg) else torch.get_num_threads()
+    """How many inner models take their meta-step at once in this process (run.learner_threads).
+    By default one per torch thread on CPU; 1 on an accelerator (one device: concurrent unrolls
+    would only add memory) and with mixflow's JVP (PyTorch's forward-mode AD levels are global)."""
+    on_cpu = torch.device(cfg.run.device).type == "cpu"
+    default = torch.get_num_threads() if on_cpu and not uses_forward_mode_ad(cfg) else 1
     return max(1, min(cfg.run.learner_threads or default, cfg.population.size))
 
 

@@ -91,6 +91,18 @@ def test_learners_in_threads_match_one_after_another(tmp_path, monkeypatch, meth
     assert all(torch.equal(x, y) for x, y in zip(threaded, sequential))
 
 
+def test_learner_threads_default_to_the_cpu_threads_and_to_one_where_they_cannot_help(monkeypatch):
+    from drray.population import learner_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    backprop = ["meta.method=backprop", "population.size=8"]
+    assert learner_threads(load_config(None, backprop)) == 4
+    assert learner_threads(load_config(None, backprop + ["population.size=3"])) == 3
+    assert learner_threads(load_config(None, backprop + ["run.device=cuda"])) == 1  # one device: memory only
+    assert learner_threads(load_config(None, ["population.size=8"])) == 1  # mixflow's JVP
+    assert learner_threads(load_config(None, backprop + ["run.learner_threads=2"])) == 2
+
+
 def test_learner_threads_refuse_forward_mode_ad(tmp_path):
     with pytest.raises(ConfigError, match=r"run.learner_threads=2: .*forward-mode AD.*not thread-safe"):
         load_config(None, ["run.learner_threads=2"])  # the default meta-gradient: mixflow's JVP
