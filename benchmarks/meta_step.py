@@ -79,6 +79,7 @@ def run_one(args) -> dict:
 
     from drray.config import load_config
     from drray.data import build_splits
+    from drray.population import learner_threads
     from drray.train import make_population
 
     cfg = load_config(None, config_overrides(args))
@@ -105,6 +106,7 @@ def run_one(args) -> dict:
         "warm_baseline_rss_mb": warm_baseline, "warm_extra_mb": warm_peak - warm_baseline,
         "mixflow_mode": args.mixflow_mode,
         "torch_threads": torch.get_num_threads(), "mixflow_chunk": args.mixflow_chunk,
+        "learner_threads": list(learner_threads(cfg)),  # (learners at once, torch threads each): run.learner_threads
     }
 
 

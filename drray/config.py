@@ -191,7 +191,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _threads_need_reverse_mode(self) -> "Config":
-        if (self.run.learner_threads or 1) > 1 and uses_forward_mode_ad(self):
+        if self.run.backend == "local" and (self.run.learner_threads or 1) > 1 and uses_forward_mode_ad(self):
             raise ValueError(f"run.learner_threads={self.run.learner_threads}: PyTorch's forward-mode AD (mixflow's "
                              "JVP) is not thread-safe; set meta.mixflow_mode=reverse_over_reverse, meta.method="
                              "backprop or run.learner_threads=1")
@@ -264,6 +264,9 @@ def validate_config(tree: dict, origin: str = "config", overrides: list[str] = (
 
 def _blame(error: dict, origin: str, overrides: list[str]) -> str:
     key = ".".join(str(p) for p in error["loc"] if isinstance(p, str))
+    if not key:  # a check across sections: the last override among the keys its message names
+        named = [text for text in overrides if text.partition("=")[0].strip() in error["msg"]]
+        return f"--set {named[-1]}" if named else origin
     for text in overrides:
         set_key = text.partition("=")[0].strip()
         if key and (key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + ".")):

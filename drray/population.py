@@ -178,13 +178,17 @@ def summarize(stats: list[LearnerStats], norms: list[float], resets: int) -> Ste
     )
 
 
-def learner_threads(cfg: Config) -> int:
-    """How many inner models take their meta-step at once in this process (run.learner_threads).
-    By default one per torch thread on CPU; 1 on an accelerator (one device: concurrent unrolls
-    would only add memory) and with mixflow's JVP (PyTorch's forward-mode AD levels are global)."""
-    on_cpu = torch.device(cfg.run.device).type == "cpu"
-    default = torch.get_num_threads() if on_cpu and not uses_forward_mode_ad(cfg) else 1
-    return max(1, min(cfg.run.learner_threads or default, cfg.population.size))
+def learner_threads(cfg: Config) -> tuple[int, int]:
+    """(inner models that take their meta-step at once in this process, torch threads each).
+    run.learner_threads, by default one per torch thread on CPU; 1 on an accelerator (one device:
+    concurrent unrolls would only add memory) and always 1 with mixflow's JVP (PyTorch's
+    forward-mode AD levels are global, not per thread). The cores are shared among them."""
+    cores = torch.get_num_threads()
+    if uses_forward_mode_ad(cfg):
+        return 1, cores
+    default = cores if torch.device(cfg.run.device).type == "cpu" else 1
+    threads = max(1, min(cfg.run.learner_threads or default, cfg.population.size))
+    return threads, max(1, cores // threads)
 
 
 class Population:
@@ -196,12 +200,11 @@ class Population:
         self.learners = [InnerLearner(cfg, i, train(i), heldout, image_shape, num_classes)
                          for i in range(cfg.population.size)]
         self.meta = new_meta_optimizer(cfg, image_shape, num_classes, heldout)
-        # Like the Ray workers, each thread runs one learner at a time on one torch thread: a
+        # Like the Ray workers, each thread runs one learner at a time on its share of the cores: a
         # learner's arithmetic does not depend on the thread, and each has its own modules and
         # data stream (functional_call swaps a module's parameters, so modules are never shared).
-        threads = learner_threads(cfg)
-        self._pool = (ThreadPoolExecutor(threads, thread_name_prefix="learner", initializer=torch.set_num_threads,
-                                         initargs=(1,)) if threads > 1 else None)
+        threads, self._torch_threads_each = learner_threads(cfg)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="learner") if threads > 1 else None
 
     def stale(self) -> list[int]:
         size, lifetime = self.cfg.population.size, self.cfg.population.lifetime
@@ -215,10 +218,16 @@ class Population:
         if self._pool is None:
             results = [learner.meta_step(params) for learner in self.learners]
         else:
-            results = list(self._pool.map(lambda learner: learner.meta_step(params), self.learners))
+            cores = torch.get_num_threads()
+            results = list(self._pool.map(lambda learner: self._meta_step_in_thread(learner, params), self.learners))
+            torch.set_num_threads(cores)  # a thread's setting also becomes the default of threads started later
         norms = self.meta.apply([grad for grad, _ in results])
         self.step_count += 1
         return summarize([s for _, s in results], norms, len(stale))
+
+    def _meta_step_in_thread(self, learner: InnerLearner, params: Params):
+        torch.set_num_threads(self._torch_threads_each)
+        return learner.meta_step(params)
 
     @property
     def rater_params(self) -> Params:

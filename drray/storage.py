@@ -95,9 +95,15 @@ def check_local_folder(location: str, flag: str, may_exist_as_file: bool = False
         return
     path = Path(location).absolute()
     for candidate in (path, *path.parents):
-        if candidate.is_dir():
-            return
-        if candidate.exists():
+        try:
+            if candidate.is_dir():
+                return
+            exists = candidate.exists()
+        except OSError as exc:  # e.g. a parent this user may not search
+            raise ConfigError(f"{flag} {location}: cannot look at {candidate} ({exc.strerror})") from None
+        if not exists and candidate.is_symlink():
+            raise ConfigError(f"{flag} {location}: {candidate} is a link to nothing; remove it or choose another {flag}")
+        if exists:
             if candidate != path:
                 raise ConfigError(f"{flag} {location}: {candidate} is a file, not a folder; choose another {flag}")
             if not may_exist_as_file:

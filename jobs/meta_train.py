@@ -9,6 +9,7 @@ RAY_ADDRESS (as under `ray job submit`), else on a local Ray started for the run
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from drray.config import load_config
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
 
 
 def run(args):
-    overrides = args.overrides + ([f"run.out={args.out}"] if args.out else [])
+    overrides = args.overrides + ([f"run.out={json.dumps(args.out)}"] if args.out else [])  # a path, never YAML
     cfg = load_config(args.config, overrides)
     from drray.storage import check_local_folder
     from drray.train import meta_train

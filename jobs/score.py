@@ -147,6 +147,7 @@ def bytes_per_row(dataset) -> float:
 def run(args) -> ScoreSummary:
     import pyarrow.dataset as pads
 
+    from drray.checkpoint import run_dir_of
     from drray.scoring import check_schema, input_columns
     from drray.storage import check_output, check_separate, replacing_output
 
@@ -163,7 +164,7 @@ def run(args) -> ScoreSummary:
     if rows_in == 0:
         raise DataError(f"{args.input}: no rows to score")
     check_separate(args.output, args.input)
-    check_separate(args.output, args.rater, "--rater")
+    check_separate(args.output, str(run_dir_of(args.rater)), "--rater")
     out_fs, out_path = check_output(args.output, args.overwrite)
 
     from actors.cluster import connect

@@ -4,6 +4,7 @@ import os
 import stat
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -68,8 +69,10 @@ def test_deterministic_for_a_seed(tmp_path):
 
 @pytest.mark.parametrize("method", ["meta.method=backprop", "meta.mixflow_mode=reverse_over_reverse"])
 def test_learners_in_threads_match_one_after_another(tmp_path, monkeypatch, method):
-    """run.learner_threads: learners stepped at once in threads of one torch thread each give
-    bit-for-bit what the same learners give one after another on one torch thread."""
+    """run.learner_threads: learners stepped at once in threads give bit-for-bit what the same
+    learners give one after another on as many torch threads as each thread had."""
+    from drray.population import learner_threads
+
     threads_seen = set()
     meta_step = InnerLearner.meta_step
 
@@ -78,11 +81,14 @@ def test_learners_in_threads_match_one_after_another(tmp_path, monkeypatch, meth
         return meta_step(self, eta)
 
     monkeypatch.setattr(InnerLearner, "meta_step", recording)
+    before = torch.get_num_threads()
     threaded = rater_after(tiny_config(tmp_path, method, "run.learner_threads=3"))
     assert len(threads_seen) > 1 and all(name.startswith("learner") for name in threads_seen)
+    assert torch.get_num_threads() == before  # the threads' own setting leaks neither into this thread
+    with ThreadPoolExecutor(1) as fresh:  # nor into threads started afterwards
+        assert fresh.submit(torch.get_num_threads).result() == before
     threads_seen.clear()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(learner_threads(tiny_config(tmp_path, method, "run.learner_threads=3"))[1])
     try:
         sequential = rater_after(tiny_config(tmp_path, method, "run.learner_threads=1"))
     finally:
@@ -94,19 +100,23 @@ def test_learners_in_threads_match_one_after_another(tmp_path, monkeypatch, meth
 def test_learner_threads_default_to_the_cpu_threads_and_to_one_where_they_cannot_help(monkeypatch):
     from drray.population import learner_threads
 
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     backprop = ["meta.method=backprop", "population.size=8"]
-    assert learner_threads(load_config(None, backprop)) == 4
-    assert learner_threads(load_config(None, backprop + ["population.size=3"])) == 3
-    assert learner_threads(load_config(None, backprop + ["run.device=cuda"])) == 1  # one device: memory only
-    assert learner_threads(load_config(None, ["population.size=8"])) == 1  # mixflow's JVP
-    assert learner_threads(load_config(None, backprop + ["run.learner_threads=2"])) == 2
+    assert learner_threads(load_config(None, backprop)) == (8, 1)
+    assert learner_threads(load_config(None, backprop + ["population.size=3"])) == (3, 2)  # the cores shared
+    assert learner_threads(load_config(None, backprop + ["run.device=cuda"])) == (1, 8)  # one device: memory only
+    assert learner_threads(load_config(None, ["population.size=8"])) == (1, 8)  # mixflow's JVP
+    assert learner_threads(load_config(None, ["population.size=8", "run.learner_threads=4"])) == (1, 8)
+    assert learner_threads(load_config(None, backprop + ["run.learner_threads=2"])) == (2, 4)
 
 
 def test_learner_threads_refuse_forward_mode_ad(tmp_path):
-    with pytest.raises(ConfigError, match=r"run.learner_threads=2: .*forward-mode AD.*not thread-safe"):
-        load_config(None, ["run.learner_threads=2"])  # the default meta-gradient: mixflow's JVP
-    assert load_config(None, ["run.learner_threads=2", "meta.method=backprop"]).run.learner_threads == 2
+    config = tmp_path / "local.yaml"
+    config.write_text("run: {backend: local}\n")
+    with pytest.raises(ConfigError, match=r"^--set run.learner_threads=2: .*forward-mode AD.*not thread-safe"):
+        load_config(config, ["run.learner_threads=2"])  # the default meta-gradient: mixflow's JVP
+    assert load_config(config, ["run.learner_threads=2", "meta.method=backprop"]).run.learner_threads == 2
+    assert load_config(None, ["run.learner_threads=2"]).run.backend == "ray"  # unused on Ray: not refused
 
 
 @pytest.mark.parametrize("extra", [[], ["rater.arch=cnn_classifier", "rater.warm_start_steps=20"],

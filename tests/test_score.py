@@ -257,10 +257,13 @@ def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_pat
     assert not out.exists()
 
 
-def test_rater_may_be_named_by_its_checkpoint_folder_or_file(trained):
+def test_rater_may_be_named_by_its_checkpoint_folder_or_file(trained, capsys):
     from jobs.score import read_rater
 
-    run_dir = trained[0]
+    run_dir, data = trained[0], trained[1]
+    out = run_dir / "scored"  # inside the run: a later meta-train --overwrite would delete it
+    assert score_main(["--rater", str(run_dir / "checkpoint"), "--input", str(data), "--output", str(out)]) == 2
+    assert "overlaps --rater" in one_line_error(capsys) and not out.exists()
     blob, info = read_rater(str(run_dir))
     for other in (run_dir / "checkpoint", run_dir / "checkpoint" / "rater.pt"):
         assert read_rater(str(other)) == (blob, info)

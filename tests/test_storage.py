@@ -30,6 +30,9 @@ def test_an_output_folder_that_cannot_be_made_is_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match=rf"^--output {under}: {tmp_path / 'a_file'} is a file, not a folder"):
         check_output(str(under), overwrite=True)
     assert (tmp_path / "a_file").read_text() == "x"
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"dangling is a link to nothing"):
+        check_local_folder(str(tmp_path / "dangling" / "run"), "--out")
 
 
 def test_parquet_files_reads_past_other_files(tmp_path):
