@@ -139,10 +139,10 @@ class RunConfig(_Section):
     log_every: int = Field(10, ge=1)  # a progress line every this many steps
     auroc_every: int = Field(1, ge=1)  # score the probe set every this many steps (and at the last)
     device: str = "cpu"
-    # backend local: inner models that take their meta-step at once, in threads of one torch thread
-    # each (small models use one core better than two). null: on CPU one per torch thread (the
+    # backend local: inner models that take their meta-step at once, in threads that share torch's
+    # threads (small models use one core better than two). null: on CPU one per torch thread (the
     # cores), at most the population size; on an accelerator 1; 1: one after another, each on all
-    # of torch's threads.
+    # of torch's threads. Always 1 with mixflow's JVP (forward-mode AD is not thread-safe).
     learner_threads: Optional[int] = Field(None, ge=1)
 
 
