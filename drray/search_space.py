@@ -15,6 +15,8 @@ value, and both ends of a range) before anything runs: one line naming the key i
 """
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -120,7 +122,29 @@ def load_tune_spec(path: str | Path) -> tuple[TuneSpec, dict]:
             _check(base_tree, key, value, f"{path}: space")
     for key, value in spec.set.items():
         apply_override(base_tree, key.split("."), value)
+    _check_together(base_tree, spec, f"{path}: space")
     return spec, base_tree
+
+
+MAX_COMBINATIONS = 4096  # beyond this, each space key is checked alone only (above)
+
+
+def _check_together(base_tree: dict, spec: TuneSpec, where: str) -> None:
+    """Every combination of the space's probe values, with `set` applied: a check across sections
+    (run.learner_threads with mixflow's JVP) sees the keys together, before any trial starts."""
+    keys = list(spec.space)
+    probes = [spec.space[key].probes() for key in keys]
+    if math.prod(len(p) for p in probes) > MAX_COMBINATIONS:
+        return
+    for values in itertools.product(*probes):
+        tree = yaml.safe_load(yaml.safe_dump(base_tree))
+        for key, value in zip(keys, values):
+            apply_override(tree, key.split("."), value)
+        try:
+            validate_config(tree, where)
+        except ConfigError as exc:
+            shown = ", ".join(f"{key}={value!r}" for key, value in zip(keys, values))
+            raise ConfigError(f"{exc} (with {shown})") from None
 
 
 def _describe_spec_error(error: dict) -> str:
@@ -149,7 +173,7 @@ def _check(base_tree: dict, key: str, value, where: str) -> None:
         apply_override(tree, key.split("."), value)
         validate_config(tree, where)
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (key {key!r})") from None
+        raise ConfigError(str(exc) if key in str(exc) else f"{exc} (key {key!r})") from None
 
 
 def trial_config(base_tree: dict, params: dict, out: str) -> Config:

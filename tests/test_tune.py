@@ -46,6 +46,10 @@ def test_spec_applies_set_and_samples_into_a_valid_config(tmp_path):
                                                  "uniform, loguniform, randint"),
     ({"asha": {"grace": 3}}, "unknown key 'asha.grace'; allowed here: grace_period, reduction_factor"),
     ({"base": "nowhere.yaml"}, "base: nowhere.yaml not found (looked for it as given and beside the spec)"),
+    ({"set": {"meta.steps": 4, "run.backend": "local"},  # each key is fine alone; together they are not
+      "space": {"run.learner_threads": {"grid": [1, 2]}, "meta.method": {"grid": ["backprop", "mixflow"]}}},
+     "not thread-safe; set meta.mixflow_mode=reverse_over_reverse, meta.method=backprop or run.learner_threads=1 "
+     "(with run.learner_threads=2, meta.method='mixflow')"),
 ])
 def test_bad_spec_is_one_line(tmp_path, fields, expected):
     path = write_spec(tmp_path / "s.yaml", **fields)
