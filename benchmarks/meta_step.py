@@ -218,6 +218,21 @@ def add_pinned(r: dict, pinned: dict) -> None:
              pinned_baseline_rss_mb=pinned["baseline_rss_mb"], pinned_sec_per_step=pinned["sec_per_step"])
 
 
+def alternate(labelled: list, repeats: int, path: Path, header: dict, keys: tuple) -> tuple[dict, dict]:
+    """Run each (label, run) of `labelled` once per repeat, cycling through all of them so a shared
+    machine's drifts hit every one; the runs so far are saved to `path` after each. Returns
+    (runs per label, median per label of each of `keys`)."""
+    runs: dict[str, list[dict]] = {}
+    for repeat in range(repeats):
+        for label, run in labelled:
+            r = run()
+            runs.setdefault(label, []).append(r)
+            path.write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
+            print(f"[{repeat + 1}/{repeats}] {label:<42} {r['sec_per_step']:.3f} s/step  CPU {r['cpu_sec_per_step']:.3f} s  "
+                  f"peak {r['peak_rss_mb']:.0f} MB  extra {r['extra_mb']:.0f} MB", flush=True)
+    return runs, {label: {k: statistics.median(r[k] for r in rs) for k in keys} for label, rs in runs.items()}
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from types import SimpleNamespace
 
-from benchmarks.meta_step import DATA_DIR, RESULTS, child_args, machine_info, ratio, spawn
+from benchmarks.meta_step import DATA_DIR, RESULTS, alternate, child_args, machine_info, ratio, spawn
 
 SETTINGS = {"T16": dict(T=16, pop=1, optimizer="adam", lr=1e-3),
             "reference": dict(T=2, pop=8, optimizer="sgd", lr=0.01)}
@@ -39,17 +38,10 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.mixflow_modes" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "mixflow_modes.json"
-    runs: dict[str, list[dict]] = {}
-    for repeat in range(args.repeats):
-        for name, setting in SETTINGS.items():
-            for method, mode in VARIANTS:
-                label = f"{name} {method}" + (f" {mode}" if method == "mixflow" else "")
-                r = run(setting, method, mode)
-                runs.setdefault(label, []).append(r)
-                path.write_text(json.dumps({"command": command, "machine": info, "runs": runs}, indent=2) + "\n")
-                print(f"[{repeat + 1}/{args.repeats}] {label:<42} {r['sec_per_step']:.3f} s/step  "
-                      f"peak {r['peak_rss_mb']:.0f} MB  extra {r['extra_mb']:.0f} MB", flush=True)
-    medians = {label: {k: statistics.median(r[k] for r in rs) for k in KEYS} for label, rs in runs.items()}
+    labelled = [(f"{name} {method}" + (f" {mode}" if method == "mixflow" else ""),
+                 lambda s=setting, m=method, md=mode: run(s, m, md))
+                for name, setting in SETTINGS.items() for method, mode in VARIANTS]
+    runs, medians = alternate(labelled, args.repeats, path, {"command": command, "machine": info}, KEYS)
     print(f"\n{'configuration':<42} {'s/step':>7} {'CPU s':>6} {'peak MB':>8} {'extra MB':>8} {'warm MB':>8} "
           f"{'time/bp':>7} {'extra/bp':>8}")
     for label, m in medians.items():

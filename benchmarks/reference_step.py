@@ -26,8 +26,8 @@ import sys
 import time
 from types import SimpleNamespace
 
-from benchmarks.meta_step import (DATA_DIR, RESULT_TAG, RESULTS, child_args, machine_info, proc_status_mb, ratio,
-                                  reset_peak_rss, spawn)
+from benchmarks.meta_step import (DATA_DIR, RESULT_TAG, RESULTS, alternate, child_args, machine_info,
+                                  proc_status_mb, ratio, reset_peak_rss, spawn)
 
 T, POP, BATCH, LR, TEMPERATURE, CLIP, META_LR = 2, 8, 128, 0.01, 0.3, 5.0, 3e-4
 VARIANTS = (("backprop", "forward_over_reverse"), ("mixflow", "forward_over_reverse"),
@@ -124,18 +124,10 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.reference_step" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "reference_step.json"
-    runs: dict[str, list[dict]] = {}
-    for repeat in range(args.repeats):
-        labelled = [("reference computation", lambda: spawn_reference(args.steps))]
-        labelled += [(f"drray {method}" + (f" {mode}" if method == "mixflow" else ""),
-                      lambda m=method, md=mode: run_drray(m, md, args.steps)) for method, mode in VARIANTS]
-        for label, run in labelled:
-            r = run()
-            runs.setdefault(label, []).append(r)
-            path.write_text(json.dumps({"command": command, "machine": info, "runs": runs}, indent=2) + "\n")
-            print(f"[{repeat + 1}/{args.repeats}] {label:<42} {r['sec_per_step']:.3f} s/step  "
-                  f"CPU {r['cpu_sec_per_step']:.3f} s  peak {r['peak_rss_mb']:.0f} MB", flush=True)
-    medians = {label: {k: statistics.median(r[k] for r in rs) for k in KEYS} for label, rs in runs.items()}
+    labelled = [("reference computation", lambda: spawn_reference(args.steps))]
+    labelled += [(f"drray {method}" + (f" {mode}" if method == "mixflow" else ""),
+                  lambda m=method, md=mode: run_drray(m, md, args.steps)) for method, mode in VARIANTS]
+    runs, medians = alternate(labelled, args.repeats, path, {"command": command, "machine": info}, KEYS)
     ref = medians["reference computation"]
     print(f"\n{'configuration':<42} {'s/step':>7} {'CPU s':>6} {'peak MB':>8} {'extra MB':>8} {'time/ref':>8} "
           f"{'CPU/ref':>7}")

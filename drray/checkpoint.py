@@ -9,8 +9,8 @@ Loading uses torch.load(weights_only=True): tensors and plain containers only.
 from __future__ import annotations
 
 import io
-import pickle
 import os
+import pickle
 import tempfile
 import warnings
 from pathlib import Path

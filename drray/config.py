@@ -269,7 +269,7 @@ def _blame(error: dict, origin: str, overrides: list[str]) -> str:
         return f"--set {named[-1]}" if named else origin
     for text in overrides:
         set_key = text.partition("=")[0].strip()
-        if key and (key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + ".")):
+        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
             return f"--set {text}"
     return origin
 

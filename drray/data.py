@@ -180,11 +180,15 @@ def _first_existing(*candidates: Path) -> Optional[Path]:
 PARQUET_COLUMNS, SPLITS = ("id", "image", "shape", "label"), ("train", "test", "heldout")
 
 
+def not_a_folder(path: Path) -> str:
+    """Why `path` is no folder to read: it is a file, or it is not there."""
+    return "is a file, not a folder" if path.exists() else "does not exist"
+
+
 def existing_data_dir(cfg: DataConfig, holding: str) -> Path:
     """data.dir as a Path; a one-line DataError (saying what it should hold) when unset or missing."""
     if cfg.dir is None or not Path(cfg.dir).is_dir():
-        where = ("no data.dir given" if cfg.dir is None else f"data.dir {cfg.dir} is a file, not a folder"
-                 if Path(cfg.dir).exists() else f"data.dir {cfg.dir} does not exist")
+        where = "no data.dir given" if cfg.dir is None else f"data.dir {cfg.dir} {not_a_folder(Path(cfg.dir))}"
         raise DataError(f"{where}; set data.dir to {holding}")
     return Path(cfg.dir)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from drray.checkpoint import atomic_write_bytes
 from drray.config import DataConfig
-from drray.data import ExampleSet, _first_existing
+from drray.data import ExampleSet, _first_existing, not_a_folder
 from drray.errors import DataError
 from drray.registry import DATA_SOURCES
 
@@ -74,8 +74,7 @@ def _read_idx_split(directory: Path, prefix: str, checksums: Optional[dict[str, 
 
 def _load_idx_dir(directory: Path, checksums: Optional[dict[str, str]], num_classes: Optional[int]):
     if not directory.is_dir():
-        problem = "is a file, not a folder" if directory.exists() else "does not exist"
-        raise DataError(f"data.dir {directory} {problem}; set data.dir to an MNIST-format directory")
+        raise DataError(f"data.dir {directory} {not_a_folder(directory)}; set data.dir to an MNIST-format directory")
     (train_images, train_labels), (test_images, test_labels) = (
         _read_idx_split(directory, prefix, checksums) for prefix in ("train", "t10k")
     )
