@@ -10,12 +10,31 @@ from drray.modality import modality_for
 from drray.registry import INNER_MODELS, RATERS
 
 
+def _rows_then_columns_max(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max-pool (stride 2, an odd last row/column dropped) as two elementwise maxima of strided
+    views: on CPU ~10x faster than max_pool2d, whose kernel also writes int64 indices."""
+    x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+    rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
+class MaxPool2x2(nn.Module):
+    """nn.MaxPool2d(2), ~10x faster without autograd (scoring, evaluation). With autograd it is
+    max_pool2d itself: its indices make the backward a cheap scatter, and computing them is what
+    the fast path saves, so a hand-written backward gained little (measured)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return nn.functional.max_pool2d(x, 2)
+        return _rows_then_columns_max(x)
+
+
 def _conv_trunk(channels: tuple[int, ...], side: int, padding: int = 1) -> tuple[nn.Sequential, int]:
     """3x3 convs, each followed by ReLU and 2x2 max-pool; returns (trunk, flattened size)."""
     layers: list[nn.Module] = []
     in_ch = 1
     for out_ch in channels:
-        layers += [nn.Conv2d(in_ch, out_ch, 3, padding=padding), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [nn.Conv2d(in_ch, out_ch, 3, padding=padding), nn.ReLU(), MaxPool2x2()]
         in_ch, side = out_ch, (side - 2 + 2 * padding) // 2
     if side < 1:
         raise ValueError(f"input too small for {len(channels)} pooling stages")
