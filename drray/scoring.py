@@ -29,7 +29,7 @@ REQUIRED_COLUMNS = ("image", "shape", "label")
 BAD_ROW_MODES = ("fail", "drop")
 # Rows per forward pass. On CPU a conv rater runs slower on bigger batches (the activations fall
 # out of cache), so a large Ray Data batch is scored in chunks of this many rows.
-CHUNK_ROWS = 256
+CHUNK_ROWS = 512
 
 
 def _is_list(kind: pa.DataType) -> bool:
