@@ -19,9 +19,10 @@ def _rows_then_columns_max(x: torch.Tensor) -> torch.Tensor:
 
 
 class MaxPool2x2(nn.Module):
-    """nn.MaxPool2d(2), ~10x faster without autograd (scoring, evaluation). With autograd it is
-    max_pool2d itself: its indices make the backward a cheap scatter, and computing them is what
-    the fast path saves, so a hand-written backward gained little (measured)."""
+    """nn.MaxPool2d(2), ~10x faster without autograd (scoring, evaluation, mixflow's forward
+    weights). With autograd it is max_pool2d itself: its indices make the backward a cheap
+    scatter, and the replacements measured for training gained a few per cent at most
+    (BENCHMARKS.md, reference configuration)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
