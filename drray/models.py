@@ -22,7 +22,10 @@ class MaxPool2x2(nn.Module):
     """nn.MaxPool2d(2), ~10x faster without autograd (scoring, evaluation, mixflow's forward
     weights). With autograd it is max_pool2d itself: its indices make the backward a cheap
     scatter, and the replacements measured for training gained a few per cent at most
-    (BENCHMARKS.md, reference configuration)."""
+    (BENCHMARKS.md, reference configuration). Both paths give the same values bit for bit (a
+    max is exact), which mixflow needs: its forward runs the rater without a graph and its
+    backward recomputes it with one; a layer that differs even in rounding breaks the methods'
+    agreement (tests/test_metagrad.py caught a 5e-3 relative error from one)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
