@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from drray.checkpoint import load_rater, save_checkpoint  # noqa: E402
 from drray.models import build_rater  # noqa: E402
-from drray.scoring import score_table  # noqa: E402
+from drray.scoring import for_scoring, score_table  # noqa: E402
 from jobs.score import DEFAULT_BATCH_SIZE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +193,7 @@ class TreeMonitor:
 def plain_loop(folder: Path, out: Path | None) -> dict:
     """Read Parquet batches, score them with score_table, write Parquet: one process, no Ray."""
     rater, info = load_rater(rater_run())
+    rater = for_scoring(rater, torch.device("cpu"))  # as the job's actors prepare it
     shape, classes = tuple(info["image_shape"]), info["num_classes"]
     rows, writer = 0, None
     start = time.perf_counter()

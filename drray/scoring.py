@@ -214,6 +214,15 @@ def rater_from_bytes(blob: bytes) -> tuple[torch.nn.Module, dict]:
     return rater.eval(), {key: value for key, value in saved.items() if key != "rater"}
 
 
+def for_scoring(rater: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The rater (moved in place) on `device`, and on CPU with its conv weights channels-last: oneDNN then runs
+    the convs without a layout conversion, 1.11x the rows/s on one thread and 1.16x on two
+    (BENCHMARKS.md). Scores move in rounding only (~4e-8); not for meta-training, where the
+    rater's forward with and without a graph must agree bit for bit."""
+    rater = rater.to(device)
+    return rater.to(memory_format=torch.channels_last) if device.type == "cpu" else rater
+
+
 class RaterScorer:
     """The callable class of a Ray Data actor pool: builds the rater once per actor, then
     scores pyarrow batches with `score_table`. On the GPU when the actor was given one."""
@@ -223,9 +232,9 @@ class RaterScorer:
         """rater_blob: the bytes of a rater.pt (the actors may not see the run directory)."""
         if threads:
             torch.set_num_threads(int(threads))  # Ray leaves one thread to an actor of num_cpus <= 1
-        self.rater, info = rater_from_bytes(rater_blob)
+        rater, info = rater_from_bytes(rater_blob)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray hides unassigned GPUs
-        self.rater.to(self.device)
+        self.rater = for_scoring(rater, self.device)
         self.image_shape, self.num_classes = tuple(info["image_shape"]), int(info["num_classes"])
         self.on_bad_row, self.where, self.chunk_rows = on_bad_row, where, chunk_rows
         self.reported = 0

@@ -1,5 +1,6 @@
 """Scoring a Parquet data set with a trained rater: `score_table` and its checks in-process, and
 `jobs.score` (Ray Data, a pool of rater actors) on a local Ray."""
+import copy
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from drray.config import load_config
 from drray.data import build_splits, to_tensors, write_parquet
 from drray.errors import ConfigError, DataError
 from drray.models import build_rater
-from drray.scoring import SCORE, check_schema, score_table
+from drray.scoring import SCORE, check_schema, for_scoring, score_table
 from drray.train import meta_train
 from jobs.score import main as score_main
 
@@ -95,6 +96,19 @@ def test_score_table_keeps_columns_and_matches_the_rater(trained):
                                rtol=1e-6, atol=1e-6)
     rescored = score_table(rater, scored, tuple(info["image_shape"]), info["num_classes"])  # replaces, not duplicates
     assert rescored.column_names == scored.column_names
+
+
+def test_rater_prepared_for_scoring_scores_the_same():
+    """for_scoring (what the job's actors run): a conv rater's weights channels-last on CPU, the
+    same scores up to rounding."""
+    torch.manual_seed(0)
+    rater = build_rater("cnn", (28, 28), 10).eval()
+    prepared = for_scoring(copy.deepcopy(rater), torch.device("cpu"))
+    convs = [m for m in prepared.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    x, y = torch.rand(300, 1, 28, 28), torch.randint(10, (300,))
+    with torch.no_grad():
+        assert torch.allclose(prepared(x, y), rater(x, y), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_rows_are_found_named_and_dropped(trained):
