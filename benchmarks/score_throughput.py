@@ -1,6 +1,7 @@
 """Rows/s of `jobs.score` (Ray Data, a pool of rater actors) against a plain single-process loop
-(pyarrow batches + torch, the same rater, the same Parquet, the same `score_table`), and the peak
-memory (PSS of every process: the driver, Ray's daemons and workers) of the Ray job as rows grow.
+(pyarrow batches + torch, the same rater prepared the same way by `for_scoring`, the same Parquet,
+the same `score_table`), and the peak memory (PSS of every process: the driver, Ray's daemons and
+workers) of the Ray job as rows grow.
 
     python -m benchmarks.score_throughput [--rows 100000 1000000] [--memory-rows 1000000 4000000]
                                           [--repeats 3] [--job-args "--actors 1"] [--quick]
