@@ -20,44 +20,19 @@ Results: benchmarks/results/meta_step[.MODE][.chunkN].json (.quick.json for --qu
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import math
 import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DATA_DIR = "../shared/data/mnist"
+from benchmarks.harness import (DATA_DIR, RESULT_TAG, RESULTS, ROOT, machine_info, proc_status_mb, ratio,
+                                reset_peak_rss, spawn)
+
 T_VALUES = (1, 2, 4, 8, 16, 32)
 QUICK_T_VALUES = (1, 2)
 METHODS = ("backprop", "mixflow")
-RESULT_TAG = "RESULT "
-
-
-# ---------------------------------------------------------------- memory helpers (Linux /proc)
-
-def proc_status_mb(key: str) -> float:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) / 1024.0
-
-
-def reset_peak_rss() -> float:
-    """Free what can be freed, reset VmHWM to the current RSS; returns the RSS (MB)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    Path("/proc/self/clear_refs").write_text("5")  # "5": reset the peak RSS counter (Linux >= 4.0)
-    return proc_status_mb("VmRSS")
 
 
 # ---------------------------------------------------------------- children
@@ -177,20 +152,6 @@ def run_primitive(args) -> dict:
 PINNED_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc: every block >= 64 KiB is its own mmap
 
 
-def spawn(extra: list[str], timeout: float = 1800, env_extra: dict | None = None,
-          module: str = "benchmarks.meta_step") -> dict:
-    """Run `python -m module *extra` in a fresh process; returns its RESULT line."""
-    env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.update(env_extra or {})
-    cmd = [sys.executable, "-m", module, *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"child {' '.join(extra)} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len(RESULT_TAG):])
-
-
 def child_args(method: str, T: int, pop: int, optimizer: str, lr: float, steps: int, args) -> list[str]:
     chunk = ["--mixflow-chunk", str(args.mixflow_chunk)] if args.mixflow_chunk else []
     return ["--one", "--method", method, "--T", str(T), "--pop", str(pop), "--optimizer", optimizer,
@@ -198,43 +159,10 @@ def child_args(method: str, T: int, pop: int, optimizer: str, lr: float, steps: 
             "--data-dir", args.data_dir, "--mixflow-mode", args.mixflow_mode] + chunk
 
 
-def machine_info() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
-    except (StopIteration, OSError):
-        pass
-    import torch
-
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "python": platform.python_version(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "loadavg_start": os.getloadavg()}
-
-
 def add_pinned(r: dict, pinned: dict) -> None:
     r.update(pinned_peak_rss_mb=pinned["peak_rss_mb"], pinned_extra_mb=pinned["extra_mb"],
              pinned_warm_extra_mb=pinned["warm_extra_mb"],
              pinned_baseline_rss_mb=pinned["baseline_rss_mb"], pinned_sec_per_step=pinned["sec_per_step"])
-
-
-def alternate(labelled: list, repeats: int, path: Path, header: dict, keys: tuple) -> tuple[dict, dict]:
-    """Run each (label, run) of `labelled` once per repeat, cycling through all of them so a shared
-    machine's drifts hit every one; the runs so far are saved to `path` after each. Returns
-    (runs per label, median per label of each of `keys`)."""
-    runs: dict[str, list[dict]] = {}
-    for repeat in range(repeats):
-        for label, run in labelled:
-            r = run()
-            runs.setdefault(label, []).append(r)
-            path.write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
-            print(f"[{repeat + 1}/{repeats}] {label:<42} {r['sec_per_step']:.3f} s/step  CPU {r['cpu_sec_per_step']:.3f} s  "
-                  f"peak {r['peak_rss_mb']:.0f} MB  extra {r['extra_mb']:.0f} MB", flush=True)
-    return runs, {label: {k: statistics.median(r[k] for r in rs) for k in keys} for label, rs in runs.items()}
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
 
 
 def main_parent(args) -> int:

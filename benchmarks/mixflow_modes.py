@@ -16,7 +16,8 @@ import json
 import sys
 from types import SimpleNamespace
 
-from benchmarks.meta_step import DATA_DIR, RESULTS, alternate, child_args, machine_info, ratio, spawn
+from benchmarks.harness import DATA_DIR, RESULTS, alternate, machine_info, ratio, spawn
+from benchmarks.meta_step import child_args
 
 SETTINGS = {"T16": dict(T=16, pop=1, optimizer="adam", lr=1e-3),
             "reference": dict(T=2, pop=8, optimizer="sgd", lr=0.01)}

@@ -26,8 +26,9 @@ import sys
 import time
 from types import SimpleNamespace
 
-from benchmarks.meta_step import (DATA_DIR, RESULT_TAG, RESULTS, alternate, child_args, machine_info,
-                                  proc_status_mb, ratio, reset_peak_rss, spawn)
+from benchmarks.harness import (DATA_DIR, RESULT_TAG, RESULTS, alternate, machine_info, proc_status_mb, ratio,
+                                reset_peak_rss, spawn)
+from benchmarks.meta_step import child_args
 
 T, POP, BATCH, LR, TEMPERATURE, CLIP, META_LR = 2, 8, 128, 0.01, 0.3, 5.0, 3e-4
 VARIANTS = (("backprop", "forward_over_reverse"), ("mixflow", "forward_over_reverse"),

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.meta_step import proc_status_mb, reset_peak_rss
+from benchmarks.harness import proc_status_mb, reset_peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "RESULT "
