@@ -15,6 +15,7 @@ value, and both ends of a range) before anything runs: one line naming the key i
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from pathlib import Path
@@ -137,11 +138,8 @@ def _check_together(base_tree: dict, spec: TuneSpec, where: str) -> None:
     if math.prod(len(p) for p in probes) > MAX_COMBINATIONS:
         return
     for values in itertools.product(*probes):
-        tree = yaml.safe_load(yaml.safe_dump(base_tree))
-        for key, value in zip(keys, values):
-            apply_override(tree, key.split("."), value)
         try:
-            validate_config(tree, where)
+            validate_config(_overridden(base_tree, dict(zip(keys, values))), where)
         except ConfigError as exc:
             shown = ", ".join(f"{key}={value!r}" for key, value in zip(keys, values))
             raise ConfigError(f"{exc} (with {shown})") from None
@@ -167,22 +165,24 @@ def _base_tree(spec: TuneSpec, path: Path) -> dict:
     return load_config(base).to_dict()
 
 
-def _check(base_tree: dict, key: str, value, where: str) -> None:
-    tree = yaml.safe_load(yaml.safe_dump(base_tree))  # a deep copy
-    try:
+def _overridden(base_tree: dict, params: dict) -> dict:
+    """A copy of the config tree with `params` (flat dotted keys) applied."""
+    tree = copy.deepcopy(base_tree)
+    for key, value in params.items():
         apply_override(tree, key.split("."), value)
-        validate_config(tree, where)
+    return tree
+
+
+def _check(base_tree: dict, key: str, value, where: str) -> None:
+    try:
+        validate_config(_overridden(base_tree, {key: value}), where)
     except ConfigError as exc:
         raise ConfigError(str(exc) if key in str(exc) else f"{exc} (key {key!r})") from None
 
 
 def trial_config(base_tree: dict, params: dict, out: str) -> Config:
     """The Config of one trial: the base with the sampled `params` (flat keys) and its output dir."""
-    tree = yaml.safe_load(yaml.safe_dump(base_tree))
-    for key, value in params.items():
-        apply_override(tree, key.split("."), value)
-    apply_override(tree, ["run", "out"], out)
-    return validate_config(tree, "trial")
+    return validate_config(_overridden(base_tree, {**params, "run.out": out}), "trial")
 
 
 def check_trial_models(spec: TuneSpec, base_tree: dict) -> None:
