@@ -18,27 +18,123 @@ def _rows_then_columns_max(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
+def _max_and_winners(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """max_pool2d's values and indices (flat in the [H, W] plane, the first maximum in raster
+    order), the indices kept as int16 (int32 for planes over 32k pixels): 1/4 (1/2) of its int64.
+    On CPU through a channels-last copy of x: that kernel is vectorised over the channels, 2-4x
+    faster than the NCHW one at these sizes even with both copies (BENCHMARKS.md)."""
+    if x.device.type == "cpu" and x.dim() == 4:
+        values, index = nn.functional.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), 2)
+    else:
+        values, index = nn.functional.max_pool2d_with_indices(x, 2)
+    dtype = torch.int16 if x.shape[-2] * x.shape[-1] <= torch.iinfo(torch.int16).max else torch.int32
+    return values.contiguous(), index.to(dtype, memory_format=torch.contiguous_format)
+
+
+def _planes(winners: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(number of [H, W] planes, the winners as int64 [planes, h * w]: what scatter and gather take)."""
+    planes = winners.numel() // (winners.shape[-2] * winners.shape[-1]) if winners.numel() else 0
+    return planes, winners.long().view(planes, -1)
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    """The pool with a graph: the forward above, and a backward that sends each window's gradient
+    to its winner (_ToWinners), itself differentiable (for create_graph) and forward-mode
+    differentiable (mixflow's JVP); all three are linear maps given the winners."""
+
+    @staticmethod
+    def forward(x):
+        return _max_and_winners(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+        ctx.save_for_forward(output[1])
+        ctx.shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        return _ToWinners.apply(grad, ctx.saved_tensors[0], ctx.shape)
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        return _FromWinners.apply(tangent, ctx.saved_tensors[0]), None
+
+
+class _ToWinners(torch.autograd.Function):
+    """[..., h, w] -> zeros of the input's shape [..., H, W] with each value at its window's winner."""
+
+    @staticmethod
+    def forward(values, winners, shape):
+        planes, index = _planes(winners)
+        out = values.new_zeros(planes, shape[-2] * shape[-1])
+        return out.scatter_(1, index, values.reshape(planes, -1)).view(shape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
+        ctx.shape = inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _FromWinners.apply(grad, ctx.saved_tensors[0]), None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, _winners, _shape):
+        return _ToWinners.apply(tangent, ctx.saved_tensors[0], ctx.shape)
+
+
+class _FromWinners(torch.autograd.Function):
+    """[..., H, W] -> [..., h, w]: each window's value at its winner (the adjoint of _ToWinners)."""
+
+    @staticmethod
+    def forward(full, winners):
+        planes, index = _planes(winners)
+        return full.reshape(planes, -1).gather(1, index).view(winners.shape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
+        ctx.shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _ToWinners.apply(grad, ctx.saved_tensors[0], ctx.shape), None
+
+    @staticmethod
+    def jvp(ctx, tangent, _winners):
+        return _FromWinners.apply(tangent, ctx.saved_tensors[0])
+
+
 class MaxPool2x2(nn.Module):
-    """nn.MaxPool2d(2), ~10x faster without autograd (scoring, evaluation, mixflow's forward
-    weights). With autograd it is max_pool2d itself: its indices make the backward a cheap
-    scatter, and the replacements measured for training gained a few per cent at most
-    (BENCHMARKS.md, reference configuration). Both paths give the same values bit for bit (a
-    max is exact), which mixflow needs: its forward runs the rater without a graph and its
-    backward recomputes it with one; a layer that differs even in rounding breaks the methods'
-    agreement (tests/test_metagrad.py caught a 5e-3 relative error from one)."""
+    """nn.MaxPool2d(2), faster on CPU. Without autograd (scoring, evaluation, mixflow's forward
+    weights): two elementwise maxima of strided views, ~10x faster than max_pool2d. With autograd
+    (training): max_pool2d's channels-last kernel, 2-4x faster on CPU, its indices kept as int16
+    (1/4 of the memory); gradients of any order and forward-mode tangents go through them, so all
+    equal max_pool2d's bit for bit, ties included. Both paths give the same values bit for bit (a
+    max is exact), which mixflow needs: its forward runs the rater without a graph and its backward
+    recomputes it with one; a layer that differs even in rounding breaks the methods' agreement
+    (tests/test_metagrad.py caught a 5e-3 relative error from one)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
-            return nn.functional.max_pool2d(x, 2)
+            return _MaxPool2x2.apply(x)[0]
         return _rows_then_columns_max(x)
 
 
 def _conv_trunk(channels: tuple[int, ...], side: int, padding: int = 1) -> tuple[nn.Sequential, int]:
-    """3x3 convs, each followed by ReLU and 2x2 max-pool; returns (trunk, flattened size)."""
+    """3x3 convs, each followed by 2x2 max-pool and ReLU; returns (trunk, flattened size). Pooling
+    first is the same function as ReLU then pool, with the same gradients (max and ReLU commute,
+    and the gradient goes to the same corner), but ReLU then keeps a quarter of the activations
+    for its backward, which the next layer keeps anyway (BENCHMARKS.md, reference configuration).
+    The modules keep their indices, so rater checkpoints of the ReLU-first order still load."""
     layers: list[nn.Module] = []
     in_ch = 1
     for out_ch in channels:
-        layers += [nn.Conv2d(in_ch, out_ch, 3, padding=padding), nn.ReLU(), MaxPool2x2()]
+        layers += [nn.Conv2d(in_ch, out_ch, 3, padding=padding), MaxPool2x2(), nn.ReLU()]
         in_ch, side = out_ch, (side - 2 + 2 * padding) // 2
     if side < 1:
         raise ValueError(f"input too small for {len(channels)} pooling stages")
