@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import torch
 
 from drray.config import DataConfig
@@ -24,6 +22,9 @@ from drray.errors import DataError
 from drray.modality import modality_of_array
 from drray.registry import DATA_SOURCES
 from drray.tokenizer import PAD, TOKEN_DTYPE
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "DATA_SOURCES", "DataSplits", "ExampleSet", "build_splits", "read_parquet", "to_tensors", "write_parquet",
@@ -215,6 +216,9 @@ def load_parquet_source(cfg: DataConfig):
 def read_parquet(path: Path, seq_len: int = 128) -> ExampleSet:
     """One split from a .parquet file or a folder of shards; num_classes is max label + 1.
     A table with a `text` column holds text: tokenized into sequences of `seq_len` bytes."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
     try:
         table = ds.dataset(str(path), format="parquet").to_table()
     except (OSError, pa.ArrowException) as exc:
@@ -259,6 +263,8 @@ def examples_from_table(table: pa.Table, path) -> ExampleSet:
 
 
 def _list_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    import pyarrow as pa
+
     column = table.column(name).combine_chunks()
     kind = column.type
     if not (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)):
@@ -268,6 +274,8 @@ def _list_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
 
 def _read_ground_truth(table: pa.Table, examples: ExampleSet) -> None:
     """Keep prepared data's experiment columns (is_corrupted, corruption, corruption_level)."""
+    import pyarrow.compute as pc
+
     names = table.column_names
     if "corruption" in names:
         examples.corruption = pc.fill_null(table.column("corruption"), "").to_numpy(zero_copy_only=False).astype(object)
@@ -288,6 +296,9 @@ def write_parquet(examples: ExampleSet, path: Path) -> None:
         from drray.text_data import write_text_parquet
 
         return write_text_parquet(examples, path)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     n, height, width = examples.images.shape
     table = pa.table({
         "id": pa.array(examples.ids, pa.int64()),
@@ -300,6 +311,8 @@ def write_parquet(examples: ExampleSet, path: Path) -> None:
 
 def label_and_truth_columns(examples: ExampleSet) -> dict:
     """The columns every modality writes after its payload: label and the ground truth."""
+    import pyarrow as pa
+
     return {
         "label": pa.array(examples.labels, pa.int64()),
         "is_corrupted": pa.array(examples.is_corrupted, pa.bool_()),

@@ -9,10 +9,12 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING
 
 from drray.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pyarrow is imported where a filesystem is used: a local run never loads it (~30 MB)
+    import pyarrow.fs as pafs
 
 
 def is_uri(location: str) -> bool:
@@ -25,6 +27,8 @@ class RunDir:
         self.location = str(location)
         self.fs = None
         if is_uri(self.location):
+            import pyarrow.fs as pafs
+
             try:
                 self.fs, self.remote = pafs.FileSystem.from_uri(self.location)
             except (ValueError, OSError) as exc:
@@ -47,6 +51,8 @@ class RunDir:
         return f"{self.location.rstrip('/')}/{relative}" if relative else self.location
 
     def _remote_files(self) -> list[pafs.FileInfo]:
+        import pyarrow.fs as pafs
+
         selector = pafs.FileSelector(self.remote, allow_not_found=True, recursive=True)
         return [info for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File]
 
@@ -80,6 +86,8 @@ class RunDir:
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a local path or any pyarrow filesystem URI."""
+    import pyarrow.fs as pafs
+
     if is_uri(location):
         try:
             return pafs.FileSystem.from_uri(location)
@@ -115,6 +123,8 @@ def check_output(location: str, overwrite: bool, flag: str = "--output") -> tupl
     """Make sure a job may write `location`: an existing file or directory is refused unless
     overwrite. Nothing is removed here: call clear_output once every other check has passed, so
     a run refused for any reason leaves the old output as it was."""
+    import pyarrow.fs as pafs
+
     fs, path = resolve(location)
     if fs.get_file_info(path).type != pafs.FileType.NotFound and not overwrite:
         raise ConfigError(f"{location} already exists; pass --overwrite to replace it or choose another output")
@@ -137,6 +147,8 @@ def check_separate(output: str, source: str, flag: str = "--input") -> None:
 
 def clear_output(fs: pafs.FileSystem, path: str) -> None:
     """Remove a file or directory, if there is one."""
+    import pyarrow.fs as pafs
+
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.Directory:
         fs.delete_dir(path)
@@ -150,6 +162,8 @@ def parquet_files(location: str, what: str = "a Parquet file or a folder of Parq
     Other files (a filter's summary.json) and names starting with '.' or '_' are left out, so
     the output of one job reads as the input of the next; a jobs.prepare root (prepare.json) is
     refused, as its splits are not one data set."""
+    import pyarrow.fs as pafs
+
     fs, path = resolve(location)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
@@ -199,6 +213,8 @@ def replacing_output(fs: pafs.FileSystem, path: str):
     replaces whatever was at `path`. Locally it is written in a hidden folder beside `path` and
     renamed into place, so a failed job leaves the old output as it was. For a URI it is written
     in place (the old output removed first) and removed again if the job fails."""
+    import pyarrow.fs as pafs
+
     if isinstance(fs, pafs.LocalFileSystem):
         staging = staging_dir_beside(path)
         try:

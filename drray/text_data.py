@@ -15,16 +15,17 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from drray.config import DataConfig
 from drray.data import DATA_SOURCES, ExampleSet, _read_ground_truth, existing_data_dir, label_and_truth_columns
 from drray.errors import DataError
 from drray.tokenizer import TOKEN_DTYPE, decode, encode_batch
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # ---- wikitext -> plain text ------------------------------------------------------------------
 
@@ -173,6 +174,8 @@ def load_text_source(cfg: DataConfig):
 
 def examples_from_text_table(table: pa.Table, path, seq_len: int) -> ExampleSet:
     """Rows with `id` and `text` (string) as token sequences; `label` is optional (zeros)."""
+    import pyarrow as pa
+
     missing = [c for c in ("id", "text") if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing columns {', '.join(missing)}; a text data set needs id and text")
@@ -191,6 +194,9 @@ def examples_from_text_table(table: pa.Table, path, seq_len: int) -> ExampleSet:
 
 def write_text_parquet(examples: ExampleSet, path) -> None:
     """One text split as Parquet: id, text (the sequence's bytes as UTF-8), label and ground truth."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.table({
         "id": pa.array(examples.ids, pa.int64()),
         "text": pa.array([decode(row) for row in examples.images], pa.string()),
