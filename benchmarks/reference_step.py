@@ -11,9 +11,11 @@ process of its own: for each of the 8 inner models, fresh leaf copies of its wei
 steps taken with `autograd.grad(create_graph=True)` on rater-weighted losses (softmax over the
 batch), the loss on one held-out batch shared by the population; then one `backward()` of the mean
 outer loss into the rater, global-norm clipping and an Adam step; the inner models keep their
-new weights. Same data (MNIST, 20,000 training rows), the same `cnn` rater and inner CNN, plain SGD
-(momentum 0) for both. Against it: `benchmarks.meta_step --one` children for backprop and both
-mixflow modes. Each run: one warm-up step and 3 timed; the repeats cycle through all four.
+new weights. Same data (MNIST, 20,000 training rows), the same `cnn` rater and inner CNN
+architectures, built of torch's own layers as the reference's are (ReLU then nn.MaxPool2d:
+`drray.models.with_torch_layers`), plain SGD (momentum 0) for both. Against it:
+`benchmarks.meta_step --one` children for backprop and both mixflow modes. Each run: one
+warm-up step and 3 timed; the repeats cycle through all four.
 Writes benchmarks/results/reference_step.json.
 """
 from __future__ import annotations
@@ -69,7 +71,7 @@ def run_reference(steps: int) -> dict:
 
     from drray.config import load_config
     from drray.data import build_splits, to_tensors
-    from drray.models import build_inner, build_rater
+    from drray.models import build_inner, build_rater, with_torch_layers
 
     cfg = load_config(None, ["data.source=mnist", f"data.dir={DATA_DIR}", "data.max_train=20000"])
     splits = build_splits(cfg.data, 0)
@@ -84,8 +86,9 @@ def run_reference(steps: int) -> dict:
 
     torch.manual_seed(0)
     shape, classes = splits.image_shape, splits.num_classes
-    inner_models = [build_inner("cnn", shape, classes) for _ in range(POP)]
-    rater = build_rater("cnn", shape, classes)
+    # torch's own layers (ReLU, then nn.MaxPool2d), as the reference's models have them
+    inner_models = [with_torch_layers(build_inner("cnn", shape, classes)) for _ in range(POP)]
+    rater = with_torch_layers(build_rater("cnn", shape, classes))
     meta_opt = torch.optim.Adam(rater.parameters(), lr=META_LR)
     step = lambda: reference_outer_step(inner_models, rater, meta_opt, sampler(x_train, y_train),  # noqa: E731
                                         sampler(x_held, y_held))

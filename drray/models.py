@@ -2,6 +2,8 @@
 dropout), so they run under torch.func.functional_call with parameters passed in."""
 from __future__ import annotations
 
+from copy import deepcopy
+
 import torch
 from torch import nn
 
@@ -125,6 +127,76 @@ class MaxPool2x2(nn.Module):
         return _rows_then_columns_max(x)
 
 
+class _ImageConv(torch.autograd.Function):
+    """conv2d (stride 1, with bias) of an input that needs no gradient, with a double backward
+    that does only what is needed. PyTorch's own double backward of a convolution also computes
+    a gradient for the input (a transposed convolution, ~5 ms per inner step at batch 128) when
+    nothing needs it (BENCHMARKS.md, reference configuration)."""
+
+    @staticmethod
+    def forward(x, weight, bias, padding):
+        return nn.functional.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, ctx.padding = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return None, *_ImageConvParamGrads.apply(grad, x, weight.detach(), ctx.padding), None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, weight_tangent, bias_tangent, _):
+        x, weight = ctx.saved_tensors
+        out = nn.functional.conv2d(x, weight_tangent, bias_tangent, padding=ctx.padding)
+        return out if x_tangent is None else out + nn.functional.conv2d(x_tangent, weight, padding=ctx.padding)
+
+
+class _ImageConvParamGrads(torch.autograd.Function):
+    """(gradient at the conv's output, its input x) -> the weight and bias gradients, from torch's
+    own kernel (so they equal nn.Conv2d's bit for bit). Linear in the gradient: its backward (the
+    conv's double backward) is the conv of x with the cotangents, and its JVP is itself."""
+
+    @staticmethod
+    def forward(grad, x, weight, padding):
+        _, weight_grad, bias_grad = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]], [1, 1], list(padding), [1, 1], False, [0, 0], 1, [False, True, True])
+        return weight_grad, bias_grad
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, x, weight, ctx.padding = inputs
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x, weight)
+
+    @staticmethod
+    def backward(ctx, weight_cotangent, bias_cotangent):
+        (x,) = ctx.saved_tensors
+        return nn.functional.conv2d(x, weight_cotangent, bias_cotangent, padding=ctx.padding), None, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_tangent, _x, _weight, _padding):
+        x, weight = ctx.saved_tensors
+        return _ImageConvParamGrads.apply(grad_tangent, x, weight, ctx.padding)
+
+
+class ImageConv2d(nn.Conv2d):
+    """A model's first 3x3 conv (stride 1, with bias), on the images: under autograd, when the
+    images need no gradient, _ImageConv. The same function, parameters, state_dict keys and
+    gradients as nn.Conv2d, bit for bit; its double backward skips the input's gradient."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and not x.requires_grad:
+            return _ImageConv.apply(x, self.weight, self.bias, self.padding)
+        return super().forward(x)
+
+
 def _conv_trunk(channels: tuple[int, ...], side: int, padding: int = 1) -> tuple[nn.Sequential, int]:
     """3x3 convs, each followed by 2x2 max-pool and ReLU; returns (trunk, flattened size). Pooling
     first is the same function as ReLU then pool, with the same gradients (max and ReLU commute,
@@ -134,11 +206,28 @@ def _conv_trunk(channels: tuple[int, ...], side: int, padding: int = 1) -> tuple
     layers: list[nn.Module] = []
     in_ch = 1
     for out_ch in channels:
-        layers += [nn.Conv2d(in_ch, out_ch, 3, padding=padding), MaxPool2x2(), nn.ReLU()]
+        conv = ImageConv2d if not layers else nn.Conv2d
+        layers += [conv(in_ch, out_ch, 3, padding=padding), MaxPool2x2(), nn.ReLU()]
         in_ch, side = out_ch, (side - 2 + 2 * padding) // 2
     if side < 1:
         raise ValueError(f"input too small for {len(channels)} pooling stages")
     return nn.Sequential(*layers, nn.Flatten()), in_ch * side * side
+
+
+def with_torch_layers(model: nn.Module) -> nn.Module:
+    """A copy of a model built of torch's own layers (nn.Conv2d, then ReLU, then nn.MaxPool2d: the
+    usual order and the public reference's): the same function, parameters and state_dict keys.
+    The baseline for the benchmarks and tests of ImageConv2d, MaxPool2x2 and the pool-first order."""
+    copy = deepcopy(model)
+    for trunk in (m for m in copy.modules() if isinstance(m, nn.Sequential)):
+        for i, module in enumerate(list(trunk)):
+            if isinstance(module, MaxPool2x2):
+                trunk[i], trunk[i + 1] = nn.ReLU(), nn.MaxPool2d(2)
+            elif isinstance(module, ImageConv2d):
+                trunk[i] = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, padding=module.padding,
+                                     dtype=module.weight.dtype, device=module.weight.device)
+                trunk[i].load_state_dict(module.state_dict())
+    return copy
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

@@ -1,11 +1,12 @@
-"""The conv trunks' 2x2 max-pool against nn.MaxPool2d, and the trunks' pool-then-ReLU order."""
+"""The conv trunks' layers against torch's own: the 2x2 max-pool, the pool-then-ReLU order and the
+first conv's hand-written backward."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from drray.models import MaxPool2x2, build_inner, build_rater
+from drray.models import ImageConv2d, MaxPool2x2, build_inner, build_rater, with_torch_layers
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 6, 6), (2, 3, 7, 5), (4, 16, 26, 26), (4, 32, 11, 11)])
@@ -57,35 +58,72 @@ def test_pool_under_autograd_equals_max_pool2d_to_second_order_and_forward_mode(
     assert ours[2].abs().sum() > 0 and ours[3].abs().sum() > 0
 
 
-def _relu_before_pool(model: nn.Module) -> nn.Module:
-    """A copy of a model whose conv stages run ReLU then nn.MaxPool2d, the order of earlier versions."""
-    reference = copy.deepcopy(model)
-    for trunk in (m for m in reference.modules() if isinstance(m, nn.Sequential)):
-        for i, module in enumerate(list(trunk)):
-            if isinstance(module, MaxPool2x2):
-                assert isinstance(trunk[i + 1], nn.ReLU)
-                trunk[i], trunk[i + 1] = nn.ReLU(), nn.MaxPool2d(2)
-    return reference
+def _second_order(net, x, y, arch):
+    """Output, gradient and a Hessian-vector product of a curved loss, in the model's dtype."""
+    params = list(net.parameters())
+    out = net(x) if arch == "inner" else net(x, y)
+    grads = torch.autograd.grad((out ** 2).sum(), params, create_graph=True)
+    return [out.detach(), *grads, *torch.autograd.grad(sum((g * g).sum() for g in grads), params)]
 
 
 @pytest.mark.parametrize("arch", ["inner", "rater"])
-def test_pool_then_relu_trunks_match_relu_then_pool_in_values_and_meta_gradients(arch):
-    """The trunks pool before ReLU: the same outputs, gradients and second-order terms, bit for
-    bit, and the same state_dict keys (saved raters still load)."""
+def test_pool_then_relu_trunks_match_relu_then_pool_bit_for_bit(arch):
+    """The trunks pool before ReLU: the same outputs, gradients and second-order terms as ReLU
+    then pool, bit for bit."""
     torch.manual_seed(0)
     x, y = torch.rand(32, 1, 28, 28), torch.randint(10, (32,))
     model = build_inner("cnn", (28, 28), 10) if arch == "inner" else build_rater("cnn", (28, 28), 10)
-    reference = _relu_before_pool(model)
-    assert list(reference.state_dict()) == list(model.state_dict())
-
-    def second_order(net):
-        params = list(net.parameters())
-        out = net(x) if arch == "inner" else net(x, y)
-        grads = torch.autograd.grad((out.double() ** 2).sum(), params, create_graph=True)
-        return [out.detach(), *grads, *torch.autograd.grad(sum((g * g).sum() for g in grads), params)]
-
-    for a, b in zip(second_order(model), second_order(reference)):
+    relu_first = copy.deepcopy(model)
+    for trunk in (m for m in relu_first.modules() if isinstance(m, nn.Sequential)):
+        for i, module in enumerate(list(trunk)):
+            if isinstance(module, MaxPool2x2):
+                trunk[i], trunk[i + 1] = nn.ReLU(), MaxPool2x2()
+    for a, b in zip(_second_order(model, x, y, arch), _second_order(relu_first, x, y, arch)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("arch", ["inner", "rater"])
+def test_models_match_their_torch_layer_copies_to_second_order(arch):
+    """Against the same architecture built of torch's own layers (with_torch_layers: nn.Conv2d,
+    ReLU, nn.MaxPool2d), in float64: outputs, gradients and Hessian-vector products agree to
+    rounding, and the state_dict keys are the same (raters saved by earlier versions load)."""
+    torch.manual_seed(0)
+    x, y = torch.rand(32, 1, 28, 28, dtype=torch.float64), torch.randint(10, (32,))
+    model = (build_inner("cnn", (28, 28), 10) if arch == "inner" else build_rater("cnn", (28, 28), 10)).double()
+    reference = with_torch_layers(model)
+    kinds = [type(m) for m in reference.modules()]
+    assert kinds.count(nn.MaxPool2d) == 2 and ImageConv2d not in kinds and MaxPool2x2 not in kinds
+    assert list(reference.state_dict()) == list(model.state_dict())
+    for a, b in zip(_second_order(model, x, y, arch), _second_order(reference, x, y, arch)):
+        assert torch.allclose(a, b, rtol=1e-11, atol=1e-11 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("channels, padding", [(1, 0), (1, 1), (3, 1)])
+def test_image_conv_derivatives_match_conv2d(channels, padding):
+    """ImageConv2d's gradient (create_graph; bit for bit), its double backward and the JVP of its
+    gradient (mixflow's forward-over-reverse) against nn.Conv2d's autograd, in float64."""
+    torch.manual_seed(0)
+    x = torch.randn(6, channels, 9, 8, dtype=torch.float64)
+    conv = ImageConv2d(channels, 4, 3, padding=padding).double()
+    plain = nn.Conv2d(channels, 4, 3, padding=padding).double()
+    plain.load_state_dict(conv.state_dict())
+
+    def derivatives(module):
+        def loss(params):
+            return torch.tanh(torch.func.functional_call(module, params, (x,))).pow(2).sum()
+
+        params = {k: v.detach().clone().requires_grad_() for k, v in module.named_parameters()}
+        grads = torch.autograd.grad(loss(params), list(params.values()), create_graph=True)
+        hvp = torch.autograd.grad(sum((g * g.detach().sin()).sum() for g in grads), list(params.values()))
+        point = {k: v.detach() for k, v in params.items()}
+        direction = {k: torch.randn_like(v, generator=torch.Generator().manual_seed(3)) for k, v in point.items()}
+        _, jvp = torch.func.jvp(torch.func.grad(loss), (point,), (direction,))
+        return [*grads, *hvp, *jvp.values()]
+
+    ours, reference = derivatives(conv), derivatives(plain)
+    assert all(torch.equal(a, b) for a, b in zip(ours[:2], reference[:2]))  # the gradient: torch's own kernel
+    for a, b in zip(ours, reference):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))
 
 
 @pytest.mark.parametrize("side", [8, 28])
