@@ -124,7 +124,8 @@ class MaxPool2x2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return _MaxPool2x2.apply(x)[0]
-        return _rows_then_columns_max(x)
+        # contiguous as on the graph path: the next conv picks its algorithm (and rounding) by layout
+        return _rows_then_columns_max(x).contiguous()
 
 
 class _ImageConv(torch.autograd.Function):
@@ -183,15 +184,31 @@ class _ImageConvParamGrads(torch.autograd.Function):
         return _ImageConvParamGrads.apply(grad_tangent, x, weight, ctx.padding)
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """x in channels-last layout on CPU (a view for one channel: PyTorch counts a 1-channel tensor
+    as both layouts, and only its strides tell oneDNN to write its output channels-last)."""
+    if x.device.type != "cpu" or x.dim() != 4:
+        return x
+    n, c, h, w = x.shape
+    if c == 1:
+        return x.contiguous().as_strided(x.shape, (h * w, 1, w, 1))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class ImageConv2d(nn.Conv2d):
-    """A model's first 3x3 conv (stride 1, with bias), on the images: under autograd, when the
-    images need no gradient, _ImageConv. The same function, parameters, state_dict keys and
-    gradients as nn.Conv2d, bit for bit; its double backward skips the input's gradient."""
+    """A model's first 3x3 conv (stride 1, with bias), on the images. On CPU its output is
+    channels-last, which the pool after it reads without the copy it would otherwise make (~10%
+    of a backprop step at the reference configuration; BENCHMARKS.md), on every path alike, so
+    mixflow's forward without a graph and its recomputation with one agree bit for bit. Under
+    autograd, when the images need no gradient, _ImageConv: gradients bit for bit nn.Conv2d's
+    for the same input, and a double backward that skips the input's gradient. The same
+    parameters and state_dict keys as nn.Conv2d; outputs agree with it to rounding (~1e-7)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0):
         super().__init__(in_channels, out_channels, kernel_size, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _channels_last(x)
         if torch.is_grad_enabled() and not x.requires_grad:
             return _ImageConv.apply(x, self.weight, self.bias, self.padding)
         return super().forward(x)

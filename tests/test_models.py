@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from drray.models import ImageConv2d, MaxPool2x2, build_inner, build_rater, with_torch_layers
+from drray.models import ImageConv2d, MaxPool2x2, _channels_last, build_inner, build_rater, with_torch_layers
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 6, 6), (2, 3, 7, 5), (4, 16, 26, 26), (4, 32, 11, 11)])
@@ -100,15 +100,16 @@ def test_models_match_their_torch_layer_copies_to_second_order(arch):
 
 @pytest.mark.parametrize("channels, padding", [(1, 0), (1, 1), (3, 1)])
 def test_image_conv_derivatives_match_conv2d(channels, padding):
-    """ImageConv2d's gradient (create_graph; bit for bit), its double backward and the JVP of its
-    gradient (mixflow's forward-over-reverse) against nn.Conv2d's autograd, in float64."""
+    """ImageConv2d's gradient (create_graph; bit for bit, given the same channels-last input), its
+    double backward and the JVP of its gradient (mixflow's forward-over-reverse) against
+    nn.Conv2d's autograd, in float64."""
     torch.manual_seed(0)
     x = torch.randn(6, channels, 9, 8, dtype=torch.float64)
     conv = ImageConv2d(channels, 4, 3, padding=padding).double()
     plain = nn.Conv2d(channels, 4, 3, padding=padding).double()
     plain.load_state_dict(conv.state_dict())
 
-    def derivatives(module):
+    def derivatives(module, x):
         def loss(params):
             return torch.tanh(torch.func.functional_call(module, params, (x,))).pow(2).sum()
 
@@ -120,7 +121,8 @@ def test_image_conv_derivatives_match_conv2d(channels, padding):
         _, jvp = torch.func.jvp(torch.func.grad(loss), (point,), (direction,))
         return [*grads, *hvp, *jvp.values()]
 
-    ours, reference = derivatives(conv), derivatives(plain)
+    ours, reference = derivatives(conv, x), derivatives(plain, _channels_last(x))
+    assert conv(x).is_contiguous(memory_format=torch.channels_last)
     assert all(torch.equal(a, b) for a, b in zip(ours[:2], reference[:2]))  # the gradient: torch's own kernel
     for a, b in zip(ours, reference):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))
