@@ -217,10 +217,17 @@ def rater_from_bytes(blob: bytes) -> tuple[torch.nn.Module, dict]:
 def for_scoring(rater: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The rater, moved in place to `device` and on CPU with its conv weights channels-last: oneDNN
     then runs the convs without a layout conversion, 1.11x the rows/s on one thread and 1.16x on
-    two (BENCHMARKS.md). Scores move in rounding only (~4e-8); not for meta-training, where the
-    rater's forward with and without a graph must agree bit for bit."""
+    two (BENCHMARKS.md); its pools keep their outputs channels-last too (MaxPool2x2.output_layout).
+    Scores move in rounding only (~4e-8); not for meta-training, where the rater's forward with and
+    without a graph must agree bit for bit."""
+    from drray.models import MaxPool2x2
+
     rater = rater.to(device)
-    return rater.to(memory_format=torch.channels_last) if device.type == "cpu" else rater
+    if device.type != "cpu":
+        return rater
+    for pool in (m for m in rater.modules() if isinstance(m, MaxPool2x2)):
+        pool.output_layout = None
+    return rater.to(memory_format=torch.channels_last)
 
 
 class RaterScorer:

@@ -17,7 +17,7 @@ from drray.checkpoint import load_rater, save_checkpoint
 from drray.config import load_config
 from drray.data import build_splits, to_tensors, write_parquet
 from drray.errors import ConfigError, DataError
-from drray.models import build_rater
+from drray.models import MaxPool2x2, build_rater
 from drray.scoring import SCORE, check_schema, for_scoring, score_table
 from drray.train import meta_train
 from jobs.score import main as score_main
@@ -99,13 +99,16 @@ def test_score_table_keeps_columns_and_matches_the_rater(trained):
 
 
 def test_rater_prepared_for_scoring_scores_the_same():
-    """for_scoring (what the job's actors run): a conv rater's weights channels-last on CPU, the
-    same scores up to rounding."""
+    """for_scoring (what the job's actors run): a conv rater's weights and pool outputs
+    channels-last on CPU, the same scores up to rounding."""
     torch.manual_seed(0)
     rater = build_rater("cnn", (28, 28), 10).eval()
     prepared = for_scoring(copy.deepcopy(rater), torch.device("cpu"))
     convs = [m for m in prepared.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    pools = [m for m in prepared.modules() if isinstance(m, MaxPool2x2)]
+    assert pools and all(m.output_layout is None for m in pools)  # channels-last outputs kept
+    assert all(m.output_layout == torch.contiguous_format for m in rater.modules() if isinstance(m, MaxPool2x2))
     x, y = torch.rand(300, 1, 28, 28), torch.randint(10, (300,))
     with torch.no_grad():
         assert torch.allclose(prepared(x, y), rater(x, y), rtol=1e-5, atol=1e-6)
