@@ -243,8 +243,8 @@ def with_torch_layers(model: nn.Module) -> nn.Module:
     """A copy of a model built of torch's own layers (nn.Conv2d, then ReLU, then nn.MaxPool2d: the
     usual order and the public reference's): the same function, parameters and state_dict keys.
     The baseline for the benchmarks and tests of ImageConv2d, MaxPool2x2 and the pool-first order."""
-    copy = deepcopy(model)
-    for trunk in (m for m in copy.modules() if isinstance(m, nn.Sequential)):
+    plain = deepcopy(model)
+    for trunk in (m for m in plain.modules() if isinstance(m, nn.Sequential)):
         for i, module in enumerate(list(trunk)):
             if isinstance(module, MaxPool2x2):
                 trunk[i], trunk[i + 1] = nn.ReLU(), nn.MaxPool2d(2)
@@ -252,7 +252,7 @@ def with_torch_layers(model: nn.Module) -> nn.Module:
                 trunk[i] = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, padding=module.padding,
                                      dtype=module.weight.dtype, device=module.weight.device)
                 trunk[i].load_state_dict(module.state_dict())
-    return copy
+    return plain
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
