@@ -33,16 +33,26 @@ def _max_and_winners(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.contiguous(), index.to(dtype, memory_format=torch.contiguous_format)
 
 
-def _planes(winners: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """(number of [H, W] planes, the winners as int64 [planes, h * w]: what scatter and gather take)."""
-    planes = winners.numel() // (winners.shape[-2] * winners.shape[-1]) if winners.numel() else 0
-    return planes, winners.long().view(planes, -1)
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a (strictly) channels-last 4-d tensor, else contiguous_format."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """[..., H, W] -> [..., H * W]: a view for NCHW and channels-last tensors alike (in the latter
+    the pixels are C apart), so scatter and gather below work in either layout without a copy."""
+    return x.flatten(-2)
 
 
 class _MaxPool2x2(torch.autograd.Function):
     """The pool with a graph: the forward above, and a backward that sends each window's gradient
     to its winner (_ToWinners), itself differentiable (for create_graph) and forward-mode
-    differentiable (mixflow's JVP); all three are linear maps given the winners."""
+    differentiable (mixflow's JVP); all three are linear maps given the winners. Each derivative
+    has its tensor's layout: the input's gradient that of the input (the conv before the pool
+    wrote it channels-last on CPU, and its backward would otherwise copy the gradient over, ~4 ms
+    a call at batch 128), the output's that of the (contiguous) output."""
 
     @staticmethod
     def forward(x):
@@ -53,11 +63,11 @@ class _MaxPool2x2(torch.autograd.Function):
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(output[1])
         ctx.save_for_forward(output[1])
-        ctx.shape = inputs[0].shape
+        ctx.shape, ctx.layout = inputs[0].shape, _layout(inputs[0])
 
     @staticmethod
     def backward(ctx, grad, _):
-        return _ToWinners.apply(grad, ctx.saved_tensors[0], ctx.shape)
+        return _ToWinners.apply(grad, ctx.saved_tensors[0], ctx.shape, ctx.layout)
 
     @staticmethod
     def jvp(ctx, tangent):
@@ -65,46 +75,47 @@ class _MaxPool2x2(torch.autograd.Function):
 
 
 class _ToWinners(torch.autograd.Function):
-    """[..., h, w] -> zeros of the input's shape [..., H, W] with each value at its window's winner."""
+    """[..., h, w] -> zeros of the pool input's shape [..., H, W] (and layout) with each value at
+    its window's winner."""
 
     @staticmethod
-    def forward(values, winners, shape):
-        planes, index = _planes(winners)
-        out = values.new_zeros(planes, shape[-2] * shape[-1])
-        return out.scatter_(1, index, values.reshape(planes, -1)).view(shape)
+    def forward(values, winners, shape, layout):
+        out = torch.empty(shape, dtype=values.dtype, device=values.device, memory_format=layout).zero_()
+        _pixels(out).scatter_(-1, _pixels(winners).long(), _pixels(values))
+        return out
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[1])
         ctx.save_for_forward(inputs[1])
-        ctx.shape = inputs[2]
+        ctx.shape, ctx.layout = inputs[2], inputs[3]
 
     @staticmethod
     def backward(ctx, grad):
-        return _FromWinners.apply(grad, ctx.saved_tensors[0]), None, None
+        return _FromWinners.apply(grad, ctx.saved_tensors[0]), None, None, None
 
     @staticmethod
-    def jvp(ctx, tangent, _winners, _shape):
-        return _ToWinners.apply(tangent, ctx.saved_tensors[0], ctx.shape)
+    def jvp(ctx, tangent, _winners, _shape, _layout):
+        return _ToWinners.apply(tangent, ctx.saved_tensors[0], ctx.shape, ctx.layout)
 
 
 class _FromWinners(torch.autograd.Function):
-    """[..., H, W] -> [..., h, w]: each window's value at its winner (the adjoint of _ToWinners)."""
+    """[..., H, W] -> [..., h, w], contiguous: each window's value at its winner (the adjoint of
+    _ToWinners)."""
 
     @staticmethod
     def forward(full, winners):
-        planes, index = _planes(winners)
-        return full.reshape(planes, -1).gather(1, index).view(winners.shape)
+        return _pixels(full).gather(-1, _pixels(winners).long()).view(winners.shape)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[1])
         ctx.save_for_forward(inputs[1])
-        ctx.shape = inputs[0].shape
+        ctx.shape, ctx.layout = inputs[0].shape, _layout(inputs[0])
 
     @staticmethod
     def backward(ctx, grad):
-        return _ToWinners.apply(grad, ctx.saved_tensors[0], ctx.shape), None
+        return _ToWinners.apply(grad, ctx.saved_tensors[0], ctx.shape, ctx.layout), None
 
     @staticmethod
     def jvp(ctx, tangent, _winners):

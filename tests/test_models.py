@@ -35,10 +35,12 @@ def _tied(shape, dtype, seed):
 
 @pytest.mark.parametrize("shape", [(2, 3, 6, 6), (2, 3, 7, 5), (4, 16, 26, 26), (1, 2, 190, 200)])  # 38,000 pixels: int32 winners
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_pool_under_autograd_equals_max_pool2d_to_second_order_and_forward_mode(shape, dtype):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_pool_under_autograd_equals_max_pool2d_to_second_order_and_forward_mode(shape, dtype, layout):
     """Values, gradients, gradients of gradients (create_graph, as backprop's unroll) and JVPs of
-    gradients (mixflow's forward-over-reverse) all bit for bit those of max_pool2d."""
-    x = _tied(shape, dtype, 1)
+    gradients (mixflow's forward-over-reverse) all bit for bit those of max_pool2d, for NCHW and
+    channels-last inputs; the input's gradient comes in the input's layout."""
+    x = _tied(shape, dtype, 1).contiguous(memory_format=layout)
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
 
     def derivatives(pool):
@@ -55,6 +57,7 @@ def test_pool_under_autograd_equals_max_pool2d_to_second_order_and_forward_mode(
     ours, reference = derivatives(MaxPool2x2()), derivatives(nn.MaxPool2d(2))
     for name, a, b in zip(("values", "grad", "hvp", "jvp"), ours, reference):
         assert torch.equal(a, b), f"{name}: max |diff| {(a - b).abs().max()}"
+    assert ours[1].is_contiguous(memory_format=layout) and ours[2].is_contiguous(memory_format=layout)
     assert ours[2].abs().sum() > 0 and ours[3].abs().sum() > 0
 
 
