@@ -35,8 +35,10 @@ class CorruptionSpec(_Section):
 class DataConfig(_Section):
     source: str = "digits"
     dir: Optional[str] = None
+    # Split off one after the other, where the source has no such split: test from the whole pool,
+    # then held-out from what remains (0.1 of the 0.8 left by the default test_fraction = 8% of it).
     heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # only for sources without a test split
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     corruption: list[CorruptionSpec] = []
     max_train: Optional[int] = Field(None, gt=0)  # cap the training pool (quick runs)
     probe_size: int = Field(2000, gt=0)  # fixed training examples scored for AUROC

@@ -64,18 +64,26 @@ class MetricsLog:
 
 
 class Progress:
-    """A line every `every` steps: step, loss, AUROC, steps/s and ETA."""
+    """A line every `every` steps: step, loss, AUROC, steps/s and ETA. The rate leaves out the
+    first step (Ray actors starting, torch's lazy imports and caches), once there are later ones."""
 
     def __init__(self, total: int, start: int, every: int, stream=sys.stdout):
         self.total, self.start, self.every, self.stream = total, start, every, stream
         self.t0 = time.perf_counter()
+        self.after_first: float | None = None  # when the first step ended
 
     def update(self, step: int, record: dict) -> None:
         done = step + 1
+        now = time.perf_counter()
+        if self.after_first is None:
+            self.after_first = now
         if done % self.every and done != self.total:
             return
-        elapsed = time.perf_counter() - self.t0
-        rate = (done - self.start) / elapsed if elapsed > 0 else float("nan")
+        if done - self.start > 1:
+            steps, elapsed = done - self.start - 1, now - self.after_first
+        else:
+            steps, elapsed = done - self.start, now - self.t0
+        rate = steps / elapsed if elapsed > 0 else float("nan")
         eta = (self.total - done) / rate if rate > 0 else float("nan")
         auroc = record.get("auroc")
         auroc_text = f"  auroc {auroc:.3f}" if auroc is not None and math.isfinite(auroc) else ""

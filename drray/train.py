@@ -186,7 +186,7 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
             log.close()
             run_dir.push()
         final = prober.summary(population.rater_params)
-    return RunSummary(out=run_dir, steps=cfg.meta.steps, **final)
+    return RunSummary(out=run_dir, steps=population.step_count, **final)
 
 
 def open_run(cfg: Config, splits: DataSplits, run_dir: RunDir, resume: bool, overwrite: bool, population_factory):
@@ -194,13 +194,21 @@ def open_run(cfg: Config, splits: DataSplits, run_dir: RunDir, resume: bool, ove
     replaces is removed only once the population exists (on Ray: its resources were checked)."""
     replace = check_run_output(run_dir, resume, overwrite)
     if resume:
-        check_resumable(cfg, run_dir.local, run_dir.display(checkpoint.CHECKPOINT_DIR), splits.image_shape)
+        where = run_dir.display(checkpoint.CHECKPOINT_DIR)
+        check_resumable(cfg, run_dir.local, where, splits.image_shape)
+        state = checkpoint.load_state(run_dir.local)
+        if state["step"] > cfg.meta.steps:
+            raise ConfigError(f"--resume: the checkpoint in {where} is at step {state['step']}, past "
+                              f"meta.steps={cfg.meta.steps}; set meta.steps above {state['step']} to train on")
     population = population_factory(without_warm_start(cfg) if resume else cfg, splits)
     if replace:
         clear_run(run_dir)
     run_dir.local.mkdir(parents=True, exist_ok=True)
     if resume:
-        population.load_state_dict(checkpoint.load_state(run_dir.local)["population"])
+        population.load_state_dict(state["population"])
+        left = cfg.meta.steps - population.step_count
+        print(f"resuming {run_dir.display()} at step {population.step_count}: "
+              + (f"{left} of {cfg.meta.steps} outer steps to go" if left else "nothing left to train"), flush=True)
     return population
 
 

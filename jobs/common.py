@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Optional
+
+
+def job_parser(subcommand: str, doc: str) -> argparse.ArgumentParser:
+    """A job's parser, its usage line naming the job as the user ran it: `drray SUBCOMMAND` from
+    the console command, `python -m jobs.MODULE` otherwise (as the README and `ray job submit` do)."""
+    from jobs.cli import SUBCOMMANDS
+
+    via_console = Path(sys.argv[0]).name == "drray"
+    prog = f"drray {subcommand}" if via_console else f"python -m {SUBCOMMANDS[subcommand]}"
+    return argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
 
 
 def add_config_args(parser: argparse.ArgumentParser, config_help: str = "YAML config (every field has a default)"):

@@ -23,11 +23,11 @@ import sys
 import time
 
 from drray.errors import ConfigError
-from jobs.common import add_address_arg, add_config_args, run_job
+from jobs.common import add_address_arg, add_config_args, run_job, job_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="drray evaluate", description=__doc__.splitlines()[0])
+    parser = job_parser("evaluate", __doc__)
     add_config_args(parser, "YAML config of the data and the inner model (every field has a default)")
     parser.add_argument("--rater", help="the --out directory of a meta-train run (needed for the datarater method)")
     parser.add_argument("--discard", help="comma-separated fractions in [0, 1) (default: evaluate.discard, 0.1,0.25,0.5)")

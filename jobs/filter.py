@@ -33,13 +33,13 @@ import sys
 import numpy as np
 
 from drray.errors import ConfigError, DataError
-from jobs.common import add_address_arg, run_job
+from jobs.common import add_address_arg, run_job, job_parser
 
 STAGE_CDF_SAMPLE = 201  # the random stream of the CDF sample (drray.corruption.seeded_rng)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="drray filter", description=__doc__.splitlines()[0])
+    parser = job_parser("filter", __doc__)
     parser.add_argument("--input", required=True, help="scored Parquet file or directory (local path or URI)")
     parser.add_argument("--discard", type=float, required=True, help="fraction of rows to drop, in [0, 1)")
     parser.add_argument("--mode", choices=["quantile", "sample"], default="quantile",

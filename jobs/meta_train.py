@@ -13,11 +13,11 @@ import json
 import sys
 
 from drray.config import load_config
-from jobs.common import add_address_arg, add_config_args, run_job
+from jobs.common import add_address_arg, add_config_args, run_job, job_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="drray meta-train", description=__doc__.splitlines()[0])
+    parser = job_parser("meta-train", __doc__)
     add_config_args(parser)
     parser.add_argument("--out", help="output directory (overrides run.out; default runs/default, or the config's)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")

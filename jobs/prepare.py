@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from drray.errors import ConfigError, DrrayError
-from jobs.common import run_job
+from jobs.common import run_job, job_parser
 
 PREPARE_FORMAT = "drray-prepared/1"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="drray prepare", description=__doc__.splitlines()[0])
+    parser = job_parser("prepare", __doc__)
     parser.add_argument("--source", default="digits", help="data source: digits, mnist, idx, parquet, text (default digits)")
     parser.add_argument("--dir", help="the source's directory (mnist: ../shared/data/mnist by default)")
     parser.add_argument("--corrupt", default="", metavar="KIND:FRACTION[,...]",
@@ -41,9 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="output directory (local path or URI)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the corruption (default 0)")
     parser.add_argument("--heldout-fraction", type=float, default=0.1,
-                        help="of the pool, for the outer loss (default 0.1)")
+                        help="of the pool left after the test split, for the outer loss (default 0.1)")
     parser.add_argument("--test-fraction", type=float, default=0.2,
-                        help="of the pool, for sources without a test split (default 0.2)")
+                        help="of the whole pool, for sources without a test split; split off first (default 0.2)")
     parser.add_argument("--max-train", type=int, help="cap the training split at N rows (a seeded subset)")
     parser.add_argument("--download", action="store_true", help="fetch a missing data set (mnist; online only)")
     parser.add_argument("--seq-len", type=int, default=128, help="text: bytes per sequence (default 128)")

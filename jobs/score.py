@@ -18,14 +18,14 @@ import time
 from dataclasses import dataclass
 
 from drray.errors import ConfigError, DataError, DrrayError
-from jobs.common import add_address_arg, run_job
+from jobs.common import add_address_arg, run_job, job_parser
 from drray.scoring import BAD_ROW_MODES
 
 DEFAULT_BATCH_SIZE = 16384
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="drray score", description=__doc__.splitlines()[0])
+    parser = job_parser("score", __doc__)
     parser.add_argument("--rater", required=True,
                         help="the --out directory of a meta-train run (its checkpoint/rater.pt)")
     parser.add_argument("--input", required=True, help="Parquet file or folder of shards (path or URI)")

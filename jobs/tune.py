@@ -20,11 +20,11 @@ import yaml
 
 from drray.errors import ConfigError, DrrayError
 from drray.storage import check_local_folder, is_uri
-from jobs.common import add_address_arg, run_job
+from jobs.common import add_address_arg, run_job, job_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="drray tune", description=__doc__.splitlines()[0])
+    parser = job_parser("tune", __doc__)
     parser.add_argument("--spec", required=True, help="tune spec YAML (configs/tune_*.yaml)")
     parser.add_argument("--out", required=True, help="output directory (local)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier search in OUT")
@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> str:
     base = trial_config(base_tree, {}, "unused")
     if spec.metric == "auroc" and not base.data.corruption and base.data.source != "parquet":
         raise ConfigError(f"{args.spec}: metric auroc needs ground truth (data.corruption); use metric: heldout_loss")
-    check_trial_models(spec, base_tree)
+    try:  # the data and arch settings come from the spec (its set: or base:), so name it
+        check_trial_models(spec, base_tree)
+    except DrrayError as exc:
+        raise type(exc)(f"{args.spec}: {exc}") from None
     if is_uri(args.out):
         raise ConfigError(f"--out {args.out}: a search writes to a local folder (Ray Tune's storage_path); "
                           "give a local path")

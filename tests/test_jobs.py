@@ -67,3 +67,13 @@ def test_drray_command_dispatches_to_jobs(tmp_path, capsys):
         result = subprocess.run([sys.executable, "-m", "jobs.cli", name, "--help"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and flag in result.stdout, (name, result.stderr)
+
+
+def test_job_usage_names_the_command_the_user_ran():
+    """`drray meta-train --help` says `usage: drray meta-train`, `python -m jobs.meta_train --help`
+    says `usage: python -m jobs.meta_train` (as the README and `ray job submit` run it)."""
+    console = Path(sys.executable).with_name("drray")  # installed by `make setup` with the project
+    for command, usage in [([str(console), "score"], "usage: drray score "),
+                           ([sys.executable, "-m", "jobs.score"], "usage: python -m jobs.score ")]:
+        result = subprocess.run(command + ["--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and result.stdout.startswith(usage), (command, result.stdout[:200], result.stderr)

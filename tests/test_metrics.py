@@ -24,6 +24,17 @@ def test_average_ranks():
     np.testing.assert_array_equal(average_ranks(np.array([10.0, 30.0, 20.0, 20.0])), [1.0, 4.0, 2.5, 2.5])
 
 
+def test_progress_rate_leaves_out_the_first_step(monkeypatch):
+    """A slow first step (actors starting, lazy imports) does not drag the rate and ETA down."""
+    clock = iter([100.0, 110.0, 111.0, 112.0, 113.0, 114.0])  # start; the first step took 10 s, the rest 1 s
+    monkeypatch.setattr("drray.metrics.time.perf_counter", lambda: next(clock))
+    stream = io.StringIO()
+    progress = Progress(total=10, start=0, every=5, stream=stream)
+    for step in range(5):
+        progress.update(step, {"outer_loss": 0.5})
+    assert "1.0 steps/s  ETA 5s" in stream.getvalue()
+
+
 def test_progress_line_every_n_steps():
     stream = io.StringIO()
     progress = Progress(total=10, start=0, every=5, stream=stream)

@@ -137,6 +137,23 @@ def test_resume_continues_bit_identically(tmp_path, extra):
     assert [r["outer_loss"] for r in lines] == [r["outer_loss"] for r in full_lines]
 
 
+def test_resume_at_or_past_the_last_step(tmp_path, capsys):
+    """Resuming a finished run trains nothing and reports the steps it has; asking for fewer steps
+    than the checkpoint has is a one-line error that leaves the run as it was."""
+    meta_train(tiny_config(tmp_path, "meta.steps=4"))
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    summary = meta_train(tiny_config(tmp_path, "meta.steps=4"), resume=True)
+    assert summary.steps == 4 and "at step 4: nothing left to train" in capsys.readouterr().out
+    with pytest.raises(ConfigError) as info:
+        meta_train(tiny_config(tmp_path, "meta.steps=3"), resume=True)
+    assert "is at step 4, past meta.steps=3; set meta.steps above 4" in str(info.value) and "\n" not in str(info.value)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+    assert checkpoint.load_state(tmp_path / "run")["step"] == 4
+    summary = meta_train(tiny_config(tmp_path, "meta.steps=5"), resume=True)
+    assert summary.steps == 5 and "at step 4: 1 of 5 outer steps to go" in capsys.readouterr().out
+
+
 @pytest.fixture
 def umask_022():
     previous = os.umask(0o022)

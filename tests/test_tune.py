@@ -85,7 +85,13 @@ def test_arch_that_does_not_fit_the_data_is_refused_before_any_trial(tmp_path):
     (tmp_path / "out" / "best.yaml").write_text("an earlier search")
     result = run_tune("--spec", str(spec), "--out", str(tmp_path / "out"), "--overwrite")
     line = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 2 and line.startswith("error: space rater.arch=transformer_tiny: "), result.stderr
+    assert result.returncode == 2 and line.startswith(f"error: {spec}: space rater.arch=transformer_tiny: "), result.stderr
+    assert (tmp_path / "out" / "best.yaml").read_text() == "an earlier search"
+    # Missing data, set in the spec: the error names the spec, where the fix goes.
+    spec = write_spec(tmp_path / "nodata.yaml", set={"data.source": "mnist", "data.dir": str(tmp_path / "none")})
+    result = run_tune("--spec", str(spec), "--out", str(tmp_path / "out"), "--overwrite")
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and line.startswith(f"error: {spec}: ") and "MNIST file missing" in line, result.stderr
     assert (tmp_path / "out" / "best.yaml").read_text() == "an earlier search"
 
 
