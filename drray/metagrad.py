@@ -111,7 +111,10 @@ class _WeightedGrad(torch.autograd.Function):
 def _jvp_part(problem: MetaProblem, theta: Params, lam, x, y, w, need_theta: bool):
     """(H_w lam restricted to these examples or None, d_i = <lam, grad l_i> for each), one JVP."""
     if not need_theta:  # theta_0 is a constant: only the directional derivatives of the losses are needed
-        _, dlosses = torch.func.jvp(lambda th: problem.losses(th, x, y), (theta,), (tuple(lam),))
+        # With grad enabled (a Function's backward runs without): layers with a no-graph fast path
+        # (MaxPool2x2) take their differentiable one, whose tangents at ties are backprop's.
+        with torch.enable_grad():
+            _, dlosses = torch.func.jvp(lambda th: problem.losses(th, x, y), (theta,), (tuple(lam),))
         return None, dlosses
 
     def grad_and_losses(th):

@@ -130,7 +130,9 @@ class MaxPool2x2(nn.Module):
     equal max_pool2d's bit for bit, ties included. Both paths give the same values bit for bit (a
     max is exact), which mixflow needs: its forward runs the rater without a graph and its backward
     recomputes it with one; a layer that differs even in rounding breaks the methods' agreement
-    (tests/test_metagrad.py caught a 5e-3 relative error from one)."""
+    (tests/test_metagrad.py caught a 5e-3 relative error from one). Derivatives of the no-grad
+    path differ at ties (an elementwise max's forward-mode rule averages tied tangents): run
+    forward-mode transforms with grad enabled."""
 
     def __init__(self):
         super().__init__()
@@ -227,6 +229,8 @@ class ImageConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # one unbatched image, as nn.Conv2d takes it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         x = _channels_last(x)
         if torch.is_grad_enabled() and not x.requires_grad:
             return _ImageConv.apply(x, self.weight, self.bias, self.padding)

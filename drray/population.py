@@ -116,14 +116,16 @@ class InnerLearner:
         self.age = 0
 
     def meta_step(self, eta: Params) -> tuple[Params, LearnerStats]:
-        """T weighted inner steps from the current weights, and the meta-gradient through them."""
+        """T weighted inner steps from the current weights, and the meta-gradient through them, on
+        the device of the rater parameters given (the meta-optimizer's: CPU), not this learner's."""
         inner = [self.train.sample(self.cfg.inner.batch_size) for _ in range(self.cfg.inner.T)]
         outer = self.heldout.sample(self.cfg.meta.outer_batch_size)
+        home = eta[0].device
         eta = tuple(e.to(self.cfg.run.device) for e in eta)
         result = meta_step(self.problem, self.cfg.meta.method, self.theta, self.state, eta, inner, outer)
         self.theta, self.state = result.theta, result.state
         self.age += 1
-        return result.grad, LearnerStats(result.outer_loss, result.inner_loss, self.age)
+        return tuple(g.to(home) for g in result.grad), LearnerStats(result.outer_loss, result.inner_loss, self.age)
 
     def state_dict(self) -> dict:
         state = {k: (v if isinstance(v, int) else list(v)) for k, v in self.state.items()}

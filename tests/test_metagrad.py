@@ -177,6 +177,32 @@ def test_adam_update_matches_torch_optim_adam():
     assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(params, reference))
 
 
+@pytest.mark.parametrize("mode", list(MIXFLOW_MODES))
+def test_mixflow_breaks_pool_ties_like_backprop(mode):
+    """Images whose rows repeat, and a first-layer kernel whose bottom row is zero: different
+    patches give equal conv outputs, so pool windows tie between different tangents. Every path
+    must send a tied window's derivative to its first winner, as backprop's max_pool2d does; a
+    JVP through the pool's no-graph path (an elementwise max averages tied tangents) was 1.4e-4
+    off at T=1 (the step where theta_0 is a constant)."""
+    torch.manual_seed(0)
+    inner, rater = build_inner("cnn", (12, 12), 3).double(), build_rater("mlp", (12, 12), 3).double()
+    theta = [p.detach().clone() for p in inner.parameters()]
+    theta[0][:, :, 2, :] = 0
+    theta, eta = tuple(theta), tuple(p.detach() for p in rater.parameters())
+    generator = torch.Generator().manual_seed(1)
+    batch = lambda: (torch.rand(8, 1, 12, 12, generator=generator, dtype=torch.float64),  # noqa: E731
+                     torch.randint(0, 3, (8,), generator=generator))
+    inner_batch, outer_batch = batch(), batch()
+    for row in (1, 5, 9):
+        inner_batch[0][:, :, row:row + 3] = inner_batch[0][:, :, row:row + 1]
+    grads = {}
+    for method in ("backprop", "mixflow"):
+        problem = MetaProblem(inner, rater, SGD(lr=0.3), 0.5, mixflow_mode=mode)
+        result = meta_step(problem, method, theta, problem.optimizer.init(theta), eta, [inner_batch], outer_batch)
+        grads[method] = torch.cat([g.flatten() for g in result.grad])
+    assert float((grads["mixflow"] - grads["backprop"]).norm() / grads["backprop"].norm()) < 1e-12
+
+
 def test_reverse_over_reverse_mixflow_runs_without_forward_mode_ad():
     """Its point on CPU: no dual tensors, so torch never imports torch._dynamo and sympy (the first
     mul of a dual tensor does in PyTorch 2.13, ~70 MB per process; so does a first explicit

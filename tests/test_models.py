@@ -129,6 +129,9 @@ def test_image_conv_derivatives_match_conv2d(channels, padding):
     assert all(torch.equal(a, b) for a, b in zip(ours[:2], reference[:2]))  # the gradient: torch's own kernel
     for a, b in zip(ours, reference):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))
+    ours, reference = derivatives(conv, x[0]), derivatives(plain, x[0])  # one unbatched image, as nn.Conv2d takes it
+    for a, b in zip(ours, reference):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))
 
 
 @pytest.mark.parametrize("side", [8, 28])
