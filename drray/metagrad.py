@@ -95,7 +95,8 @@ class _WeightedGrad(torch.autograd.Function):
         for i in range(0, len(x), chunk):
             part_hvp, part_dlosses = MIXFLOW_MODES[problem.mixflow_mode](
                 problem, theta, lam, x[i:i + chunk], y[i:i + chunk], w[i:i + chunk], need_theta)
-            hvp = part_hvp if hvp is None else tuple(a.add_(b) for a, b in zip(hvp, part_hvp))  # a running sum
+            # not in place: a part may be lam itself (autograd may return a cotangent as is)
+            hvp = part_hvp if hvp is None else tuple(a + b for a, b in zip(hvp, part_hvp))
             dlosses.append(part_dlosses)
         hvp = hvp if need_theta else (None,) * n_theta
         dlosses = torch.cat(dlosses)
