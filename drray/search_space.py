@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from drray.config import Config, apply_override, load_config, validate_config, yaml_error
 from drray.errors import ConfigError
+from drray.storage import is_uri
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -124,7 +125,16 @@ def load_tune_spec(path: str | Path) -> tuple[TuneSpec, dict]:
     for key, value in spec.set.items():
         apply_override(base_tree, key.split("."), value)
     _check_together(base_tree, spec, f"{path}: space")
+    _absolute_data_dir(base_tree)
     return spec, base_tree
+
+
+def _absolute_data_dir(tree: dict) -> None:
+    """A relative data.dir made absolute against this (the driver's) working directory: Ray Tune
+    runs each trial in its own directory, where the relative path would name nothing."""
+    data = tree.get("data") or {}
+    if data.get("dir") and not is_uri(data["dir"]):
+        data["dir"] = str(Path(data["dir"]).resolve())
 
 
 MAX_COMBINATIONS = 4096  # beyond this, each space key is checked alone only (above)

@@ -33,6 +33,16 @@ def test_spec_applies_set_and_samples_into_a_valid_config(tmp_path):
     assert (cfg.inner.T, cfg.meta.lr, cfg.meta.steps, cfg.run.out) == (2, 2e-3, 4, str(tmp_path / "t"))
 
 
+def test_relative_data_dir_is_made_absolute_for_the_trials(tmp_path, monkeypatch):
+    """Ray Tune runs each trial in its own directory: configs/tune_mnist.yaml's base names
+    data.dir relative to the checkout, which a trial would have resolved against its own."""
+    monkeypatch.chdir(ROOT)
+    _, base = load_tune_spec(ROOT / "configs" / "tune_mnist.yaml")
+    assert base["data"]["dir"] == str((ROOT / "../shared/data/mnist").resolve())
+    _, base = load_tune_spec(write_spec(tmp_path / "s.yaml", set={"data.source": "parquet", "data.dir": "s3://b/d"}))
+    assert base["data"]["dir"] == "s3://b/d"  # a URI is left as it is
+
+
 @pytest.mark.parametrize("fields,expected", [
     ({"space": {"inner.Tx": {"grid": [1, 2]}}}, "unknown key 'inner.Tx'"),
     ({"space": {"inner.T": {"grid": [1, 0]}}}, "inner.T"),  # T >= 1: every grid value is checked
