@@ -76,6 +76,12 @@ class Scheduler:
                 return grads, stats, replaced
             if len(failures) == self.size and len(set(failures.values())) == 1:
                 raise WorkerFailure(f"every worker failed the same way: {next(iter(failures.values()))}")
+            if self.cfg.data.stream:
+                # A streaming split starts each epoch for all its shards together: a new worker on a dead
+                # one's shard would wait for the others, which wait for it, forever.
+                i, reason = next(iter(failures.items()))
+                raise WorkerFailure(f"worker {i} failed ({reason}); a streamed run cannot replace a worker "
+                                    "mid-epoch: fix the cause and continue it with --resume (from its last checkpoint)")
             pending = {}
             for i, reason in failures.items():
                 replaced.append((i, reason))

@@ -151,3 +151,9 @@ def test_streamed_parquet_reaches_workers_through_ray_data(ray_cluster, tmp_path
     assert all(torch.isfinite(torch.tensor(s.outer_loss)) for s in stats)
     held = ray.get([w.max_rows_buffered.remote() for w in population.worker_handles()])
     assert all(0 < rows < 2 * cfg.inner.batch_size for rows in held)  # a batch or two, never the whole set
+    # A replacement would wait forever on its shard (a streaming split's epoch starts for all shards
+    # together, and the other workers wait for it): the run stops in one line instead.
+    ray.kill(population.worker_handles()[1])
+    with pytest.raises(WorkerFailure, match=r"worker 1 failed \(.*\); a streamed run cannot replace a worker") as info:
+        population.step()
+    assert "--resume" in str(info.value) and "\n" not in str(info.value)
