@@ -230,6 +230,14 @@ def for_scoring(rater: torch.nn.Module, device: torch.device) -> torch.nn.Module
     return rater.to(memory_format=torch.channels_last)
 
 
+def _gpus_given() -> bool:
+    """Whether Ray gave this actor a GPU. CUDA being visible is not enough: Ray 2.60 leaves
+    CUDA_VISIBLE_DEVICES as it was for an actor given none, which would then use GPU 0 unreserved."""
+    import ray
+
+    return ray.is_initialized() and bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+
+
 class RaterScorer:
     """The callable class of a Ray Data actor pool: builds the rater once per actor, then
     scores pyarrow batches with `score_table`. On the GPU when the actor was given one."""
@@ -240,7 +248,7 @@ class RaterScorer:
         if threads:
             torch.set_num_threads(int(threads))  # Ray leaves one thread to an actor of num_cpus <= 1
         rater, info = rater_from_bytes(rater_blob)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray hides unassigned GPUs
+        self.device = torch.device("cuda" if _gpus_given() else "cpu")
         self.rater = for_scoring(rater, self.device)
         self.image_shape, self.num_classes = tuple(info["image_shape"]), int(info["num_classes"])
         self.on_bad_row, self.where, self.chunk_rows = on_bad_row, where, chunk_rows

@@ -308,3 +308,17 @@ def test_job_as_a_command_prints_one_line_errors(trained, tmp_path):
                              "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: {out} already exists; pass --overwrite to replace it or choose another output"]
+
+
+def test_scorer_uses_a_gpu_only_when_ray_gave_it_one(monkeypatch):
+    """Ray 2.60 leaves CUDA visible to an actor given no GPU: visibility alone must not decide."""
+    import ray
+
+    from drray import scoring
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    assert not scoring._gpus_given()
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    assert scoring._gpus_given()
