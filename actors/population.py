@@ -8,7 +8,7 @@ import ray
 from ray.exceptions import RayTaskError
 
 from actors.cluster import check_resources, worker_gpus
-from actors.scheduler import Scheduler, WorkerFailure
+from actors.scheduler import REPLACEMENT_START_S, Scheduler, WorkerFailure
 from drray.config import Config
 from drray.data import DataSplits
 from drray.population import StepStats
@@ -31,13 +31,13 @@ def train_shards(cfg: Config, splits: DataSplits) -> list:
 
 
 class RayPopulation:
-    def __init__(self, cfg: Config, splits: DataSplits):
+    def __init__(self, cfg: Config, splits: DataSplits, replacement_start_s: float = REPLACEMENT_START_S):
         gpus = worker_gpus(cfg)
         streamed = splits.train_path is not None
         check_resources(cfg, gpus, reserve_cpus=STREAM_READ_CPUS if streamed else 0.0)
         heldout = [ray.put(splits.heldout.images), ray.put(splits.heldout.labels)]
         self.scheduler = Scheduler.remote(cfg.to_dict(), train_shards(cfg, splits), heldout, splits.image_shape,
-                                          splits.num_classes, gpus)
+                                          splits.num_classes, gpus, replacement_start_s)
         self.step_count = 0
         self._params_ref, self._params = ray.get(self.scheduler.params_ref.remote())[0], None
 

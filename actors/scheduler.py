@@ -15,6 +15,7 @@ from drray.errors import DrrayError
 from drray.population import reset_due, summarize
 
 MAX_TRIES_PER_STEP = 3
+REPLACEMENT_START_S = 600.0  # a replacement not started by then has no room on the cluster (a lost node)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -34,8 +35,9 @@ def one_line(error: Exception) -> str:
 @ray.remote(num_cpus=0)
 class Scheduler:
     def __init__(self, cfg: dict, train_shards: list, heldout_refs: list, image_shape, num_classes: int,
-                 gpus_per_worker: float):
+                 gpus_per_worker: float, replacement_start_s: float = REPLACEMENT_START_S):
         """train_shards[i]: worker i's training data ([images_ref, labels_ref] or a Ray Data shard)."""
+        self.replacement_start_s = replacement_start_s
         self.cfg_dict, self.cfg = cfg, validate_config(cfg)
         self.train_shards, self.heldout_refs = train_shards, heldout_refs  # nested: still references
         self.shape, self.num_classes, self.gpus = tuple(image_shape), num_classes, gpus_per_worker
@@ -82,14 +84,28 @@ class Scheduler:
                 i, reason = next(iter(failures.items()))
                 raise WorkerFailure(f"worker {i} failed ({reason}); a streamed run cannot replace a worker "
                                     "mid-epoch: fix the cause and continue it with --resume (from its last checkpoint)")
-            pending = {}
             for i, reason in failures.items():
                 replaced.append((i, reason))
                 self.incarnations[i] += 1  # a fresh inner model takes the dead one's place
                 ray.kill(self.workers[i])
                 self.workers[i] = self._spawn(i)
-                pending[i] = self.workers[i].meta_step.remote(self.eta, False)
+            self._wait_until_started(failures)
+            pending = {i: self.workers[i].meta_step.remote(self.eta, False) for i in failures}
         raise WorkerFailure(f"workers kept failing after {MAX_TRIES_PER_STEP} tries: {replaced[-1][1]}")
+
+    def _wait_until_started(self, failures: dict) -> None:
+        """Replacements the cluster has no room for would be waited on forever: stop the run instead."""
+        starting = {self.workers[i].__ray_ready__.remote(): i for i in failures}
+        _, waiting = ray.wait(list(starting), num_returns=len(starting), timeout=self.replacement_start_s)
+        if not waiting:
+            return
+        for ref in waiting:
+            ray.kill(self.workers[starting[ref]])
+        i = starting[waiting[0]]
+        raise WorkerFailure(
+            f"worker {i} failed ({failures[i]}) and its replacement did not start within {self.replacement_start_s:g} s "
+            f"(it needs {self.cfg.resources.cpus_per_worker:g} CPUs and {self.gpus:g} GPUs): the cluster has no room "
+            "for it now; continue with --resume once it has")
 
     def params_ref(self) -> list:
         return [self.eta]  # in a list, so the caller receives the reference, not the value

@@ -81,6 +81,28 @@ def test_killed_worker_is_replaced_and_run_completes(ray_cluster, tmp_path, caps
     assert population.state_dict()["learners"][1]["incarnation"] >= 1  # a fresh inner model
 
 
+@ray.remote(num_cpus=1)
+class _Occupant:
+    """Holds a CPU, as another job on the cluster would."""
+
+
+def test_a_replacement_the_cluster_has_no_room_for_stops_the_run(ray_cluster, tmp_path):
+    """A lost node's worker cannot be replaced anywhere: one line after a while, not a wait forever."""
+    cfg = tiny(tmp_path, "resources.cpus_per_worker=1")  # 2 workers fill the 2-CPU test cluster
+    population = RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed), replacement_start_s=3)
+    run_steps(population, 1)
+    ray.kill(population.worker_handles()[1])
+    occupant = _Occupant.remote()
+    ray.get(occupant.__ray_ready__.remote())  # placed once the dead worker's CPU is free
+    try:
+        with pytest.raises(WorkerFailure, match=r"worker 1 failed \(.*\) and its replacement did not start within 3 s "
+                                                r"\(it needs 1 CPUs and 0 GPUs\)") as info:
+            population.step()
+        assert "--resume" in str(info.value) and "\n" not in str(info.value)
+    finally:
+        ray.kill(occupant)
+
+
 def test_every_worker_failing_the_same_way_stops_the_run(ray_cluster, tmp_path):
     cfg = tiny(tmp_path, "run.device=cuda", "resources.gpus_per_worker=0")  # no CUDA here: all workers raise
     population = RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed))
