@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
 from actors.cluster import check_resources, worker_gpus
-from actors.scheduler import REPLACEMENT_START_S, Scheduler, WorkerFailure
+from actors.scheduler import REPLACEMENT_START_S, Scheduler, WorkerFailure, one_line
 from drray.config import Config
 from drray.data import DataSplits
 from drray.population import StepStats
@@ -44,10 +44,15 @@ class RayPopulation:
     def step(self) -> StepStats:
         try:
             result = ray.get(self.scheduler.step.remote())
+        except RayActorError as error:  # the scheduler itself is gone (its node lost, or killed)
+            raise WorkerFailure(f"the run's scheduler died ({one_line(error)}); continue with --resume") from None
         except RayTaskError as error:
             cause = getattr(error, "cause", None)
             if isinstance(cause, WorkerFailure):
                 raise WorkerFailure(*cause.args) from None  # one line, not the remote traceback
+            if isinstance(cause, RayActorError):  # the parameter server is gone
+                raise WorkerFailure(f"the run's parameter server died ({one_line(cause)}); continue with "
+                                    "--resume") from None
             raise
         for index, reason in result["replaced"]:
             print(f"worker {index} failed ({reason}); replaced with a fresh inner model", file=sys.stderr, flush=True)

@@ -103,6 +103,16 @@ def test_a_replacement_the_cluster_has_no_room_for_stops_the_run(ray_cluster, tm
         ray.kill(occupant)
 
 
+def test_a_dead_scheduler_stops_the_run_in_one_line(ray_cluster, tmp_path):
+    cfg = tiny(tmp_path)
+    population = RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed))
+    run_steps(population, 1)
+    ray.kill(population.scheduler)
+    with pytest.raises(WorkerFailure, match=r"the run's scheduler died \(.+\); continue with --resume") as info:
+        population.step()
+    assert "\n" not in str(info.value)
+
+
 def test_every_worker_failing_the_same_way_stops_the_run(ray_cluster, tmp_path):
     cfg = tiny(tmp_path, "run.device=cuda", "resources.gpus_per_worker=0")  # no CUDA here: all workers raise
     population = RayPopulation(cfg, build_splits(cfg.data, cfg.run.seed))
