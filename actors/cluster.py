@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 
 import ray
@@ -66,3 +67,23 @@ def check_resources(cfg: Config, gpus_per_worker: float, reserve_cpus: float = 0
             extra = f" (+{reserve:g} for reading the data)" if reserve else ""
             raise ConfigError(f"population.size={size} x resources.{key}={each}{extra} needs {need:g} {name}s but "
                               f"the cluster has {have:g}; lower resources.{key} or population.size")
+    worker = {"CPU": cfg.resources.cpus_per_worker, "GPU": gpus_per_worker}
+    fit = how_many_fit(node_resources(), worker)
+    if fit < size:
+        raise ConfigError(f"population.size={size} workers of {worker['CPU']:g} CPUs and {worker['GPU']:g} GPUs each: "
+                          f"the cluster's nodes hold {fit} at once (a worker runs on one node); lower "
+                          "resources.cpus_per_worker or resources.gpus_per_worker, or population.size")
+
+
+def node_resources() -> list[dict]:
+    """What each live node of the cluster has (CPU, GPU, ...)."""
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def how_many_fit(nodes: list[dict], each: dict) -> int:
+    """How many requests of `each` (e.g. {"CPU": 1, "GPU": 1}) the nodes hold at once: a request
+    cannot span nodes, so totals overstate it (two 4-CPU nodes hold two 3-CPU workers, not 2.67)."""
+    wanted = {name: amount for name, amount in each.items() if amount > 0}
+    if not wanted:
+        return sys.maxsize
+    return sum(min(int(node.get(name, 0.0) / amount + 1e-9) for name, amount in wanted.items()) for node in nodes)

@@ -11,6 +11,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from actors.cluster import how_many_fit, node_resources
 from drray.config import validate_config
 from drray.errors import ConfigError
 from drray.search_space import TuneSpec, trial_config
@@ -47,12 +48,17 @@ def check_trials_fit(spec: TuneSpec, base_tree: dict, gpus_per_worker: float) ->
         for name, amount in bundle.items():
             need[name] = need.get(name, 0.0) + amount
     have = ray.cluster_resources()
+    largest = (f"the largest trial (population.size={cfg.population.size}, resources.cpus_per_worker="
+               f"{cfg.resources.cpus_per_worker:g}, trial_cpus={spec.trial_cpus:g})")
     for name, amount in need.items():
         if amount > have.get(name, 0.0) + 1e-9:
-            raise ConfigError(
-                f"the largest trial (population.size={cfg.population.size}, resources.cpus_per_worker="
-                f"{cfg.resources.cpus_per_worker:g}, trial_cpus={spec.trial_cpus:g}) needs {amount:g} {name}s but the "
-                f"cluster has {have.get(name, 0.0):g}; lower them in the tune spec")
+            raise ConfigError(f"{largest} needs {amount:g} {name}s but the cluster has {have.get(name, 0.0):g}; "
+                              "lower them in the tune spec")
+    trial, *workers = trial_bundles(spec, cfg, gpus_per_worker)
+    nodes = node_resources()
+    if how_many_fit(nodes, trial) < 1 or how_many_fit(nodes, workers[0]) < len(workers):
+        raise ConfigError(f"{largest}: no way to place its bundles on the cluster's nodes (a bundle runs on one "
+                          "node); lower them in the tune spec")
 
 
 def make_trainable(spec: TuneSpec, base_tree: dict, gpus_per_worker: float):

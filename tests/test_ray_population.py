@@ -121,6 +121,17 @@ def test_every_worker_failing_the_same_way_stops_the_run(ray_cluster, tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_workers_are_counted_per_node():
+    """A worker runs on one node: cluster totals overstate what fits."""
+    from actors.cluster import how_many_fit
+
+    two_nodes = [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0}]
+    assert how_many_fit(two_nodes, {"CPU": 3.0, "GPU": 0.0}) == 2  # not 8 / 3
+    assert how_many_fit(two_nodes, {"CPU": 1.0, "GPU": 1.0}) == 1  # the GPU decides on node 1
+    assert how_many_fit(two_nodes, {"CPU": 0.25, "GPU": 0.0}) == 32
+    assert how_many_fit(two_nodes, {"CPU": 5.0}) == 0
+
+
 def test_impossible_resources_are_refused_at_start(ray_cluster, tmp_path):
     cfg = tiny(tmp_path, "resources.gpus_per_worker=1")
     with pytest.raises(ConfigError, match=r"needs 2 GPUs but the cluster has 0"):
