@@ -135,7 +135,7 @@ class ResourcesConfig(_Section):
 
 class RunConfig(_Section):
     backend: Literal["ray", "local"] = "ray"  # local: the whole population in this process
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     out: str = "runs/default"
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)  # a progress line every this many steps

@@ -94,6 +94,8 @@ def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
         None if part is None else _validated(part, f"{where} ({name})")
         for name, part in zip(("train", "test", "heldout"), loaded + (None,) * (3 - len(loaded)))
     ]  # a source may leave heldout out of its tuple
+    for name, part in (("test", test), ("heldout", heldout)):
+        check_clean(part, name, where)
     if test is None:
         test, pool = _split_off(pool, cfg.test_fraction, seeded_rng(seed, STAGE_TEST), "test", where)
     if heldout is None:
@@ -224,6 +226,14 @@ def read_parquet(path: Path, seq_len: int = 128) -> ExampleSet:
     return examples_from_any_table(table, path, seq_len)
 
 
+def check_clean(part: "ExampleSet | None", name: str, where) -> None:
+    """A held-out or test split the data supplies must be clean: the outer loss and the evaluation
+    take it as ground truth (DESIGN.md)."""
+    if part is not None and part.is_corrupted.any():
+        raise DataError(f"{where} ({name}): {int(part.is_corrupted.sum())} rows are marked is_corrupted, but the {name} "
+                        f"split must be clean; drop them, or leave the {name} split out and drray splits one off train")
+
+
 def examples_from_any_table(table: pa.Table, path, seq_len: int = 128) -> ExampleSet:
     """Images (the DESIGN.md image schema) or, for a table with a `text` column, token sequences."""
     if "text" in table.column_names and "image" not in table.column_names:
@@ -235,6 +245,8 @@ def examples_from_any_table(table: pa.Table, path, seq_len: int = 128) -> Exampl
 
 def examples_from_table(table: pa.Table, path) -> ExampleSet:
     """Rows of the DESIGN.md schema as an ExampleSet (checked: columns, nulls, shapes, labels)."""
+    import pyarrow as pa
+
     missing = [c for c in PARQUET_COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing columns {', '.join(missing)}; needs {', '.join(PARQUET_COLUMNS)}")
@@ -250,6 +262,9 @@ def examples_from_table(table: pa.Table, path) -> ExampleSet:
     if pixels.size != n * height * width:
         raise DataError(f"{path}: image sizes do not match shape {[int(height), int(width)]}; rewrite the image column")
     pixels = _as_uint8(pixels, path)
+    if not pa.types.is_integer(table.schema.field("label").type):
+        raise DataError(f"{path}: column label is {table.schema.field('label').type}, not an integer class; "
+                        "store labels as int64")
     labels = table.column("label").to_numpy().astype(np.int64)
     if (labels < 0).any():
         raise DataError(f"{path}: negative label {labels[labels < 0][0]}; labels must be 0..num_classes-1")

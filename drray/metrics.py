@@ -12,11 +12,12 @@ import numpy as np
 
 def corruption_auroc(scores: np.ndarray, is_corrupted: np.ndarray) -> float:
     """P(score of a clean example > score of a corrupted one), ties counting half: 1.0 means the
-    rater puts every corrupted example below every clean one. NaN without both kinds."""
+    rater puts every corrupted example below every clean one. NaN without both kinds, or with a
+    NaN score (a diverged rater: NaN would otherwise rank as the highest score)."""
     scores = np.asarray(scores, dtype=np.float64)
     corrupted = np.asarray(is_corrupted, dtype=bool)
     n_bad, n_clean = corrupted.sum(), (~corrupted).sum()
-    if n_bad == 0 or n_clean == 0:
+    if n_bad == 0 or n_clean == 0 or np.isnan(scores).any():
         return float("nan")
     ranks = average_ranks(scores)  # Mann-Whitney U
     u_clean = ranks[~corrupted].sum() - n_clean * (n_clean + 1) / 2

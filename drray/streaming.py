@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import torch
 
 from drray.config import DataConfig
-from drray.data import DataSplits, examples_from_any_table, parquet_split_paths, read_parquet
+from drray.data import DataSplits, check_clean, examples_from_any_table, parquet_split_paths, read_parquet
 from drray.errors import DataError
 from drray.modality import is_text, modality_for
 from drray.tokenizer import encode_batch
@@ -33,6 +33,8 @@ def stream_splits(cfg: DataConfig) -> DataSplits:
         if paths[name] is None:
             raise DataError(f"{cfg.dir}: data.stream needs a {name} split ({name}.parquet or {name}/) beside train")
     heldout, test = read_parquet(paths["heldout"], cfg.seq_len), read_parquet(paths["test"], cfg.seq_len)
+    check_clean(heldout, "heldout", paths["heldout"])
+    check_clean(test, "test", paths["test"])
     first_rows = ds.dataset(str(paths["train"]), format="parquet").head(cfg.probe_size)
     probe = examples_from_any_table(first_rows, paths["train"], cfg.seq_len)
     num_classes = max(part.num_classes for part in (heldout, test, probe))

@@ -41,6 +41,7 @@ def test_set_overrides_parse_yaml_values():
     ("inner.optimiser=sgd", "unknown key 'inner.optimiser'; allowed here: arch, optimizer"),
     ("inner.optimizer=rmsprop", "inner.optimizer: Input should be 'sgd' or 'adam'"),
     ("inner.T=0", "inner.T: Input should be greater than or equal to 1"),
+    ("run.seed=-1", "run.seed: Input should be greater than or equal to 0"),  # seeds derive per model and stage
     ("data.source=imagenet", "data.source: unknown source 'imagenet'; allowed: "),
     ("rater.arch=resnet", "rater.arch: unknown arch 'resnet'; allowed: auto, "),
     ("data.corruption=[{kind: blur, fraction: 0.1}]", "unknown corruption 'blur'"),

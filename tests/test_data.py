@@ -354,7 +354,7 @@ def test_parquet_missing_columns(tmp_path):
 def test_parquet_negative_label_and_repeated_ids(tmp_path):
     examples = corrupted_examples()
     write_parquet(examples, tmp_path / "train.parquet")
-    write_parquet(examples.subset(np.arange(5)), tmp_path / "test.parquet")  # ids also in train
+    write_parquet(examples.subset(np.arange(1, 4)), tmp_path / "test.parquet")  # ids also in train (clean rows)
     with pytest.raises(DataError) as excinfo:
         build_splits(DataConfig(source="parquet", dir=str(tmp_path)), 0)
     one_line_error(excinfo, "ids repeat")
@@ -363,6 +363,23 @@ def test_parquet_negative_label_and_repeated_ids(tmp_path):
     with pytest.raises(DataError) as excinfo:
         build_splits(DataConfig(source="parquet", dir=str(tmp_path)), 0)
     one_line_error(excinfo, "train.parquet", "negative label -1")
+
+
+def test_parquet_given_splits_must_be_clean_and_labels_integers(tmp_path):
+    """A supplied test or held-out split is ground truth: corrupted rows there are refused; so is a
+    float label column (it would be truncated: 1.7 -> 1)."""
+    write_parquet(corrupted_examples(40, 0), tmp_path / "train.parquet")
+    write_parquet(corrupted_examples(12, 200), tmp_path / "test.parquet")  # rows 0, 4, 8 corrupted
+    with pytest.raises(DataError) as excinfo:
+        build_splits(DataConfig(source="parquet", dir=str(tmp_path)), 0)
+    one_line_error(excinfo, "(test): 3 rows are marked is_corrupted", "split must be clean")
+    (tmp_path / "test.parquet").unlink()
+    table = pq.read_table(tmp_path / "train.parquet")
+    labels = table.column("label").cast(pa.float64())
+    pq.write_table(table.set_column(table.column_names.index("label"), "label", labels), tmp_path / "train.parquet")
+    with pytest.raises(DataError) as excinfo:
+        build_splits(DataConfig(source="parquet", dir=str(tmp_path)), 0)
+    one_line_error(excinfo, "train.parquet", "column label is double, not an integer class")
 
 
 def test_parquet_missing_train(tmp_path):

@@ -20,6 +20,11 @@ def test_auroc_matches_sklearn_on_random_scores_with_ties():
     assert corruption_auroc(scores, bad) == pytest.approx(roc_auc_score(~bad, scores), abs=1e-12)
 
 
+def test_auroc_of_nan_scores_is_nan():
+    """NaN would rank as the highest score and give a finite, meaningless AUROC."""
+    assert np.isnan(corruption_auroc(np.array([np.nan, 0.0, 1.0, 2.0]), np.array([True, True, False, False])))
+
+
 def test_average_ranks():
     np.testing.assert_array_equal(average_ranks(np.array([10.0, 30.0, 20.0, 20.0])), [1.0, 4.0, 2.5, 2.5])
 
