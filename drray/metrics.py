@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from drray.checkpoint import atomic_write_bytes
+
 
 def corruption_auroc(scores: np.ndarray, is_corrupted: np.ndarray) -> float:
     """P(score of a clean example > score of a corrupted one), ties counting half: 1.0 means the
@@ -33,6 +35,14 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a blank or unreadable one."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class MetricsLog:
     """OUT/metrics.jsonl (one line per outer step) and TensorBoard events in OUT/tb/.
     On resume from step S, lines for steps >= S are dropped: those steps run again."""
@@ -46,11 +56,12 @@ class MetricsLog:
         self.tb = SummaryWriter(str(Path(out) / "tb"), purge_step=resume_step or None)
 
     def _truncate(self, resume_step: int) -> None:
+        """Keeps the records of steps before resume_step; a line cut short (the process died while
+        writing it) is after the checkpoint, so it goes too. Rewritten atomically."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] < resume_step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [line for line in self.path.read_text().splitlines() if _step(line) < resume_step]
+        atomic_write_bytes(self.path, "".join(line + "\n" for line in keep).encode())
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")

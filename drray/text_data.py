@@ -134,6 +134,11 @@ def read_documents(path: Path, text_field: str) -> Iterator[str]:
             raise DataError(f"{path}:{number}: no string field {text_field!r}; set data.text_field to the field "
                             "that holds the text")
         value = record[text_field]
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON may escape half a surrogate pair ("\ud83d"): not a character
+            raise DataError(f"{path}:{number}: field {text_field!r} holds an unpaired surrogate "
+                            f"({value[exc.start]!r} at character {exc.start}), not valid Unicode; fix the line") from None
         yield wikitext_to_text(value) if text_field == "wikitext" else value
 
 

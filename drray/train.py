@@ -84,7 +84,8 @@ def check_run_output(run_dir: RunDir, resume: bool, overwrite: bool) -> bool:
     if resume and not checkpoint.has_checkpoint(out):
         raise ConfigError(f"--resume: no checkpoint in {run_dir.display(checkpoint.CHECKPOINT_DIR)}; "
                           "run without --resume")
-    if resume or not (out / "metrics.jsonl").exists():
+    # A checkpoint alone is a run too (a first upload cut short before metrics.jsonl went up).
+    if resume or not ((out / "metrics.jsonl").exists() or checkpoint.has_checkpoint(out)):
         return False
     if not overwrite:
         raise ConfigError(f"{run_dir.display()} already holds a run; pass --resume to continue it, --overwrite "

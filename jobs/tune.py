@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> str:
                           "give a local path")
     check_local_folder(args.out, "--out")
     out = Path(args.out)
-    replace = out.exists() and any(out.iterdir())
+    replace = out_holds_a_search(out)
     if replace and not args.overwrite:
         raise ConfigError(f"{out} already holds a search; pass --overwrite or choose another --out")
     from actors.cluster import connect, worker_gpus
@@ -62,10 +62,12 @@ def run(args: argparse.Namespace) -> str:
     try:
         gpus = worker_gpus(base)
         check_trials_fit(spec, base_tree, gpus)
-        if replace:  # only now that the search can run
+        if replace:  # only now that the search can run; only the search's own files
             import shutil
 
-            shutil.rmtree(out)
+            for name in SEARCH_FILES:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         results = run_search(spec, base_tree, out / "tune", "search", gpus)
         return summarize(spec, base_tree, results, out)
@@ -74,6 +76,21 @@ def run(args: argparse.Namespace) -> str:
             import ray
 
             ray.shutdown()
+
+
+SEARCH_FILES = ("tune", "trials.md", "best.yaml")  # what a search writes in --out (best-run/ is the user's)
+
+
+def out_holds_a_search(out: Path) -> bool:
+    """Whether --out holds an earlier search (which --overwrite replaces). Anything else in it is
+    refused, --overwrite or not: a search never deletes files it did not write."""
+    if not out.exists():
+        return False
+    others = sorted(p.name for p in out.iterdir() if p.name not in SEARCH_FILES + ("best-run",))
+    if others:
+        raise ConfigError(f"--out {out} holds files a search did not write ({', '.join(others[:3])}); "
+                          "give a new or empty folder")
+    return any((out / name).exists() for name in SEARCH_FILES)
 
 
 def trial_rows(spec, results) -> list[dict]:

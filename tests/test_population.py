@@ -181,6 +181,18 @@ def test_outputs_and_refusal_to_clobber(tmp_path, umask_022):
         meta_train(cfg)
     with pytest.raises(ConfigError, match="no checkpoint"):
         meta_train(tiny_config(tmp_path / "empty"), resume=True)
+    (out / "metrics.jsonl").unlink()  # a first upload cut short: the checkpoint alone is still a run
+    with pytest.raises(ConfigError, match="already holds a run"):
+        meta_train(cfg)
+
+
+def test_resume_drops_a_metrics_line_cut_short(tmp_path):
+    """The process died while writing a line: it is after the checkpoint, so resume drops it."""
+    meta_train(tiny_config(tmp_path, "meta.steps=4"))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 4, "outer_lo')
+    meta_train(tiny_config(tmp_path, "meta.steps=5"), resume=True)
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [0, 1, 2, 3, 4]
 
 
 def test_overwrite_refused_by_a_later_check_keeps_the_old_run(tmp_path):

@@ -88,6 +88,12 @@ def test_text_source_reads_text_files_and_json_lines(tmp_path):
         DATA_SOURCES.get("text")(load_config(None, ["data.source=text", f"data.dir={tmp_path}", "data.pattern='*.csv'"]).data)
     with pytest.raises(DataError, match="does not exist"):
         DATA_SOURCES.get("text")(load_config(None, ["data.source=text", f"data.dir={tmp_path / 'nope'}"]).data)
+    # Half a surrogate pair, as scraped JSON often escapes it: one line naming the record, not a traceback.
+    (tmp_path / "wiki.jsonl.gz").unlink()
+    (tmp_path / "scraped.jsonl").write_text('{"body": "fine"}\n{"body": "emoji cut \\ud83d here"}\n')
+    with pytest.raises(DataError, match=r"scraped.jsonl:2: field 'body' holds an unpaired surrogate") as info:
+        DATA_SOURCES.get("text")(cfg.data)
+    assert "\n" not in str(info.value)
 
 
 def sample_examples(n=60, seq_len=64, seed=0) -> ExampleSet:

@@ -105,6 +105,18 @@ def test_arch_that_does_not_fit_the_data_is_refused_before_any_trial(tmp_path):
     assert (tmp_path / "out" / "best.yaml").read_text() == "an earlier search"
 
 
+def test_overwrite_never_deletes_files_a_search_did_not_write(tmp_path):
+    """--out . or --out runs with --overwrite once meant shutil.rmtree of that folder."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("not a search")
+    (tmp_path / "out" / "best.yaml").write_text("an earlier search")
+    result = run_tune("--spec", str(write_spec(tmp_path / "s.yaml")), "--out", str(tmp_path / "out"), "--overwrite")
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "holds files a search did not write (precious.txt)" in line, result.stderr
+    assert (tmp_path / "out" / "precious.txt").read_text() == "not a search"
+    assert (tmp_path / "out" / "best.yaml").read_text() == "an earlier search"
+
+
 @pytest.mark.parametrize("out,expected", [
     ("out", "error: --out {tmp}/out is a file; give a folder (new or empty) for the outputs"),
     ("out/search", "error: --out {tmp}/out/search: {tmp}/out is a file, not a folder; choose another --out"),
