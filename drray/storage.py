@@ -21,10 +21,15 @@ def is_uri(location: str) -> bool:
     return "://" in str(location)
 
 
+UPLOADING = ".uploading"  # a file being pushed, moved to its name once whole
+
+
 class RunDir:
-    def __init__(self, location: str, flag: str = "run.out"):
-        """flag: how the user gave `location`, for error messages (run.out, --out)."""
-        self.location = str(location)
+    def __init__(self, location: str, flag: str = "run.out", names: tuple[str, ...] | None = None):
+        """flag: how the user gave `location`, for error messages (run.out, --out). names: the
+        top-level files and folders the job writes there, the only ones a URI run pulls and
+        pushes (None: all), so other files under the prefix are neither copied nor re-uploaded."""
+        self.location, self.names = str(location), names
         self.fs = None
         if is_uri(self.location):
             import pyarrow.fs as pafs
@@ -50,17 +55,25 @@ class RunDir:
             return str(self.local / relative) if relative else str(self.local)
         return f"{self.location.rstrip('/')}/{relative}" if relative else self.location
 
+    def _ours(self, relative: Path) -> bool:
+        return self.names is None or relative.parts[0] in self.names
+
     def _remote_files(self) -> list[pafs.FileInfo]:
         import pyarrow.fs as pafs
 
         selector = pafs.FileSelector(self.remote, allow_not_found=True, recursive=True)
-        return [info for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File]
+        return [info for info in self.fs.get_file_info(selector)
+                if info.type == pafs.FileType.File and self._ours(Path(info.path).relative_to(self.remote))]
 
     def pull(self) -> None:
-        """Copy an earlier run's files down (to resume it, or to see that one is there)."""
+        """Copy an earlier run's files down (to resume it, or to see that one is there). A file a
+        cut push left half-uploaded (*.uploading) is deleted: the run writes it again."""
         if self.fs is None:
             return
         for info in self._remote_files():
+            if info.path.endswith(UPLOADING):
+                self.fs.delete_file(info.path)
+                continue
             target = self.local / Path(info.path).relative_to(self.remote)
             target.parent.mkdir(parents=True, exist_ok=True)
             with self.fs.open_input_stream(info.path) as src:
@@ -69,10 +82,11 @@ class RunDir:
     def push(self) -> None:
         if self.fs is None:
             return
-        for path in sorted(p for p in self.local.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        for path in sorted(p for p in self.local.rglob("*")
+                           if p.is_file() and not p.name.startswith(".") and self._ours(p.relative_to(self.local))):
             final = f"{self.remote}/{path.relative_to(self.local).as_posix()}"
             self.fs.create_dir(final.rpartition("/")[0], recursive=True)
-            temporary = final + ".uploading"
+            temporary = final + UPLOADING
             with self.fs.open_output_stream(temporary) as dst:
                 dst.write(path.read_bytes())
             self.fs.move(temporary, final)

@@ -157,7 +157,7 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
     trial reports from it)."""
     splits = splits or build_splits(cfg.data, cfg.run.seed)  # bad data fails here, before any output
     check_models_fit(cfg, splits)
-    with RunDir(cfg.run.out) as run_dir:
+    with RunDir(cfg.run.out, names=tuple(RUN_FILES)) as run_dir:
         out = run_dir.local
         population = open_run(cfg, splits, run_dir, resume, overwrite, population_factory)
         start = population.step_count

@@ -267,10 +267,16 @@ def test_outputs_to_a_filesystem_uri_and_resume_from_it(tmp_path, monkeypatch):
     assert summary.out.display("metrics.jsonl") == f"{uri}/metrics.jsonl"
     assert checkpoint.load_state(remote)["step"] == 3
     assert not list(remote.rglob("*.uploading"))
+    # Beside the run under its prefix: another file (never pulled or re-uploaded) and a file a cut
+    # push left half-uploaded (deleted on resume).
+    (remote / "notes.txt").write_text("someone else's")
+    os.utime(remote / "notes.txt", (1_000_000_000, 1_000_000_000))
+    (remote / "checkpoint" / "state.pt.uploading").write_bytes(b"half")
     meta_train(load_config(None, TINY + [f"run.out={uri}", "meta.steps=6"]), resume=True)
     assert checkpoint.load_state(remote)["step"] == 6
+    assert (remote / "notes.txt").stat().st_mtime == 1_000_000_000 and not list(remote.rglob("*.uploading"))
     assert len((remote / "metrics.jsonl").read_text().splitlines()) == 6
-    assert not list(staging.iterdir())  # each run removed its staging copy once pushed
+    assert not list(staging.glob("drray-out-*"))  # each run removed its staging copy once pushed
     with pytest.raises(ConfigError, match="already holds a run"):
         meta_train(load_config(None, TINY + [f"run.out={uri}"]))
 
