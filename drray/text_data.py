@@ -22,7 +22,7 @@ import numpy as np
 from drray.config import DataConfig
 from drray.data import DATA_SOURCES, ExampleSet, _read_ground_truth, existing_data_dir, label_and_truth_columns
 from drray.errors import DataError
-from drray.tokenizer import TOKEN_DTYPE, decode, encode_batch
+from drray.tokenizer import PAD, TOKEN_DTYPE, decode, encode_batch
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -190,6 +190,10 @@ def examples_from_text_table(table: pa.Table, path, seq_len: int) -> ExampleSet:
         raise DataError(f"{path}: column text is {table.column('text').type}, not string; store text as UTF-8 strings")
     examples = text_examples(table.column("text").to_pylist(), seq_len)
     examples.ids = table.column("id").to_numpy().astype(np.int64)
+    short = (examples.images != PAD).sum(axis=1) < 2  # no next byte to predict: its loss would be 0, the best
+    if short.any():
+        raise DataError(f"{path}: {int(short.sum())} rows (the first: id {examples.ids[short][0]}) hold under 2 bytes "
+                        "of text, nothing for a language model to predict; drop them")
     if "label" in table.column_names:
         examples.labels = table.column("label").to_numpy().astype(np.int64)
         examples.num_classes = int(examples.labels.max(initial=0)) + 1

@@ -5,6 +5,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -112,6 +114,12 @@ def test_text_parquet_round_trip_keeps_tokens_and_ground_truth(tmp_path):
     assert np.array_equal(back.corruption, examples.corruption) and np.array_equal(back.is_corrupted, examples.is_corrupted)
     x, y = to_tensors(back)
     assert x.dtype == torch.int64 and x.shape == (60, 64) and not y.any()
+    # A row of under 2 bytes has no next byte to predict (its loss would be 0, the best there is).
+    pq.write_table(pa.table({"id": pa.array([1, 2, 3], pa.int64()), "text": ["long enough", "a", ""]}),
+                   tmp_path / "short.parquet")
+    with pytest.raises(DataError) as info:
+        read_parquet(tmp_path / "short.parquet", seq_len=64)
+    assert "2 rows (the first: id 2) hold under 2 bytes of text" in str(info.value) and "\n" not in str(info.value)
 
 
 # ---- corruptions -------------------------------------------------------------------------------
