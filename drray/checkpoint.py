@@ -36,6 +36,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Makes the rename itself durable: without it a power loss can bring back the old name."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (NFS, some FUSE) cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_torch_save(obj, path: Path) -> None:

@@ -57,3 +57,18 @@ def test_output_inside_the_input_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="overlaps --input"):
         check_separate(str(tmp_path / "in" / "out"), str(tmp_path / "in"))
     check_separate(str(tmp_path / "in2"), str(tmp_path / "in"))  # a shared prefix is not overlap
+
+
+def test_atomic_write_syncs_the_file_and_then_its_directory(tmp_path, monkeypatch):
+    """The data reaches the disk before the rename, and the rename before the call returns."""
+    import os
+
+    from drray.checkpoint import atomic_write_bytes
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.path.realpath(f"/proc/self/fd/{fd}")),
+                                                 real_fsync(fd)))
+    atomic_write_bytes(tmp_path / "x.bin", b"data")
+    assert (tmp_path / "x.bin").read_bytes() == b"data"
+    assert len(synced) == 2 and synced[0].startswith(str(tmp_path / ".x.bin.")) and synced[1] == str(tmp_path)
