@@ -86,4 +86,10 @@ def how_many_fit(nodes: list[dict], each: dict) -> int:
     wanted = {name: amount for name, amount in each.items() if amount > 0}
     if not wanted:
         return sys.maxsize
-    return sum(min(int(node.get(name, 0.0) / amount + 1e-9) for name, amount in wanted.items()) for node in nodes)
+    return sum(min(_fits(node.get(name, 0.0), amount, name) for name, amount in wanted.items()) for node in nodes)
+
+
+def _fits(have: float, amount: float, name: str) -> int:
+    if name == "GPU" and amount < 1:  # Ray keeps a fractional GPU request on one GPU
+        return int(have + 1e-9) * int(1 / amount + 1e-9)
+    return int(have / amount + 1e-9)

@@ -44,9 +44,7 @@ class RayPopulation:
     def step(self) -> StepStats:
         try:
             result = ray.get(self.scheduler.step.remote())
-        except RayActorError as error:  # the scheduler itself is gone (its node lost, or killed)
-            raise WorkerFailure(f"the run's scheduler died ({one_line(error)}); continue with --resume") from None
-        except RayTaskError as error:
+        except RayTaskError as error:  # first: Ray makes it an instance of its cause's class too
             cause = getattr(error, "cause", None)
             if isinstance(cause, WorkerFailure):
                 raise WorkerFailure(*cause.args) from None  # one line, not the remote traceback
@@ -54,6 +52,8 @@ class RayPopulation:
                 raise WorkerFailure(f"the run's parameter server died ({one_line(cause)}); continue with "
                                     "--resume") from None
             raise
+        except RayActorError as error:  # the scheduler itself is gone (its node lost, or killed)
+            raise WorkerFailure(f"the run's scheduler died ({one_line(error)}); continue with --resume") from None
         for index, reason in result["replaced"]:
             print(f"worker {index} failed ({reason}); replaced with a fresh inner model", file=sys.stderr, flush=True)
         self.step_count += 1

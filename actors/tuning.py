@@ -4,6 +4,7 @@ another and a trial starts only when all of its workers fit."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +56,29 @@ def check_trials_fit(spec: TuneSpec, base_tree: dict, gpus_per_worker: float) ->
             raise ConfigError(f"{largest} needs {amount:g} {name}s but the cluster has {have.get(name, 0.0):g}; "
                               "lower them in the tune spec")
     trial, *workers = trial_bundles(spec, cfg, gpus_per_worker)
-    nodes = node_resources()
-    if how_many_fit(nodes, trial) < 1 or how_many_fit(nodes, workers[0]) < len(workers):
+    if not bundles_fit(node_resources(), trial, workers[0], len(workers)):
         raise ConfigError(f"{largest}: no way to place its bundles on the cluster's nodes (a bundle runs on one "
                           "node); lower them in the tune spec")
 
 
+def bundles_fit(nodes: list[dict], trial: dict, worker: dict, workers: int) -> bool:
+    """Whether some node holds the trial's bundle with the workers' bundles fitting in what is
+    left there and on the other nodes (each bundle on one node)."""
+    for k, node in enumerate(nodes):
+        if how_many_fit([node], trial) < 1:
+            continue
+        rest = {name: node.get(name, 0.0) - trial.get(name, 0.0) for name in node}
+        if how_many_fit(nodes[:k] + [rest] + nodes[k + 1:], worker) >= workers:
+            return True
+    return False
+
+
 def make_trainable(spec: TuneSpec, base_tree: dict, gpus_per_worker: float):
+    driver_dir = os.getcwd()
+
     def meta_train_trial(params: dict) -> None:
+        if os.path.isdir(driver_dir):  # Ray Tune starts a trial in its own directory: relative paths
+            os.chdir(driver_dir)       # (a default data dir, data.pattern) mean what they mean to the driver
         from actors.population import RayPopulation
         from drray.train import meta_train
 

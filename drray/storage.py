@@ -56,7 +56,7 @@ class RunDir:
         return f"{self.location.rstrip('/')}/{relative}" if relative else self.location
 
     def _ours(self, relative: Path) -> bool:
-        return self.names is None or relative.parts[0] in self.names
+        return self.names is None or relative.parts[0].removesuffix(UPLOADING) in self.names
 
     def _remote_files(self) -> list[pafs.FileInfo]:
         import pyarrow.fs as pafs

@@ -193,7 +193,8 @@ def examples_from_text_table(table: pa.Table, path, seq_len: int) -> ExampleSet:
     short = (examples.images != PAD).sum(axis=1) < 2  # no next byte to predict: its loss would be 0, the best
     if short.any():
         raise DataError(f"{path}: {int(short.sum())} rows (the first: id {examples.ids[short][0]}) hold under 2 bytes "
-                        "of text, nothing for a language model to predict; drop them")
+                        f"of text cut to data.seq_len={seq_len} (at a character boundary), nothing for a language "
+                        "model to predict; drop them, or raise data.seq_len")
     if "label" in table.column_names:
         examples.labels = table.column("label").to_numpy().astype(np.int64)
         examples.num_classes = int(examples.labels.max(initial=0)) + 1

@@ -272,6 +272,7 @@ def test_outputs_to_a_filesystem_uri_and_resume_from_it(tmp_path, monkeypatch):
     (remote / "notes.txt").write_text("someone else's")
     os.utime(remote / "notes.txt", (1_000_000_000, 1_000_000_000))
     (remote / "checkpoint" / "state.pt.uploading").write_bytes(b"half")
+    (remote / "metrics.jsonl.uploading").write_bytes(b"half")
     meta_train(load_config(None, TINY + [f"run.out={uri}", "meta.steps=6"]), resume=True)
     assert checkpoint.load_state(remote)["step"] == 6
     assert (remote / "notes.txt").stat().st_mtime == 1_000_000_000 and not list(remote.rglob("*.uploading"))

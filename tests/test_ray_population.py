@@ -130,6 +130,30 @@ def test_workers_are_counted_per_node():
     assert how_many_fit(two_nodes, {"CPU": 1.0, "GPU": 1.0}) == 1  # the GPU decides on node 1
     assert how_many_fit(two_nodes, {"CPU": 0.25, "GPU": 0.0}) == 32
     assert how_many_fit(two_nodes, {"CPU": 5.0}) == 0
+    assert how_many_fit([{"CPU": 8.0, "GPU": 2.0}], {"CPU": 0.1, "GPU": 0.4}) == 4  # 2 per GPU, not 2 / 0.4 = 5
+
+
+def test_tune_bundles_are_placed_together():
+    """The trial's bundle takes room the workers' bundles then lack."""
+    from actors.tuning import bundles_fit
+
+    two_nodes = [{"CPU": 4.0}, {"CPU": 4.0}]
+    assert not bundles_fit(two_nodes, {"CPU": 1.5}, {"CPU": 3.0}, 2)  # totals fit: 7.5 of 8
+    assert bundles_fit(two_nodes, {"CPU": 1.0}, {"CPU": 3.0}, 2)
+    assert not bundles_fit(two_nodes, {"CPU": 5.0}, {"CPU": 1.0}, 1)
+
+
+def test_a_dead_parameter_server_is_named_as_such(monkeypatch):
+    """Ray makes a task's error an instance of its cause's class too: the server's death reaches
+    the driver as a RayTaskError that is also a RayActorError."""
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    population = RayPopulation.__new__(RayPopulation)
+    population.scheduler = type("Stub", (), {"step": type("M", (), {"remote": staticmethod(lambda: None)})})()
+    error = RayTaskError("step", "Traceback: ...", ActorDiedError()).as_instanceof_cause()
+    monkeypatch.setattr(ray, "get", lambda ref: (_ for _ in ()).throw(error))
+    with pytest.raises(WorkerFailure, match="the run's parameter server died"):
+        population.step()
 
 
 def test_impossible_resources_are_refused_at_start(ray_cluster, tmp_path):

@@ -119,7 +119,8 @@ def test_text_parquet_round_trip_keeps_tokens_and_ground_truth(tmp_path):
                    tmp_path / "short.parquet")
     with pytest.raises(DataError) as info:
         read_parquet(tmp_path / "short.parquet", seq_len=64)
-    assert "2 rows (the first: id 2) hold under 2 bytes of text" in str(info.value) and "\n" not in str(info.value)
+    assert "2 rows (the first: id 2) hold under 2 bytes of text cut to data.seq_len=64" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 # ---- corruptions -------------------------------------------------------------------------------
