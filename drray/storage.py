@@ -159,6 +159,11 @@ def check_separate(output: str, source: str, flag: str = "--input") -> None:
         raise ConfigError(f"--output {output} overlaps {flag} {source}; write somewhere else")
 
 
+def remove_local(path: Path) -> None:
+    """Remove a local file or directory, if there is one (clear_output without loading pyarrow)."""
+    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def clear_output(fs: pafs.FileSystem, path: str) -> None:
     """Remove a file or directory, if there is one."""
     import pyarrow.fs as pafs

@@ -6,7 +6,6 @@ rater_params, state_dict() and load_state_dict().
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from drray.errors import ConfigError, TrainingDiverged
 from drray.metrics import MetricsLog, Progress, corruption_auroc
 from drray.models import build_inner, build_rater, choose_arch
 from drray.population import Population
-from drray.storage import RunDir
+from drray.storage import RunDir, remove_local
 from drray.warm_start import check_warm_start
 
 
@@ -95,8 +94,7 @@ def check_run_output(run_dir: RunDir, resume: bool, overwrite: bool) -> bool:
 
 def clear_run(run_dir: RunDir) -> None:
     for name in RUN_FILES:
-        path = run_dir.local / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        remove_local(run_dir.local / name)
     run_dir.clear_remote(RUN_FILES)
 
 

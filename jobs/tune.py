@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from drray.errors import ConfigError, DrrayError
-from drray.storage import check_local_folder, is_uri
+from drray.storage import check_local_folder, is_uri, remove_local
 from jobs.common import add_address_arg, run_job, job_parser
 
 
@@ -63,11 +63,8 @@ def run(args: argparse.Namespace) -> str:
         gpus = worker_gpus(base)
         check_trials_fit(spec, base_tree, gpus)
         if replace:  # only now that the search can run; only the search's own files
-            import shutil
-
             for name in SEARCH_FILES:
-                path = out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                remove_local(out / name)
         out.mkdir(parents=True, exist_ok=True)
         results = run_search(spec, base_tree, out / "tune", "search", gpus)
         return summarize(spec, base_tree, results, out)
