@@ -8,8 +8,8 @@ import torch
 from torch.utils._pytree import tree_map
 
 from drray.config import Config, validate_config
-from drray.population import InnerLearner
-from drray.streaming import BatchStream
+from drray.data.streams import BatchStream
+from drray.meta.population import InnerLearner
 
 
 @ray.remote

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ray
 
 from drray.config import validate_config
-from drray.population import new_meta_optimizer
+from drray.meta.population import new_meta_optimizer
 
 
 @ray.remote(num_cpus=0)

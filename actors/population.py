@@ -10,10 +10,9 @@ from ray.exceptions import RayActorError, RayTaskError
 from actors.cluster import check_resources, worker_gpus
 from actors.scheduler import REPLACEMENT_START_S, Scheduler, WorkerFailure, one_line
 from drray.config import Config
-from drray.data import DataSplits
-from drray.population import StepStats
-from drray.streaming import stream_columns
-
+from drray.data.examples import DataSplits
+from drray.data.streams import stream_columns
+from drray.meta.population import StepStats
 
 STREAM_READ_CPUS = 0.25  # what each Ray Data read task asks for; left free beside the workers
 

@@ -12,7 +12,7 @@ from actors.inner_worker import InnerWorker
 from actors.parameter_server import ParameterServer
 from drray.config import validate_config
 from drray.errors import DrrayError
-from drray.population import reset_due, summarize
+from drray.meta.population import reset_due, summarize
 
 MAX_TRIES_PER_STEP = 3
 REPLACEMENT_START_S = 600.0  # a replacement not started by then has no room on the cluster (a lost node)

@@ -15,7 +15,7 @@ from ray.tune.schedulers import ASHAScheduler
 from actors.cluster import how_many_fit, node_resources
 from drray.config import validate_config
 from drray.errors import ConfigError
-from drray.search_space import TuneSpec, trial_config
+from drray.train.search_space import TuneSpec, trial_config
 
 
 def trial_bundles(spec: TuneSpec, cfg, gpus_per_worker: float) -> list[dict]:
@@ -80,7 +80,7 @@ def make_trainable(spec: TuneSpec, base_tree: dict, gpus_per_worker: float):
         if os.path.isdir(driver_dir):  # Ray Tune starts a trial in its own directory: relative paths
             os.chdir(driver_dir)       # (a default data dir, data.pattern) mean what they mean to the driver
         from actors.population import RayPopulation
-        from drray.train import meta_train
+        from drray.train.loop import meta_train
 
         cfg = trial_config(base_tree, params, str(Path(tune.get_context().get_trial_dir()) / "run"))
         metric = _metric_fn(spec, cfg)
@@ -105,8 +105,8 @@ def _metric_fn(spec: TuneSpec, cfg):
         return lambda population, prober, record: record.get("auroc", prober.auroc(population.rater_params))
     import torch
 
-    from drray import evaluation as ev
-    from drray.data import build_splits
+    from drray.data.splits import build_splits
+    from drray.evaluation import experiment as ev
 
     splits = build_splits(cfg.data, cfg.run.seed)
     budget = ev.Budget.from_config(cfg)

@@ -27,8 +27,17 @@ import statistics
 import sys
 import time
 
-from benchmarks.harness import (DATA_DIR, RESULT_TAG, RESULTS, ROOT, machine_info, proc_status_mb, ratio,
-                                reset_peak_rss, spawn)
+from benchmarks.harness import (
+    DATA_DIR,
+    RESULT_TAG,
+    RESULTS,
+    ROOT,
+    machine_info,
+    proc_status_mb,
+    ratio,
+    reset_peak_rss,
+    spawn,
+)
 
 T_VALUES = (1, 2, 4, 8, 16, 32)
 QUICK_T_VALUES = (1, 2)
@@ -53,9 +62,9 @@ def run_one(args) -> dict:
     import torch
 
     from drray.config import load_config
-    from drray.data import build_splits
-    from drray.population import learner_threads
-    from drray.train import make_population
+    from drray.data.splits import build_splits
+    from drray.meta.population import learner_threads
+    from drray.train.loop import make_population
 
     cfg = load_config(None, config_overrides(args))
     splits = build_splits(cfg.data, cfg.run.seed)

@@ -48,7 +48,7 @@ def level_bin_masks(level: np.ndarray) -> dict[str, np.ndarray]:
 def score_examples(rater, examples, batch: int = 1024) -> np.ndarray:
     import torch
 
-    from drray.data import to_tensors
+    from drray.data.examples import to_tensors
 
     x, y = to_tensors(examples)
     with torch.no_grad():
@@ -57,11 +57,11 @@ def score_examples(rater, examples, batch: int = 1024) -> np.ndarray:
 
 def evaluate_rater(run_dir: Path) -> dict:
     """AUROC of the run's final rater over the whole training split (rebuilt from its config)."""
-    from drray.checkpoint import load_rater_weights, load_run_config
     from drray.config import validate_config
-    from drray.data import build_splits
-    from drray.metrics import corruption_auroc
+    from drray.data.splits import build_splits
     from drray.models import build_rater
+    from drray.train.checkpoint import load_rater_weights, load_run_config
+    from drray.train.metrics import corruption_auroc
 
     cfg = validate_config(load_run_config(run_dir), origin=str(run_dir))
     splits = build_splits(cfg.data, cfg.run.seed)
@@ -112,7 +112,7 @@ def record(name: str, entry: dict) -> None:
 
 
 def evaluate(run_dir: Path, name: str, command: str | None, wall: float | None) -> dict:
-    from drray.checkpoint import load_run_config
+    from drray.train.checkpoint import load_run_config
 
     curve = learning_curve(run_dir)
     entry = {"run_dir": str(run_dir), "command": command, "wall_seconds": wall,

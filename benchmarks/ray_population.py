@@ -24,8 +24,8 @@ import ray  # noqa: E402
 
 from actors.population import RayPopulation  # noqa: E402
 from drray.config import load_config  # noqa: E402
-from drray.data import build_splits  # noqa: E402
-from drray.train import make_population  # noqa: E402
+from drray.data.splits import build_splits  # noqa: E402
+from drray.train.loop import make_population  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ["data.source=mnist", f"data.dir={ROOT.parent / 'shared' / 'data' / 'mnist'}", "data.max_train=20000",

@@ -28,8 +28,17 @@ import sys
 import time
 from types import SimpleNamespace
 
-from benchmarks.harness import (DATA_DIR, RESULT_TAG, RESULTS, alternate, machine_info, proc_status_mb, ratio,
-                                reset_peak_rss, spawn)
+from benchmarks.harness import (
+    DATA_DIR,
+    RESULT_TAG,
+    RESULTS,
+    alternate,
+    machine_info,
+    proc_status_mb,
+    ratio,
+    reset_peak_rss,
+    spawn,
+)
 from benchmarks.meta_step import child_args
 
 T, POP, BATCH, LR, TEMPERATURE, CLIP, META_LR = 2, 8, 128, 0.01, 0.3, 5.0, 3e-4
@@ -70,8 +79,10 @@ def run_reference(steps: int) -> dict:
     import torch
 
     from drray.config import load_config
-    from drray.data import build_splits, to_tensors
-    from drray.models import build_inner, build_rater, with_torch_layers
+    from drray.data.examples import to_tensors
+    from drray.data.splits import build_splits
+    from drray.models import build_inner, build_rater
+    from drray.models.layers import with_torch_layers
 
     cfg = load_config(None, ["data.source=mnist", f"data.dir={DATA_DIR}", "data.max_train=20000"])
     splits = build_splits(cfg.data, 0)

@@ -30,8 +30,8 @@ TAG = "RESULT "
 
 def run_one(method: str, T: int, steps: int, mixflow_mode: str = "forward_over_reverse") -> dict:
     from drray.config import load_config
-    from drray.data import build_splits
-    from drray.train import make_population
+    from drray.data.splits import build_splits
+    from drray.train.loop import make_population
 
     cfg = load_config(ROOT / "configs" / "text.yaml", [
         f"meta.method={method}", f"inner.T={T}", "population.size=1", "population.lifetime=100000",

@@ -1,7 +1,9 @@
 """Typed configuration: YAML -> pydantic objects. Every field has a default.
 
 `load_config(path, overrides=["inner.T=4"])` merges the file, then the `--set` overrides, and
-validates. Any problem is a `ConfigError` whose message is one line naming the key.
+validates. Any problem is a `ConfigError` whose message is one line naming the key. Names of
+registered things (data.source, the archs, corruption kinds) are checked where they are looked up
+(drray.registry), so this module needs no implementation.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drray.errors import ConfigError
+from drray.io import yaml_error
 
 
 class _Section(BaseModel):
@@ -21,15 +24,6 @@ class _Section(BaseModel):
 class CorruptionSpec(_Section):
     kind: str
     fraction: float = Field(ge=0.0, le=1.0)
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, kind: str) -> str:
-        from drray.corruption import CORRUPTIONS
-
-        if kind not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {kind!r}; allowed: {', '.join(CORRUPTIONS.names())}")
-        return kind
 
 
 class DataConfig(_Section):
@@ -47,15 +41,6 @@ class DataConfig(_Section):
     seq_len: int = Field(128, ge=2, le=4096)  # text: bytes per sequence (shorter ones are padded)
     pattern: Optional[str] = None  # text: glob of the files in data.dir to read (default: every file)
     text_field: str = "text"  # text: the field of a JSON-lines record that holds its text
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, source: str) -> str:
-        from drray.data import DATA_SOURCES
-
-        if source not in DATA_SOURCES:
-            raise ValueError(f"unknown source {source!r}; allowed: {', '.join(DATA_SOURCES.names())}")
-        return source
 
     @field_validator("corruption")
     @classmethod
@@ -75,17 +60,6 @@ class DataConfig(_Section):
         return stream
 
 
-def _known_arch(registry_attr: str):
-    def check(cls, arch: str) -> str:
-        from drray import models
-
-        registry = getattr(models, registry_attr)
-        if arch != "auto" and arch not in registry:
-            raise ValueError(f"unknown arch {arch!r}; allowed: auto, {', '.join(registry.names())}")
-        return arch
-
-    return field_validator("arch")(classmethod(check))
-
 
 class RaterConfig(_Section):
     arch: str = "auto"  # auto: chosen from the data's shape
@@ -95,7 +69,6 @@ class RaterConfig(_Section):
     # as in the paper.
     warm_start_steps: int = Field(0, ge=0)
     warm_start_lr: float = Field(1e-3, gt=0.0)
-    _check_arch = _known_arch("RATERS")
 
 
 class InnerConfig(_Section):
@@ -105,7 +78,6 @@ class InnerConfig(_Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
     T: int = Field(2, ge=1)  # inner steps the meta-gradient flows back through
     batch_size: int = Field(128, ge=1)
-    _check_arch = _known_arch("INNER_MODELS")
 
 
 class PopulationConfig(_Section):
@@ -115,7 +87,6 @@ class PopulationConfig(_Section):
 
 class MetaConfig(_Section):
     method: Literal["mixflow", "backprop"] = "mixflow"
-    optimizer: Literal["adam"] = "adam"
     lr: float = Field(3e-4, gt=0.0)
     clip_norm: Optional[float] = Field(5.0, gt=0.0)  # null: no clipping
     steps: int = Field(1000, ge=1)
@@ -245,14 +216,6 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             return []
         model = annotation
     return list(model.model_fields)
-
-
-def yaml_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
-    """`FILE:LINE:COLUMN: not valid YAML (what the parser expected)`, on one line."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-    problem = getattr(exc, "problem", None) or str(exc)
-    return ConfigError(f"{where}: not valid YAML ({problem})".replace("\n", " "))
 
 
 def validate_config(tree: dict, origin: str = "config", overrides: list[str] = ()) -> Config:

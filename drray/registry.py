@@ -1,21 +1,26 @@
-"""Name -> builder registries, so users plug in data sources, raters and inner models by name.
-
-    from drray.registry import RATERS
+"""Name -> builder registries, so users plug in data sources, corruptions, raters and inner
+models by name:
     @RATERS.register("my_rater")
-    def build(input_shape, num_classes): ...
+    def build(row_shape, num_classes): ...
 
-and then `rater: {arch: my_rater}` in YAML. The built-ins register the same way.
+and then `rater: {arch: my_rater}` in YAML. The built-ins register the same way, when their
+package is imported (drray.data.sources, drray.data.corruption, drray.models). The config does
+not check names: an unknown one is refused where it is looked up, in one line naming the key.
 """
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
+from drray.errors import ConfigError
+
 T = TypeVar("T", bound=Callable)
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, key: str, also: tuple[str, ...] = ()):
+        """kind: what an entry is, for messages; key: the config key that names one; also: names
+        the key allows besides the entries (handled by the caller, e.g. 'auto')."""
+        self.kind, self.key, self.also = kind, key, also
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -31,9 +36,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(
-                f"unknown {self.kind} {name!r}; registered: {', '.join(sorted(self._entries))}"
-            ) from None
+            allowed = ", ".join([*self.also, *sorted(self._entries)])
+            raise ConfigError(f"{self.key}: unknown {self.kind} {name!r}; allowed: {allowed}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -42,7 +46,7 @@ class Registry(Generic[T]):
         return name in self._entries
 
 
-DATA_SOURCES: Registry = Registry("data source")
-RATERS: Registry = Registry("rater arch")
-INNER_MODELS: Registry = Registry("inner arch")
-CORRUPTIONS: Registry = Registry("corruption kind")
+DATA_SOURCES: Registry = Registry("source", "data.source")
+RATERS: Registry = Registry("arch", "rater.arch", also=("auto",))
+INNER_MODELS: Registry = Registry("arch", "inner.arch", also=("auto",))
+CORRUPTIONS: Registry = Registry("corruption", "data.corruption")

@@ -15,6 +15,7 @@ from drray.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pyarrow is imported where a filesystem is used: a local run never loads it (~30 MB)
     import pyarrow.fs as pafs
+from drray.io import current_umask
 
 
 def is_uri(location: str) -> bool:
@@ -201,19 +202,6 @@ def parquet_files(location: str, what: str = "a Parquet file or a folder of Parq
     if not files:
         raise DataError(f"{location}: no .parquet files in this folder; pass {what}")
     return fs, path, files
-
-
-def current_umask() -> int:
-    """The process's umask, read without setting it (os.umask would, for a moment, for every thread)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # no /proc: the only portable way is to set it and put it back
-    os.umask(mask)
-    return mask
 
 
 def staging_dir_beside(path: str) -> Path:

@@ -23,7 +23,7 @@ import sys
 import time
 
 from drray.errors import ConfigError
-from jobs.common import add_address_arg, add_config_args, run_job, job_parser
+from jobs.common import add_address_arg, add_config_args, job_parser, run_job
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,7 +74,7 @@ def _number(flag: str, text: str) -> float:
 
 
 def check_rater_fits(meta: dict, rater_dir: str, splits, data_name: str) -> None:
-    from drray.modality import describe_rows
+    from drray.data.modality import describe_rows
 
     shape, classes = tuple(meta["image_shape"]), int(meta["num_classes"])
     if shape != tuple(splits.image_shape) or classes != splits.num_classes:
@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> str:
 
 
 def run_into(out, args: argparse.Namespace, cfg) -> str:
-    from drray.checkpoint import load_rater
-    from drray.data import build_splits
+    from drray.data.splits import build_splits
+    from drray.train.checkpoint import load_rater
 
     out.pull()
     if (out.local / "results.json").exists() and not args.overwrite:
@@ -129,9 +129,9 @@ def run_into(out, args: argparse.Namespace, cfg) -> str:
 
 def evaluate(cfg, splits, rater, out) -> str:
     from actors.tasks import map_tasks
-    from drray import evaluation as ev
+    from drray.evaluation import experiment as ev
+    from drray.evaluation.report import plot_metric, plot_score_histograms, results_markdown, write_results
     from drray.models import choose_arch
-    from drray.evaluation_report import plot_metric, plot_score_histograms, results_markdown, write_results
 
     budget, settings = ev.Budget.from_config(cfg), cfg.evaluate
     metric = ev.metric_for(splits.train.images)

@@ -32,10 +32,9 @@ import sys
 
 import numpy as np
 
+from drray import seeds
 from drray.errors import ConfigError, DataError
-from jobs.common import add_address_arg, run_job, job_parser
-
-STAGE_CDF_SAMPLE = 201  # the random stream of the CDF sample (drray.corruption.seeded_rng)
+from jobs.common import add_address_arg, job_parser, run_job
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -122,8 +121,8 @@ def read_narrow(fs, files, schema, location: str) -> dict:
 
 def make_rule(args: argparse.Namespace, narrow: dict):
     """The keep rule (picklable, `.keep(scores, ids)`) and what the summary says about it."""
-    from drray.corruption import seeded_rng
-    from drray.filtering import SampleRule, quantile_cut
+    from drray.curation.filtering import SampleRule, quantile_cut
+    from drray.seeds import seeded_rng
 
     scores = narrow["score"]
     if args.mode == "quantile":
@@ -132,7 +131,7 @@ def make_rule(args: argparse.Namespace, narrow: dict):
                 "ties_at_threshold": int((scores == cut.threshold).sum())}
         return cut, info
     count = min(args.cdf_sample, len(scores))
-    rows = np.sort(seeded_rng(args.seed, STAGE_CDF_SAMPLE).choice(len(scores), count, replace=False))
+    rows = np.sort(seeded_rng(args.seed, seeds.FILTER_CDF_SAMPLE).choice(len(scores), count, replace=False))
     rule = SampleRule(scores[rows], args.discard, args.batch_size, args.seed)
     info = {"cdf_sample_size": count, "batch_size": args.batch_size, "draw_size": rule.draw_size,
             "seed": args.seed, "expected_rows_kept": float(rule.probability(scores).sum())}
@@ -189,7 +188,7 @@ def count_rows(fs, path: str) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from drray.filtering import summarize
+    from drray.curation.filtering import summarize
     from drray.storage import check_output, check_separate, replacing_output
 
     check_args(args)

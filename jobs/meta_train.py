@@ -13,7 +13,7 @@ import json
 import sys
 
 from drray.config import load_config
-from jobs.common import add_address_arg, add_config_args, run_job, job_parser
+from jobs.common import add_address_arg, add_config_args, job_parser, run_job
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from drray.train import format_report
+    from drray.train.loop import format_report
 
     return run_job(run, parse_args(argv), format_report)
 
@@ -36,7 +36,7 @@ def run(args):
     overrides = args.overrides + ([f"run.out={json.dumps(args.out)}"] if args.out else [])  # a path, never YAML
     cfg = load_config(args.config, overrides)
     from drray.storage import check_local_folder
-    from drray.train import meta_train
+    from drray.train.loop import meta_train
 
     check_local_folder(cfg.run.out, "--out" if args.out else "run.out")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from drray.errors import ConfigError, DrrayError
-from jobs.common import run_job, job_parser
+from jobs.common import job_parser, run_job
 
 PREPARE_FORMAT = "drray-prepared/1"
 
@@ -74,9 +74,8 @@ def in_flags(exc: DrrayError) -> DrrayError:
 
 def parse_corruption(text: str) -> list[dict]:
     """'pixel_noise:0.1,label_flip:0.2' -> [{kind, fraction}, ...]; '' or 'none' -> []."""
+    import drray.data.corruption  # noqa: F401  (registers the built-in kinds)
     from drray.registry import CORRUPTIONS
-
-    import drray.corruption  # noqa: F401  (registers the built-in kinds)
 
     text = (text or "").strip()
     if text.lower() in ("", "none"):
@@ -106,7 +105,7 @@ def data_config(args: argparse.Namespace):
     from pydantic import ValidationError
 
     from drray.config import DataConfig
-    from drray.data import DATA_SOURCES
+    from drray.data.splits import DATA_SOURCES
 
     if args.source not in DATA_SOURCES:
         raise ConfigError(f"--source: unknown source {args.source!r}; allowed: {', '.join(DATA_SOURCES.names())}")
@@ -137,7 +136,8 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def write_prepared(args: argparse.Namespace) -> dict:
-    from drray.data import build_splits, write_parquet
+    from drray.data.parquet import write_parquet
+    from drray.data.splits import build_splits
     from drray.storage import check_output, check_separate
 
     cfg = data_config(args)  # every argument checked before anything is touched

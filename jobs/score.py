@@ -17,9 +17,9 @@ import sys
 import time
 from dataclasses import dataclass
 
+from drray.curation.scoring import BAD_ROW_MODES
 from drray.errors import ConfigError, DataError, DrrayError
-from jobs.common import add_address_arg, run_job, job_parser
-from drray.scoring import BAD_ROW_MODES
+from jobs.common import add_address_arg, job_parser, run_job
 
 DEFAULT_BATCH_SIZE = 16384
 
@@ -77,9 +77,8 @@ def format_summary(summary: ScoreSummary) -> str:
 
 def read_rater(run_dir: str):
     """(rater.pt bytes, metadata), checked to rebuild into this version's rater."""
-    from pathlib import Path
 
-    from drray.checkpoint import CHECKPOINT_DIR, load_rater, run_dir_of
+    from drray.train.checkpoint import CHECKPOINT_DIR, load_rater, run_dir_of
 
     _, info = load_rater(run_dir)
     return (run_dir_of(run_dir) / CHECKPOINT_DIR / "rater.pt").read_bytes(), info
@@ -147,9 +146,9 @@ def bytes_per_row(dataset) -> float:
 def run(args) -> ScoreSummary:
     import pyarrow.dataset as pads
 
-    from drray.checkpoint import run_dir_of
-    from drray.scoring import check_schema, input_columns
+    from drray.curation.scoring import check_schema, input_columns
     from drray.storage import check_output, check_separate, replacing_output
+    from drray.train.checkpoint import run_dir_of
 
     for flag, value in (("--actors", args.actors), ("--threads", args.threads)):
         if value is not None and value < 1:
@@ -216,7 +215,7 @@ def pipeline(source, sink, blob: bytes, args, plan: Plan, block_bytes: int) -> N
     needs no file-listing task."""
     import ray
 
-    from drray.scoring import RaterScorer
+    from actors.score_pipeline import RaterScorer
 
     (files, in_fs), (out_path, out_fs) = source, sink
     context = ray.data.DataContext.get_current()

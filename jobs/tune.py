@@ -20,7 +20,7 @@ import yaml
 
 from drray.errors import ConfigError, DrrayError
 from drray.storage import check_local_folder, is_uri, remove_local
-from jobs.common import add_address_arg, run_job, job_parser
+from jobs.common import add_address_arg, job_parser, run_job
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> str:
-    from drray.search_space import check_trial_models, load_tune_spec, trial_config
+    from drray.train.search_space import check_trial_models, load_tune_spec, trial_config
 
     spec, base_tree = load_tune_spec(args.spec)
     base = trial_config(base_tree, {}, "unused")
@@ -112,7 +112,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def summarize(spec, base_tree: dict, results, out: Path) -> str:
-    from drray.search_space import trial_config
+    from drray.train.search_space import trial_config
 
     rows = trial_rows(spec, results)
     table = format_table(rows)

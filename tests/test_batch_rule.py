@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from drray.batch_rule import BatchFilter, filter_stream_batches, top_b_indices
-from drray.filtering import batch_draw_size, round_half_up
+from drray.curation.batch_rule import BatchFilter, filter_stream_batches, top_b_indices
+from drray.curation.filtering import batch_draw_size, round_half_up
 
 
 def test_top_b_indices_ties_nan_and_order():

@@ -21,7 +21,7 @@ data:   {source: idx, dir: /x, heldout_fraction: 0.1,
 rater:  {arch: cnn}
 inner:  {arch: mlp, optimizer: sgd, lr: 1e-3, T: 2, batch_size: 128}
 population: {size: 8, lifetime: 150}
-meta:   {method: backprop, optimizer: adam, lr: 3e-4, clip_norm: 5.0, steps: 1000, outer_batch_size: 128}
+meta:   {method: backprop, lr: 3e-4, clip_norm: 5.0, steps: 1000, outer_batch_size: 128}
 run:    {seed: 0, out: runs/NAME, checkpoint_every: 100}
 """)
     cfg = load_config(path)
@@ -42,9 +42,6 @@ def test_set_overrides_parse_yaml_values():
     ("inner.optimizer=rmsprop", "inner.optimizer: Input should be 'sgd' or 'adam'"),
     ("inner.T=0", "inner.T: Input should be greater than or equal to 1"),
     ("run.seed=-1", "run.seed: Input should be greater than or equal to 0"),  # seeds derive per model and stage
-    ("data.source=imagenet", "data.source: unknown source 'imagenet'; allowed: "),
-    ("rater.arch=resnet", "rater.arch: unknown arch 'resnet'; allowed: auto, "),
-    ("data.corruption=[{kind: blur, fraction: 0.1}]", "unknown corruption 'blur'"),
     ("bogus.key=1", "unknown key 'bogus'; allowed here: data, rater"),
     ("inner", "expected section.key=value"),
 ])
@@ -53,6 +50,27 @@ def test_bad_values_are_one_line_errors_naming_the_key(override, expected):
         load_config(None, [override])
     message = str(info.value)
     assert expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize("override,look_up,expected", [
+    ("data.source=imagenet", "splits", "data.source: unknown source 'imagenet'; allowed: digits, "),
+    ("data.corruption=[{kind: blur, fraction: 0.1}]", "splits", "data.corruption: unknown corruption 'blur'; allowed: "),
+    ("rater.arch=resnet", "rater", "rater.arch: unknown arch 'resnet'; allowed: auto, cnn, "),
+    ("inner.arch=resnet", "inner", "inner.arch: unknown arch 'resnet'; allowed: auto, cnn, "),
+])
+def test_unknown_names_are_refused_where_they_are_looked_up(override, look_up, expected):
+    """The config imports no implementation, so it takes any name; the registry refuses an
+    unknown one, in one line naming the key and what is allowed."""
+    from drray.data.splits import build_splits
+    from drray.models import build_inner, build_rater
+
+    cfg = load_config(None, [override])
+    calls = {"splits": lambda: build_splits(cfg.data, 0), "rater": lambda: build_rater(cfg.rater.arch, (8, 8), 10),
+             "inner": lambda: build_inner(cfg.inner.arch, (8, 8), 10)}
+    with pytest.raises(ConfigError) as info:
+        calls[look_up]()
+    message = str(info.value)
+    assert message.startswith(expected) and "\n" not in message
 
 
 def test_a_bad_override_is_blamed_on_the_set_flag_and_a_bad_file_key_on_the_file(tmp_path):
@@ -80,8 +98,10 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_user_registered_rater_is_accepted_by_name():
-    from drray.models import ClassConditionedRater, build_rater
     import torch.nn as nn
+
+    from drray.models import build_rater
+    from drray.models.image import ClassConditionedRater
 
     @RATERS.register("test_linear_rater")
     def build(input_shape, num_classes):

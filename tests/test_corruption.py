@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from drray.config import CorruptionSpec
-from drray.corruption import CORRUPTIONS, apply_corruptions, label_flip, pixel_noise
-from drray.data import ExampleSet
+from drray.data.corruption import CORRUPTIONS, apply_corruptions
+from drray.data.corruption.image import label_flip, pixel_noise
+from drray.data.examples import ExampleSet
 from drray.errors import DataError
 
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from drray.config import CorruptionSpec, DataConfig
-from drray.data import (
-    DATA_SOURCES, ExampleSet, build_splits, read_parquet, to_tensors, write_parquet,
-)  # fmt: skip
+from drray.data.examples import ExampleSet, to_tensors
+from drray.data.splits import DATA_SOURCES
+from drray.data.parquet import read_parquet, write_parquet
+from drray.data.sources.idx import MNIST_MD5, download_mnist, read_idx
+from drray.data.splits import build_splits
 from drray.errors import DataError
-from drray.idx import MNIST_MD5, download_mnist, read_idx
 
 SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from drray.config import load_config
-from drray.train import meta_train
+from drray.train.loop import meta_train
 
 
 @pytest.mark.slow

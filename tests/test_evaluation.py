@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drray import evaluation as ev
 from drray.config import load_config
-from drray.data import build_splits
+from drray.data.splits import build_splits
+from drray.evaluation import experiment as ev
 
 ROOT = Path(__file__).resolve().parents[1]
 

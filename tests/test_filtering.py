@@ -13,10 +13,18 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from drray.filtering import (
-    SampleRule, batch_draw_size, empirical_cdf, kept_count, p_accept, quantile_cut, quantile_threshold,
-    round_half_up, row_uniforms, summarize,
-)  # fmt: skip
+from drray.curation.filtering import (
+    SampleRule,
+    batch_draw_size,
+    empirical_cdf,
+    kept_count,
+    p_accept,
+    quantile_cut,
+    quantile_threshold,
+    round_half_up,
+    row_uniforms,
+    summarize,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from drray.meta_optim import AveragedAdam, clip_by_global_norm
+from drray.meta.meta_optim import AveragedAdam, clip_by_global_norm
 
 
 def test_single_proposal_matches_torch_adam():

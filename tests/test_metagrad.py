@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from drray.inner_optim import SGD, Adam
-from drray.metagrad import MIXFLOW_MODES, MetaProblem, meta_step
-from drray.models import ClassConditionedRater, build_inner, build_rater
+from drray.meta.inner_optim import SGD, Adam
+from drray.meta.metagrad import MIXFLOW_MODES, MetaProblem, meta_step
+from drray.models import build_inner, build_rater
+from drray.models.image import ClassConditionedRater
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +152,7 @@ def test_inner_model_moves_and_meta_step_is_truncated():
 def test_adam_step_backward_matches_finite_differences_float64():
     """The Adam op's hand-written backward, against central differences, through all three outputs
     (p', m', v') and with the bias corrections of step 3."""
-    from drray.inner_optim import _AdamStep
+    from drray.meta.inner_optim import _AdamStep
 
     torch.manual_seed(0)
     p, g, m = (torch.randn(6, dtype=torch.float64, requires_grad=True) for _ in range(3))

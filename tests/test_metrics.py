@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from drray.metrics import Progress, average_ranks, corruption_auroc
+from drray.train.metrics import Progress, average_ranks, corruption_auroc
 
 
 def test_auroc_hand_worked_with_ties():

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from drray.models import ImageConv2d, MaxPool2x2, _channels_last, build_inner, build_rater, with_torch_layers
+from drray.models import build_inner, build_rater
+from drray.models.layers import ImageConv2d, MaxPool2x2, _channels_last, with_torch_layers
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 6, 6), (2, 3, 7, 5), (4, 16, 26, 26), (4, 32, 11, 11)])

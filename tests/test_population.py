@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from drray import checkpoint
 from drray.config import load_config
 from drray.errors import ConfigError, TrainingDiverged
-from drray.population import InnerLearner, build_problem, reset_due
-from drray.storage import current_umask
-from drray.train import make_population, meta_train
+from drray.io import current_umask
+from drray.meta.population import InnerLearner, build_problem, reset_due
+from drray.train import checkpoint
+from drray.train.loop import make_population, meta_train
 
 TINY = ["data.source=digits", "data.max_train=400", "data.probe_size=200", "population.size=3",
         "population.lifetime=4", "inner.batch_size=32", "meta.outer_batch_size=32", "meta.steps=6",
@@ -36,7 +36,7 @@ def test_staggered_reset_schedule_hand_worked():
 def test_inner_models_persist_and_reset_on_schedule(tmp_path):
     """Truncated BPTT: each outer step continues from the previous theta_T (the model trains
     across steps), and a reset model starts again from fresh weights."""
-    from drray.data import build_splits
+    from drray.data.splits import build_splits
 
     cfg = tiny_config(tmp_path)
     pop = make_population(cfg, build_splits(cfg.data, cfg.run.seed))
@@ -52,7 +52,7 @@ def test_inner_models_persist_and_reset_on_schedule(tmp_path):
 
 
 def rater_after(cfg):
-    from drray.data import build_splits
+    from drray.data.splits import build_splits
 
     pop = make_population(cfg, build_splits(cfg.data, cfg.run.seed))
     for _ in range(cfg.meta.steps):
@@ -71,7 +71,7 @@ def test_deterministic_for_a_seed(tmp_path):
 def test_learners_in_threads_match_one_after_another(tmp_path, monkeypatch, method):
     """run.learner_threads: learners stepped at once in threads give bit-for-bit what the same
     learners give one after another on as many torch threads as each thread had."""
-    from drray.population import learner_threads
+    from drray.meta.population import learner_threads
 
     threads_seen = set()
     meta_step = InnerLearner.meta_step
@@ -98,7 +98,7 @@ def test_learners_in_threads_match_one_after_another(tmp_path, monkeypatch, meth
 
 
 def test_learner_threads_default_to_the_cpu_threads_and_to_one_where_they_cannot_help(monkeypatch):
-    from drray.population import learner_threads
+    from drray.meta.population import learner_threads
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     backprop = ["meta.method=backprop", "population.size=8"]
@@ -237,7 +237,7 @@ def test_resume_refuses_a_changed_config_in_one_line(tmp_path):
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    from drray.population import Population
+    from drray.meta.population import Population
 
     cfg = tiny_config(tmp_path)
     real_step = Population.step

@@ -12,7 +12,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from drray.config import DataConfig
-from drray.data import build_splits, read_parquet
+from drray.data.parquet import read_parquet
+from drray.data.splits import build_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"

@@ -13,11 +13,11 @@ import torch
 
 from actors.population import RayPopulation
 from actors.scheduler import WorkerFailure
-from drray import checkpoint
 from drray.config import load_config
-from drray.data import build_splits
+from drray.data.splits import build_splits
 from drray.errors import ConfigError
-from drray.train import make_population
+from drray.train import checkpoint
+from drray.train.loop import make_population
 from tests.test_metagrad import relative_error
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from drray.config import load_config
-from drray.train import meta_train
+from drray.train.loop import meta_train
 from jobs.filter import main as filter_main
 from jobs.prepare import main as prepare_main
 from jobs.score import main as score_main

@@ -13,13 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from drray.checkpoint import load_rater, save_checkpoint
 from drray.config import load_config
-from drray.data import build_splits, to_tensors, write_parquet
+from drray.curation.scoring import SCORE, check_schema, for_scoring, score_table
+from drray.data.examples import to_tensors
+from drray.data.parquet import write_parquet
+from drray.data.splits import build_splits
 from drray.errors import ConfigError, DataError
-from drray.models import MaxPool2x2, build_rater
-from drray.scoring import SCORE, check_schema, for_scoring, score_table
-from drray.train import meta_train
+from drray.models import build_rater
+from drray.models.layers import MaxPool2x2
+from drray.train.checkpoint import load_rater, save_checkpoint
+from drray.train.loop import meta_train
 from jobs.score import main as score_main
 
 ROOT = Path(__file__).resolve().parents[1]

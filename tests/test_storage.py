@@ -63,7 +63,7 @@ def test_atomic_write_syncs_the_file_and_then_its_directory(tmp_path, monkeypatc
     """The data reaches the disk before the rename, and the rename before the call returns."""
     import os
 
-    from drray.checkpoint import atomic_write_bytes
+    from drray.io import atomic_write_bytes
 
     synced = []
     real_fsync = os.fsync

@@ -4,10 +4,11 @@ import pyarrow as pa
 import pytest
 
 from drray.config import DataConfig, load_config
-from drray.data import build_splits, write_parquet
+from drray.data.parquet import write_parquet
+from drray.data.splits import build_splits
+from drray.data.streams import BatchStream, decode_batch, local_parquet_epochs
 from drray.errors import ConfigError, DataError
-from drray.streaming import BatchStream, decode_batch, local_parquet_epochs
-from drray.train import make_population, meta_train
+from drray.train.loop import make_population, meta_train
 
 
 def prepared_digits(directory, train_shards=3):

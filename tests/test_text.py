@@ -11,16 +11,18 @@ import pytest
 import torch
 
 from drray.config import CorruptionSpec, load_config
-from drray.corruption import CORRUPTIONS, apply_corruptions
-from drray.data import ExampleSet, build_splits, read_parquet, to_tensors, write_parquet
+from drray.data.corruption import CORRUPTIONS, apply_corruptions
+from drray.data.examples import ExampleSet, text_examples, to_tensors
+from drray.data.modality import TextModality
+from drray.data.parquet import read_parquet, write_parquet
+from drray.data.sources.text import document_sequences, wikitext_to_text
+from drray.data.splits import build_splits
+from drray.data.tokenizer import PAD, decode, encode, encode_batch, lengths
 from drray.errors import ConfigError, DataError
-from drray.inner_optim import SGD, Adam
-from drray.metagrad import MIXFLOW_MODES, MetaProblem, meta_step
-from drray.modality import TextModality
+from drray.meta.inner_optim import SGD, Adam
+from drray.meta.metagrad import MIXFLOW_MODES, MetaProblem, meta_step
 from drray.models import build_inner, build_rater
-from drray.text_data import document_sequences, text_examples, wikitext_to_text
-from drray.text_models import TransformerLM, TransformerRater
-from drray.tokenizer import PAD, decode, encode, encode_batch, lengths
+from drray.models.text import TransformerLM, TransformerRater
 from tests.test_metagrad import outer_loss, params_of, relative_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +78,7 @@ def test_text_source_reads_text_files_and_json_lines(tmp_path):
         f.write("\n".join(json.dumps(r) for r in records) + "\n")
     cfg = load_config(None, ["data.source=text", f"data.dir={tmp_path}", "data.text_field=body", "data.seq_len=32",
                              "data.heldout_fraction=0.2", "data.test_fraction=0.2"])
-    from drray.data import DATA_SOURCES
+    from drray.data.splits import DATA_SOURCES
 
     pool, test = DATA_SOURCES.get("text")(cfg.data)
     assert test is None and pool.images.shape == (4, 32) and pool.images.dtype == np.int16
@@ -159,7 +161,7 @@ def test_shuffled_words_keeps_the_words_and_the_spacing():
 
 
 def test_markup_lines_insert_boilerplate_lines_and_keep_the_text():
-    from drray.text_corruption import BOILERPLATE
+    from drray.data.corruption.text import BOILERPLATE
 
     templates = [re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(t)) + "$") for t in BOILERPLATE]
     counts = []
@@ -291,8 +293,8 @@ def test_methods_agree_float32_on_the_registered_transformers(opt):
 # ---- the meta-training job on text -------------------------------------------------------------
 
 def test_meta_train_runs_on_text_with_the_tiny_config(tmp_path):
-    from drray import checkpoint
-    from drray.train import format_report, meta_train
+    from drray.train import checkpoint
+    from drray.train.loop import format_report, meta_train
 
     cfg = load_config(ROOT / "configs" / "text-tiny.yaml", [f"run.out={tmp_path / 'run'}", "run.backend=local",
                                                             f"data.dir={ROOT.parent / 'shared' / 'data' / 'text'}"])
@@ -314,8 +316,8 @@ def test_meta_train_runs_on_text_with_the_tiny_config(tmp_path):
 
 
 def summary_scores(cfg, splits, out):
-    from drray import checkpoint
-    from drray.train import Prober
+    from drray.train import checkpoint
+    from drray.train.loop import Prober
 
     return Prober(cfg, splits).scores(checkpoint.load_state(out)["population"]["meta"]["params"])
 

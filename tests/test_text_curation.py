@@ -11,16 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from drray import evaluation as ev
-from drray.checkpoint import load_rater
 from drray.config import load_config
-from drray.data import build_splits, to_tensors
+from drray.curation.scoring import check_schema, score_table
+from drray.data.examples import to_tensors
+from drray.data.modality import TextModality
+from drray.data.parquet import write_text_parquet
+from drray.data.splits import build_splits
+from drray.data.tokenizer import PAD
 from drray.errors import DataError
-from drray.modality import TextModality
-from drray.scoring import check_schema, score_table
-from drray.text_data import write_text_parquet
-from drray.tokenizer import PAD
-from drray.train import meta_train
+from drray.evaluation import experiment as ev
+from drray.train.checkpoint import load_rater
+from drray.train.loop import meta_train
 from jobs.evaluate import main as evaluate_main
 from jobs.filter import main as filter_main
 from jobs.prepare import main as prepare_main
@@ -174,7 +175,7 @@ def text_stream_config(directory, out, stream: bool = True):
 
 
 def test_a_streamed_text_set_serves_the_same_token_rows_and_meta_trains(tmp_path):
-    from drray.streaming import BatchStream, local_parquet_epochs
+    from drray.data.streams import BatchStream, local_parquet_epochs
 
     prepared_text(tmp_path / "data")
     whole = build_splits(text_stream_config(tmp_path / "data", tmp_path / "r0", stream=False).data, 0)

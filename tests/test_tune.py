@@ -9,7 +9,7 @@ import yaml
 
 from drray.config import load_config
 from drray.errors import ConfigError
-from drray.search_space import load_tune_spec, trial_config
+from drray.train.search_space import load_tune_spec, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,10 +156,10 @@ def test_heldout_loss_metric_is_a_fresh_model_trained_with_the_trials_rater(tmp_
     import numpy as np
 
     from actors.tuning import _metric_fn
-    from drray import evaluation as ev
-    from drray.data import build_splits
+    from drray.data.splits import build_splits
+    from drray.evaluation import experiment as ev
     from drray.models import build_rater
-    from drray.train import Prober, make_population
+    from drray.train.loop import Prober, make_population
 
     spec, base = load_tune_spec(write_spec(tmp_path / "s.yaml", metric="heldout_loss", discard=0.3))
     cfg = trial_config(base, {"evaluate.steps": 20, "population.size": 2}, str(tmp_path / "t"))

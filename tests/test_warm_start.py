@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from drray.config import load_config
-from drray.data import build_splits
+from drray.data.splits import build_splits
 from drray.errors import ConfigError
-from drray.train import Prober, make_population, meta_train
+from drray.train.loop import Prober, make_population, meta_train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.source=digits", "data.max_train=400", "data.probe_size=300", "population.size=2",

@@ -1,0 +1,250 @@
+"""Filtering a scored data set with a discard fraction rho (DESIGN.md, "Using a trained rater").
+
+Three rules, no Ray (the jobs and the evaluation wire them to Ray Data):
+
+- `quantile`: drop the globally lowest rho. `kept_count(n, rho)` rows are kept, the threshold is
+  the lowest kept score, and ties at the threshold are broken by id (`quantile_cut`).
+- `batch`: the paper's training-time rule, in `drray.batch_rule`. Draw N = round(B / (1 - rho))
+  examples, score them, keep the top B.
+- `sample`: one streaming pass keeping each row with `p_accept(CDF(score))`, the probability that
+  the batch rule keeps an example at that quantile; so it matches `batch` in expectation
+  (`SampleRule`). The CDF is estimated from a sample of scores (`empirical_cdf`).
+
+`summarize` turns scores and a keep mask into the numbers of a filter's `summary.json`.
+
+Rounding is half-up everywhere (`round_half_up`), never Python's round-half-to-even.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from drray.train.metrics import corruption_auroc
+
+# No torch here: the Ray Data workers that apply the quantile and sample rules never load it
+# (seconds and some hundred MB per worker).
+
+__all__ = [
+    "QuantileCut", "SampleRule", "batch_draw_size", "empirical_cdf", "kept_count", "p_accept", "quantile_cut", "quantile_threshold",
+    "round_half_up", "row_uniforms", "summarize",
+]  # fmt: skip
+
+
+def round_half_up(x: float) -> int:
+    """Nearest integer, halves rounded up (7.5 -> 8, 6.5 -> 7), forgiving float error
+    (0.75 * 10 must not become 7.4999999)."""
+    return int(math.floor(x + 0.5 + 1e-9))
+
+
+def _check_discard(discard: float) -> float:
+    discard = float(discard)
+    if not 0.0 <= discard < 1.0:
+        raise ValueError(f"discard fraction must be in [0, 1), got {discard}")
+    return discard
+
+
+# ---------------------------------------------------------------------------------------------
+# quantile: a global threshold
+
+
+def kept_count(n: int, discard: float) -> int:
+    """Rows that the quantile rule keeps out of n: round_half_up((1 - discard) * n)."""
+    return min(int(n), max(0, round_half_up((1.0 - _check_discard(discard)) * n)))
+
+
+@dataclass(frozen=True)
+class QuantileCut:
+    """Keep a row when score > threshold, or score == threshold and (tie_id is None or id <= tie_id).
+
+    threshold is the lowest kept score (+inf when nothing is kept). With ids, exactly `kept`
+    rows pass: of the rows tied at the threshold, those with the smallest ids. Without ids
+    (tie_id None), every tied row passes, so `kept` is a lower bound."""
+
+    threshold: float
+    tie_id: Optional[int]
+    kept: int
+
+    def keep(self, scores: np.ndarray, ids: Optional[np.ndarray] = None) -> np.ndarray:
+        scores = np.asarray(scores)
+        if self.kept == 0:
+            return np.zeros(scores.shape, dtype=bool)
+        above, tied = scores > self.threshold, scores == self.threshold
+        if self.tie_id is None:
+            return above | tied
+        if ids is None:
+            raise ValueError("this cut breaks ties by id; pass the ids")
+        return above | (tied & (np.asarray(ids) <= self.tie_id))
+
+
+def quantile_threshold(scores: np.ndarray, discard: float) -> float:
+    """The lowest score that the quantile rule keeps: the k-th largest score with
+    k = kept_count(n, discard); +inf when k = 0. Keeping `score >= threshold` keeps exactly k rows
+    when no other row ties with the threshold, and every tied row otherwise (see `quantile_cut`
+    for an exact count). NaN scores are not allowed."""
+    scores = np.asarray(scores).reshape(-1)
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; a threshold over them is undefined")
+    k = kept_count(len(scores), discard)
+    if k == 0:
+        return math.inf
+    # the k-th largest is the (n - k)-th smallest (0-based)
+    return float(np.partition(scores, len(scores) - k)[len(scores) - k])
+
+
+def quantile_cut(scores: np.ndarray, discard: float, ids: Optional[np.ndarray] = None) -> QuantileCut:
+    """The quantile rule as a cut; with (unique) ids it keeps exactly kept_count(n, discard) rows."""
+    scores = np.asarray(scores).reshape(-1)
+    threshold = quantile_threshold(scores, discard)
+    k = kept_count(len(scores), discard)
+    if ids is None or k == 0:
+        return QuantileCut(threshold, None, k)
+    ids = np.asarray(ids).reshape(-1)
+    need = k - int((scores > threshold).sum())  # >= 1: the threshold itself is kept
+    tied_ids = ids[scores == threshold]
+    tie_id = np.partition(tied_ids, need - 1)[need - 1]
+    return QuantileCut(threshold, int(tie_id), k)
+
+
+def batch_draw_size(discard: float, batch_size: int) -> int:
+    """N = round_half_up(B / (1 - discard)): examples drawn per kept batch of B."""
+    discard = _check_discard(discard)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    return max(int(batch_size), round_half_up(batch_size / (1.0 - discard)))
+
+
+# ---------------------------------------------------------------------------------------------
+# sample: keep each row with P_accept(CDF(score))
+
+
+def _log_binomial_coefficients(n: int, j: np.ndarray) -> np.ndarray:
+    return np.array([math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) for k in j])
+
+
+def p_accept(cdf: np.ndarray, discard: float, batch_size: int, chunk: int = 65536) -> np.ndarray:
+    """Probability that the batch rule (draw N = batch_draw_size(discard, B), keep the top B)
+    keeps an example whose score has CDF value u: it is kept when at most B - 1 of the other
+    N - 1 draws score higher, i.e. P(Binomial(N - 1, u) >= N - B). Vectorised over `cdf`;
+    the mean over u ~ U(0, 1) is B / N (= 1 - discard when B / (1 - discard) is whole)."""
+    u = np.clip(np.asarray(cdf, dtype=np.float64), 0.0, 1.0)
+    draw = batch_draw_size(discard, batch_size)
+    n, k = draw - 1, draw - batch_size  # P(Binomial(n, u) >= k)
+    if k <= 0:
+        return np.ones_like(u)
+    # Sum whichever tail has fewer terms: upper (j = k..n) or 1 - lower (j = 0..k-1).
+    upper = n - k + 1 <= k
+    j = np.arange(k, n + 1) if upper else np.arange(0, k)
+    log_choose = _log_binomial_coefficients(n, j)
+    flat, out = u.reshape(-1), np.empty(u.size, dtype=np.float64)
+    rows = max(1, chunk // len(j))  # bound the [rows, terms] temporaries
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for start in range(0, flat.size, rows):
+            x = flat[start : start + rows][:, None]
+            log_u, log_1mu = np.log(x), np.log1p(-x)
+            # j * log(u) with 0 * log(0) = 0, likewise (n - j) * log(1 - u)
+            term_u = np.where(j == 0, 0.0, j * log_u)
+            term_v = np.where(n - j == 0, 0.0, (n - j) * log_1mu)
+            tail = np.exp(log_choose + term_u + term_v).sum(axis=1)
+            out[start : start + len(x)] = tail if upper else 1.0 - tail
+    return np.clip(out, 0.0, 1.0).reshape(u.shape)
+
+
+def empirical_cdf(sample: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """F(x) = (#{sample < x} + #{sample <= x}) / (2 m): the fraction of the sample below x, ties
+    counting half (so a sample's own values map to the midpoints of their steps)."""
+    sorted_sample = np.sort(np.asarray(sample, dtype=np.float64).reshape(-1))
+    if sorted_sample.size == 0 or np.isnan(sorted_sample).any():
+        raise ValueError("empirical_cdf needs a non-empty sample without NaN")
+
+    def cdf(x: np.ndarray) -> np.ndarray:
+        return _midpoint_ranks(sorted_sample, x) / (2.0 * len(sorted_sample))
+
+    cdf.sorted_sample = sorted_sample
+    return cdf
+
+
+def _midpoint_ranks(sorted_sample: np.ndarray, x) -> np.ndarray:
+    """#{sample < x} + #{sample <= x}: an integer in 0..2m, twice the CDF numerator."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.searchsorted(sorted_sample, x, side="left") + np.searchsorted(sorted_sample, x, side="right")
+
+
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.uint64).copy()  # uint64 array arithmetic wraps around silently
+    x += _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _MIX1
+    x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+def row_uniforms(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A U[0, 1) number per row from (seed, id) alone: the same row gets the same number however
+    the data set is split into files, blocks or batches, on any machine."""
+    ids = np.asarray(ids).astype(np.int64).view(np.uint64)
+    key = _splitmix64(np.array([seed % 2**64], dtype=np.uint64))
+    return (_splitmix64(ids ^ key) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+class SampleRule:
+    """Keep a row when row_uniforms(id, seed) < p_accept(CDF(score)); CDF from `sample`.
+
+    The CDF takes one of 2m + 1 values (midpoint ranks over a sample of m), so P_accept is
+    tabulated once and each batch costs two binary searches a row. Picklable, for Ray tasks."""
+
+    def __init__(self, sample: np.ndarray, discard: float, batch_size: int, seed: int):
+        self.discard, self.batch_size, self.seed = float(discard), int(batch_size), int(seed)
+        self.draw_size = batch_draw_size(discard, batch_size)
+        self.sorted_sample = empirical_cdf(sample).sorted_sample
+        m = len(self.sorted_sample)
+        self.table = p_accept(np.arange(2 * m + 1) / (2.0 * m), discard, batch_size)
+
+    def probability(self, scores: np.ndarray) -> np.ndarray:
+        return self.table[_midpoint_ranks(self.sorted_sample, scores)]
+
+    def keep(self, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return row_uniforms(ids, self.seed) < self.probability(scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def summarize(scores: np.ndarray, kept_mask: np.ndarray, is_corrupted: Optional[np.ndarray] = None) -> dict:
+    """rows_in, rows_kept, rows_removed; with ground truth also: auroc (clean above corrupted,
+    drray.metrics.corruption_auroc), corrupted_rows, corrupted_kept, corrupted_removed,
+    corrupted_removed_fraction (of the corrupted rows, how many were removed), removal_precision
+    (of the removed rows, how many were corrupted), and corrupted_fraction_in / _kept. A value
+    that is undefined (no corrupted rows, nothing removed) is None."""
+    scores = np.asarray(scores).reshape(-1)
+    kept = np.asarray(kept_mask, dtype=bool).reshape(-1)
+    if len(kept) != len(scores):
+        raise ValueError(f"{len(kept)} keep flags for {len(scores)} scores")
+    n, n_kept = len(scores), int(kept.sum())
+    summary: dict[str, Any] = {"rows_in": n, "rows_kept": n_kept, "rows_removed": n - n_kept}
+    if is_corrupted is None:
+        return summary
+    bad = np.asarray(is_corrupted, dtype=bool).reshape(-1)
+    n_bad, bad_removed = int(bad.sum()), int((bad & ~kept).sum())
+    summary.update(
+        auroc=_finite_or_none(corruption_auroc(scores, bad)),
+        corrupted_rows=n_bad,
+        corrupted_kept=n_bad - bad_removed,
+        corrupted_removed=bad_removed,
+        corrupted_removed_fraction=bad_removed / n_bad if n_bad else None,
+        removal_precision=bad_removed / (n - n_kept) if n > n_kept else None,
+        corrupted_fraction_in=n_bad / n if n else None,
+        corrupted_fraction_kept=(n_bad - bad_removed) / n_kept if n_kept else None,
+    )
+    return summary

@@ -1,0 +1,181 @@
+"""drray's Parquet schema (docs/design.md, Data): one split as a table and back.
+
+Images: id, image (list<uint8>, H*W), shape ([H, W]), label; text: id, text (string),
+optional label. Both may carry the ground truth of an experiment: is_corrupted, corruption,
+corruption_level.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from drray.data.tokenizer import PAD
+from drray.errors import DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+from typing import TYPE_CHECKING
+
+from drray.data.examples import ExampleSet, as_uint8, text_examples
+from drray.data.tokenizer import decode
+
+PARQUET_COLUMNS, SPLITS = ("id", "image", "shape", "label"), ("train", "test", "heldout")
+
+
+def read_parquet(path: Path, seq_len: int = 128) -> ExampleSet:
+    """One split from a .parquet file or a folder of shards; num_classes is max label + 1.
+    A table with a `text` column holds text: tokenized into sequences of `seq_len` bytes."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    try:
+        table = ds.dataset(str(path), format="parquet").to_table()
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
+    return examples_from_any_table(table, path, seq_len)
+
+
+def check_clean(part: "ExampleSet | None", name: str, where) -> None:
+    """A held-out or test split the data supplies must be clean: the outer loss and the evaluation
+    take it as ground truth (DESIGN.md)."""
+    if part is not None and part.is_corrupted.any():
+        raise DataError(f"{where} ({name}): {int(part.is_corrupted.sum())} rows are marked is_corrupted, but the {name} "
+                        f"split must be clean; drop them, or leave the {name} split out and drray splits one off train")
+
+
+def examples_from_any_table(table: pa.Table, path, seq_len: int = 128) -> ExampleSet:
+    """Images (the DESIGN.md image schema) or, for a table with a `text` column, token sequences."""
+    if "text" in table.column_names and "image" not in table.column_names:
+
+        return examples_from_text_table(table, path, seq_len)
+    return examples_from_table(table, path)
+
+
+def examples_from_table(table: pa.Table, path) -> ExampleSet:
+    """Rows of the DESIGN.md schema as an ExampleSet (checked: columns, nulls, shapes, labels)."""
+    import pyarrow as pa
+
+    missing = [c for c in PARQUET_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {', '.join(missing)}; needs {', '.join(PARQUET_COLUMNS)}")
+    if any(table.column(column).null_count for column in PARQUET_COLUMNS):
+        raise DataError(f"{path}: nulls in {', '.join(PARQUET_COLUMNS)}; fill or drop those rows")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows; write the examples there (prepare makes such files)")
+    n, shapes = table.num_rows, _list_column(table, "shape", path)
+    if shapes.size != 2 * n or (shapes.reshape(n, 2) != shapes[:2]).any():
+        raise DataError(f"{path}: column shape must be the same [H, W] on every row")
+    height, width = shapes[:2]
+    pixels = _list_column(table, "image", path)
+    if pixels.size != n * height * width:
+        raise DataError(f"{path}: image sizes do not match shape {[int(height), int(width)]}; rewrite the image column")
+    pixels = as_uint8(pixels, path)
+    if not pa.types.is_integer(table.schema.field("label").type):
+        raise DataError(f"{path}: column label is {table.schema.field('label').type}, not an integer class; "
+                        "store labels as int64")
+    labels = table.column("label").to_numpy().astype(np.int64)
+    if (labels < 0).any():
+        raise DataError(f"{path}: negative label {labels[labels < 0][0]}; labels must be 0..num_classes-1")
+    examples = ExampleSet.clean(
+        table.column("id").to_numpy(), pixels.reshape(n, height, width), labels, int(labels.max(initial=-1)) + 1
+    )
+    read_ground_truth(table, examples)
+    return examples
+
+
+def _list_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    import pyarrow as pa
+
+    column = table.column(name).combine_chunks()
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)):
+        raise DataError(f"{path}: column {name} must be a list, got {column.type}; see DESIGN.md (Data)")
+    return column.flatten().to_numpy(zero_copy_only=False)  # flatten honours slicing and offsets
+
+
+def read_ground_truth(table: pa.Table, examples: ExampleSet) -> None:
+    """Keep prepared data's experiment columns (is_corrupted, corruption, corruption_level)."""
+    import pyarrow.compute as pc
+
+    names = table.column_names
+    if "corruption" in names:
+        examples.corruption = pc.fill_null(table.column("corruption"), "").to_numpy(zero_copy_only=False).astype(object)
+    if "is_corrupted" in names:
+        examples.is_corrupted = np.array(pc.fill_null(table.column("is_corrupted"), False), dtype=bool)
+    else:
+        examples.is_corrupted = examples.corruption != ""
+    examples.corruption[examples.is_corrupted & (examples.corruption == "")] = "unknown"
+    if "corruption_level" in names:
+        examples.corruption_level = pc.fill_null(table.column("corruption_level"), 0.0).to_numpy().astype(np.float32)
+    else:
+        examples.corruption_level = examples.is_corrupted.astype(np.float32)
+
+
+def write_parquet(examples: ExampleSet, path: Path) -> None:
+    """One split as Parquet in the DESIGN.md schema, ground-truth columns included."""
+    if examples.images.ndim == 2:
+
+        return write_text_parquet(examples, path)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, height, width = examples.images.shape
+    table = pa.table({
+        "id": pa.array(examples.ids, pa.int64()),
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(examples.images.reshape(-1), pa.uint8()), height * width),
+        "shape": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([height, width], n), pa.int32()), 2),
+        **label_and_truth_columns(examples),
+    })  # fmt: skip
+    pq.write_table(table, str(path))
+
+
+def label_and_truth_columns(examples: ExampleSet) -> dict:
+    """The columns every modality writes after its payload: label and the ground truth."""
+    import pyarrow as pa
+
+    return {
+        "label": pa.array(examples.labels, pa.int64()),
+        "is_corrupted": pa.array(examples.is_corrupted, pa.bool_()),
+        "corruption": pa.array(examples.corruption.astype(str), pa.string()),
+        "corruption_level": pa.array(examples.corruption_level, pa.float32()),
+    }
+
+
+def examples_from_text_table(table: pa.Table, path, seq_len: int) -> ExampleSet:
+    """Rows with `id` and `text` (string) as token sequences; `label` is optional (zeros)."""
+    import pyarrow as pa
+
+    missing = [c for c in ("id", "text") if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {', '.join(missing)}; a text data set needs id and text")
+    if table.num_rows == 0 or table.column("id").null_count or table.column("text").null_count:
+        raise DataError(f"{path}: needs at least one row and no nulls in id and text; fill or drop those rows")
+    if not pa.types.is_string(table.column("text").type) and not pa.types.is_large_string(table.column("text").type):
+        raise DataError(f"{path}: column text is {table.column('text').type}, not string; store text as UTF-8 strings")
+    examples = text_examples(table.column("text").to_pylist(), seq_len)
+    examples.ids = table.column("id").to_numpy().astype(np.int64)
+    short = (examples.images != PAD).sum(axis=1) < 2  # no next byte to predict: its loss would be 0, the best
+    if short.any():
+        raise DataError(f"{path}: {int(short.sum())} rows (the first: id {examples.ids[short][0]}) hold under 2 bytes "
+                        f"of text cut to data.seq_len={seq_len} (at a character boundary), nothing for a language "
+                        "model to predict; drop them, or raise data.seq_len")
+    if "label" in table.column_names:
+        examples.labels = table.column("label").to_numpy().astype(np.int64)
+        examples.num_classes = int(examples.labels.max(initial=0)) + 1
+    read_ground_truth(table, examples)
+    return examples
+
+
+def write_text_parquet(examples: ExampleSet, path) -> None:
+    """One text split as Parquet: id, text (the sequence's bytes as UTF-8), label and ground truth."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "id": pa.array(examples.ids, pa.int64()),
+        "text": pa.array([decode(row) for row in examples.images], pa.string()),
+        **label_and_truth_columns(examples),
+    })  # fmt: skip
+    pq.write_table(table, str(path))

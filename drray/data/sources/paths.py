@@ -1,0 +1,29 @@
+"""Where a source's files are: data.dir checked, Parquet splits found."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from drray.config import DataConfig
+from drray.errors import DataError
+
+if TYPE_CHECKING:
+    pass
+from drray.data.parquet import SPLITS
+from drray.io import first_existing, not_a_folder
+
+
+def existing_data_dir(cfg: DataConfig, holding: str) -> Path:
+    """data.dir as a Path; a one-line DataError (saying what it should hold) when unset or missing."""
+    if cfg.dir is None or not Path(cfg.dir).is_dir():
+        where = "no data.dir given" if cfg.dir is None else f"data.dir {cfg.dir} {not_a_folder(Path(cfg.dir))}"
+        raise DataError(f"{where}; set data.dir to {holding}")
+    return Path(cfg.dir)
+
+
+def parquet_split_paths(cfg: DataConfig) -> dict[str, Optional[Path]]:
+    directory = existing_data_dir(cfg, "a folder with train.parquet or train/")
+    paths = {name: first_existing(directory / f"{name}.parquet", directory / name) for name in SPLITS}
+    if paths["train"] is None:
+        raise DataError(f"{directory / 'train.parquet'}: missing (nor a train/ folder); write train there")
+    return paths

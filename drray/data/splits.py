@@ -1,0 +1,119 @@
+"""The train / heldout / test / probe split of a data source, the same for a seed wherever it runs.
+
+A source returns `(pool, test)` or `(pool, test, heldout)`; `build_splits` carves the missing
+splits (clean rows only) out of the pool, caps and corrupts train, and draws the probe set.
+A streamed Parquet set (`data.stream`) keeps train on disk (`stream_splits`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from drray.config import DataConfig
+from drray.data import sources  # noqa: F401  (registers the built-in sources)
+from drray.data.corruption import apply_corruptions
+from drray.data.tokenizer import PAD, TOKEN_DTYPE
+from drray.errors import DataError
+from drray.registry import DATA_SOURCES
+from drray.seeds import seeded_rng
+
+if TYPE_CHECKING:
+    pass
+import pyarrow.dataset as ds
+
+from drray import seeds
+from drray.data.examples import DataSplits, ExampleSet, as_uint8
+from drray.data.parquet import check_clean, examples_from_any_table, read_parquet
+from drray.data.sources.paths import parquet_split_paths
+
+
+def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
+    """Load `cfg.source`, split off test and heldout where the source has none, cap and corrupt train."""
+    if cfg.stream:
+        return stream_splits(cfg)
+    where = f"data source {cfg.source!r}"
+    loaded = tuple(DATA_SOURCES.get(cfg.source)(cfg))
+    pool, test, heldout = [
+        None if part is None else _validated(part, f"{where} ({name})")
+        for name, part in zip(("train", "test", "heldout"), loaded + (None,) * (3 - len(loaded)))
+    ]  # a source may leave heldout out of its tuple
+    for name, part in (("test", test), ("heldout", heldout)):
+        check_clean(part, name, where)
+    if test is None:
+        test, pool = _split_off(pool, cfg.test_fraction, seeded_rng(seed, seeds.TEST_SPLIT), "test", where)
+    if heldout is None:
+        heldout, pool = _split_off(pool, cfg.heldout_fraction, seeded_rng(seed, seeds.HELDOUT_SPLIT), "heldout", where)
+    train = pool
+    if cfg.max_train is not None and len(train) > cfg.max_train:
+        train = train.subset(np.sort(seeded_rng(seed, seeds.TRAIN_CAP).choice(len(train), cfg.max_train, replace=False)))
+    parts = (train, heldout, test)
+    if len({p.images.shape[1:] for p in parts}) > 1 or len({p.num_classes for p in parts}) > 1:
+        raise DataError(f"{where}: splits differ in image shape or class count; prepare them from one data set")
+    ids = np.concatenate([p.ids for p in parts])
+    if len(np.unique(ids)) != len(ids):
+        raise DataError(f"{where}: ids repeat within or across train/heldout/test; give every example a unique id")
+    train = apply_corruptions(train, cfg.corruption, seed)
+    probe_rows = seeded_rng(seed, seeds.PROBE_ROWS).choice(len(train), min(cfg.probe_size, len(train)), replace=False)
+    probe = train.subset(np.sort(probe_rows))
+    return DataSplits(train, heldout, test, probe, train.num_classes, tuple(train.images.shape[1:3]))
+
+
+def _split_off(pool: ExampleSet, fraction: float, rng: np.random.Generator, name: str, where: str):
+    """(part, rest): a seeded `fraction` of the pool, drawn from clean rows so the part is clean."""
+    count = int(round(fraction * len(pool)))
+    clean_rows = np.flatnonzero(~pool.is_corrupted)
+    if count == 0 or count >= len(pool) or count > len(clean_rows):
+        raise DataError(
+            f"{where}: cannot split a {name} set of {count} from {len(pool)} examples ({len(clean_rows)} clean); "
+            f"adjust data.{name}_fraction or use more data"
+        )
+    taken = np.zeros(len(pool), dtype=bool)
+    taken[rng.choice(clean_rows, count, replace=False)] = True
+    return pool.subset(taken), pool.subset(~taken)
+
+
+def _validated(part: ExampleSet, where: str) -> ExampleSet:
+    """The part with uint8 images (whole-number float images are converted) or int16 token
+    sequences, or a DataError."""
+    if part.images.ndim == 2 and len(part) and len(part.labels) == len(part.images) == len(part.ids):
+        return _validated_tokens(part, where)
+    if len(part) == 0 or part.images.ndim != 3 or not len(part.labels) == len(part.images) == len(part.ids):
+        raise DataError(f"{where}: need N >= 1 images [N, H, W] with N ids and labels, got {part.images.shape}")
+    bad = (part.labels < 0) | (part.labels >= part.num_classes)
+    if bad.any():
+        raise DataError(
+            f"{where}: label {part.labels[bad][0]} (id {part.ids[bad][0]}) is outside 0..{part.num_classes - 1}; "
+            "fix the labels or the class count"
+        )
+    return dataclasses.replace(part, images=as_uint8(part.images, where))
+
+
+def _validated_tokens(part: ExampleSet, where: str) -> ExampleSet:
+    """Token sequences [N, L]: ids 0..PAD, stored as int16."""
+    tokens = part.images
+    if tokens.dtype.kind not in "iu" or tokens.min() < 0 or tokens.max() > PAD:
+        raise DataError(f"{where}: token ids must be integers 0..{PAD} (bytes and PAD); encode text with "
+                        "drray.tokenizer.encode")
+    return dataclasses.replace(part, images=tokens.astype(TOKEN_DTYPE, copy=False))
+
+
+def stream_splits(cfg: DataConfig) -> DataSplits:
+    paths = parquet_split_paths(cfg)
+    for name in ("heldout", "test"):
+        if paths[name] is None:
+            raise DataError(f"{cfg.dir}: data.stream needs a {name} split ({name}.parquet or {name}/) beside train")
+    heldout, test = read_parquet(paths["heldout"], cfg.seq_len), read_parquet(paths["test"], cfg.seq_len)
+    check_clean(heldout, "heldout", paths["heldout"])
+    check_clean(test, "test", paths["test"])
+    first_rows = ds.dataset(str(paths["train"]), format="parquet").head(cfg.probe_size)
+    probe = examples_from_any_table(first_rows, paths["train"], cfg.seq_len)
+    num_classes = max(part.num_classes for part in (heldout, test, probe))
+    shapes = {part.images.shape[1:] for part in (heldout, test, probe)}
+    if len(shapes) > 1:
+        raise DataError(f"{cfg.dir}: splits differ in row shape {sorted(shapes)}; prepare them from one data set")
+    for part in (heldout, test, probe):
+        part.num_classes = num_classes
+    return DataSplits(None, heldout, test, probe, num_classes, tuple(heldout.images.shape[1:]),
+                      train_path=str(paths["train"]))

@@ -1,0 +1,91 @@
+"""The image models: inner classifiers (cnn, mlp) and raters (cnn, cnn_classifier[_large], mlp),
+registered by name. Inputs are float [B, 1, H, W] in [0, 1]."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from drray.models.layers import ImageConv2d, MaxPool2x2
+from drray.registry import INNER_MODELS, RATERS
+
+
+def _conv_trunk(channels: tuple[int, ...], side: int, padding: int = 1) -> tuple[nn.Sequential, int]:
+    """3x3 convs, each followed by 2x2 max-pool and ReLU; returns (trunk, flattened size). Pooling
+    first is the same function as ReLU then pool, with the same gradients (max and ReLU commute,
+    and the gradient goes to the same corner), but ReLU then keeps a quarter of the activations
+    for its backward, which the next layer keeps anyway (BENCHMARKS.md, reference configuration).
+    The modules keep their indices, so rater checkpoints of the ReLU-first order still load."""
+    layers: list[nn.Module] = []
+    in_ch = 1
+    for out_ch in channels:
+        conv = ImageConv2d if not layers else nn.Conv2d
+        layers += [conv(in_ch, out_ch, 3, padding=padding), MaxPool2x2(), nn.ReLU()]
+        in_ch, side = out_ch, (side - 2 + 2 * padding) // 2
+    if side < 1:
+        raise ValueError(f"input too small for {len(channels)} pooling stages")
+    return nn.Sequential(*layers, nn.Flatten()), in_ch * side * side
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+@INNER_MODELS.register("cnn")
+def inner_cnn(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    """Two conv stages and a 128-unit head: 108,618 parameters at 28x28, the reference ToyCNN's size."""
+    side = min(input_shape)
+    trunk, flat = _conv_trunk((16, 32), side, padding=0 if side >= 16 else 1)
+    return nn.Sequential(trunk, nn.Linear(flat, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
+@INNER_MODELS.register("mlp")
+def inner_mlp(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    return _mlp([input_shape[0] * input_shape[1], 128, num_classes])
+
+
+class ClassConditionedRater(nn.Module):
+    """score(x, y) = body(x)[y]; with log_prob, log softmax(body(x))[y]: the log-probability of
+    the label under a classifier, so pushing a wrong label's score down pushes the right one up."""
+
+    def __init__(self, body: nn.Module, log_prob: bool = False):
+        super().__init__()
+        self.body, self.log_prob = body, log_prob
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        if self.log_prob:
+            out = torch.log_softmax(out, dim=1)
+        return out.gather(1, y[:, None]).squeeze(1)
+
+
+def _rater_cnn_body(input_shape: tuple[int, int], num_classes: int) -> nn.Sequential:
+    trunk, flat = _conv_trunk((8, 16), min(input_shape))
+    return nn.Sequential(trunk, nn.Linear(flat, 24), nn.ReLU(), nn.Linear(24, num_classes))
+
+
+@RATERS.register("cnn")
+def rater_cnn(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    return ClassConditionedRater(_rater_cnn_body(input_shape, num_classes))
+
+
+@RATERS.register("cnn_classifier")
+def rater_cnn_classifier(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    """The cnn rater scored as the label's log-probability (ClassConditionedRater)."""
+    return ClassConditionedRater(_rater_cnn_body(input_shape, num_classes), log_prob=True)
+
+
+@RATERS.register("cnn_classifier_large")
+def rater_cnn_classifier_large(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    """cnn_classifier with the inner CNN's body (~108k parameters for 28x28, 5x the cnn rater):
+    warm-started (rater.warm_start_steps), it begins as the loss heuristic's classifier."""
+    return ClassConditionedRater(inner_cnn(input_shape, num_classes), log_prob=True)
+
+
+@RATERS.register("mlp")
+def rater_mlp(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    return ClassConditionedRater(_mlp([input_shape[0] * input_shape[1], 64, num_classes]))
