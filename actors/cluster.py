@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import tempfile
+from contextlib import contextmanager
 
 import ray
 
@@ -47,6 +48,19 @@ def connect(address: str | None) -> bool:
     temp_dir = os.environ.get("DRRAY_RAY_TMP", os.path.join(tempfile.gettempdir(), "drray-ray"))
     ray.init(include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True, configure_logging=False)
     return True
+
+
+@contextmanager
+def ray_session(address: str | None):
+    """Ray for the length of a job: the cluster at --address or RAY_ADDRESS, else a local Ray
+    started here and shut down on the way out. A Ray this process already had, or a cluster it
+    joined, is left as it was."""
+    started = connect(address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def worker_gpus(cfg: Config) -> float:

@@ -15,7 +15,7 @@ from drray.meta.population import InnerLearner
 @ray.remote
 class InnerWorker:
     def __init__(self, cfg: dict, index: int, train, heldout_images: np.ndarray, heldout_labels: np.ndarray,
-                 image_shape, num_classes: int, incarnation: int):
+                 row_shape, num_classes: int, incarnation: int):
         """train: [images_ref, labels_ref] of an in-memory set, or this worker's Ray Data shard."""
         config: Config = validate_config(cfg)
         if ray.get_gpu_ids():
@@ -25,8 +25,8 @@ class InnerWorker:
         else:
             shard = train
             train = BatchStream(lambda: shard.iter_batches(batch_size=config.inner.batch_size, batch_format="pyarrow"),
-                                image_shape, num_classes, config.run.device, "training stream")
-        self.learner = InnerLearner(config, index, train, (heldout_images, heldout_labels), image_shape,
+                                row_shape, num_classes, config.run.device, "training stream")
+        self.learner = InnerLearner(config, index, train, (heldout_images, heldout_labels), row_shape,
                                     num_classes, incarnation)
 
     @ray.method(num_returns=2)

@@ -9,10 +9,10 @@ from drray.meta.population import new_meta_optimizer
 
 @ray.remote(num_cpus=0)
 class ParameterServer:
-    def __init__(self, cfg: dict, image_shape, num_classes: int, heldout_images, heldout_labels):
+    def __init__(self, cfg: dict, row_shape, num_classes: int, heldout_images, heldout_labels):
         """The held-out arrays arrive resolved from their object refs (a warm start trains on them)."""
         heldout = (heldout_images, heldout_labels)
-        self.meta = new_meta_optimizer(validate_config(cfg), image_shape, num_classes, heldout)
+        self.meta = new_meta_optimizer(validate_config(cfg), row_shape, num_classes, heldout)
 
     def params(self):
         return self.meta.params

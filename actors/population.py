@@ -22,9 +22,9 @@ def train_shards(cfg: Config, splits: DataSplits) -> list:
     by every worker; or, for a streamed Parquet set, shard i of a Ray Data streaming_split."""
     size = cfg.population.size
     if splits.train_path is None:
-        arrays = [ray.put(splits.train.images), ray.put(splits.train.labels)]
+        arrays = [ray.put(splits.train.rows), ray.put(splits.train.labels)]
         return [arrays] * size
-    columns = stream_columns(splits.image_shape)
+    columns = stream_columns(splits.row_shape)
     dataset = ray.data.read_parquet(splits.train_path, num_cpus=STREAM_READ_CPUS).select_columns(columns)
     return dataset.streaming_split(size, equal=True)
 
@@ -34,8 +34,8 @@ class RayPopulation:
         gpus = worker_gpus(cfg)
         streamed = splits.train_path is not None
         check_resources(cfg, gpus, reserve_cpus=STREAM_READ_CPUS if streamed else 0.0)
-        heldout = [ray.put(splits.heldout.images), ray.put(splits.heldout.labels)]
-        self.scheduler = Scheduler.remote(cfg.to_dict(), train_shards(cfg, splits), heldout, splits.image_shape,
+        heldout = [ray.put(splits.heldout.rows), ray.put(splits.heldout.labels)]
+        self.scheduler = Scheduler.remote(cfg.to_dict(), train_shards(cfg, splits), heldout, splits.row_shape,
                                           splits.num_classes, gpus, replacement_start_s)
         self.step_count = 0
         self._params_ref, self._params = ray.get(self.scheduler.params_ref.remote())[0], None

@@ -34,13 +34,13 @@ def one_line(error: Exception) -> str:
 
 @ray.remote(num_cpus=0)
 class Scheduler:
-    def __init__(self, cfg: dict, train_shards: list, heldout_refs: list, image_shape, num_classes: int,
+    def __init__(self, cfg: dict, train_shards: list, heldout_refs: list, row_shape, num_classes: int,
                  gpus_per_worker: float, replacement_start_s: float = REPLACEMENT_START_S):
         """train_shards[i]: worker i's training data ([images_ref, labels_ref] or a Ray Data shard)."""
         self.replacement_start_s = replacement_start_s
         self.cfg_dict, self.cfg = cfg, validate_config(cfg)
         self.train_shards, self.heldout_refs = train_shards, heldout_refs  # nested: still references
-        self.shape, self.num_classes, self.gpus = tuple(image_shape), num_classes, gpus_per_worker
+        self.shape, self.num_classes, self.gpus = tuple(row_shape), num_classes, gpus_per_worker
         self.size, self.lifetime = self.cfg.population.size, self.cfg.population.lifetime
         self.server = ParameterServer.remote(cfg, self.shape, num_classes, *heldout_refs)
         self.eta = self.server.params.remote()

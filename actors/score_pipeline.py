@@ -9,7 +9,8 @@ from typing import Optional
 import pyarrow as pa
 import torch
 
-from drray.curation.scoring import CHUNK_ROWS, find_bad_rows, for_scoring, rater_from_bytes, score_table
+from drray.curation.scoring import CHUNK_ROWS, find_bad_rows, for_scoring, score_table
+from drray.train.checkpoint import rater_from_bytes
 
 
 def _gpus_given() -> bool:
@@ -32,16 +33,16 @@ class RaterScorer:
         rater, info = rater_from_bytes(rater_blob)
         self.device = torch.device("cuda" if _gpus_given() else "cpu")
         self.rater = for_scoring(rater, self.device)
-        self.image_shape, self.num_classes = tuple(info["image_shape"]), int(info["num_classes"])
+        self.row_shape, self.num_classes = tuple(info["row_shape"]), int(info["num_classes"])
         self.on_bad_row, self.where, self.chunk_rows = on_bad_row, where, chunk_rows
         self.reported = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        scored = score_table(self.rater, batch, self.image_shape, self.num_classes, self.on_bad_row,
+        scored = score_table(self.rater, batch, self.row_shape, self.num_classes, self.on_bad_row,
                              self.where, self.device, self.chunk_rows)
         dropped = batch.num_rows - scored.num_rows
         if dropped and self.reported < 3:  # the total is reported by the job; a few examples here
             self.reported += 1
-            _, reason = find_bad_rows(batch, self.image_shape, self.num_classes)
+            _, reason = find_bad_rows(batch, self.row_shape, self.num_classes)
             print(f"warning: {self.where}: dropped {dropped} bad rows of a batch ({reason})", file=sys.stderr)
         return scored

@@ -116,9 +116,9 @@ def _metric_fn(spec: TuneSpec, cfg):
             for p, value in zip(prober.rater.parameters(), population.rater_params):
                 p.copy_(value)
         scores = ev.rater_scores(prober.rater, splits.train)
-        model = ev.train_fresh(budget, splits.train.images, splits.train.labels, splits.num_classes,
+        model = ev.train_fresh(budget, splits.train.rows, splits.train.labels, splits.num_classes,
                                cfg.run.seed, scores, spec.discard)
-        return float(np.mean(ev.per_example_losses(model, splits.heldout.images, splits.heldout.labels)))
+        return float(np.mean(ev.per_example_losses(model, splits.heldout.rows, splits.heldout.labels)))
 
     return heldout_loss
 

@@ -66,7 +66,7 @@ def evaluate_rater(run_dir: Path) -> dict:
     cfg = validate_config(load_run_config(run_dir), origin=str(run_dir))
     splits = build_splits(cfg.data, cfg.run.seed)
     weights = load_rater_weights(run_dir)
-    rater = build_rater(cfg.rater.arch, splits.image_shape, splits.num_classes)
+    rater = build_rater(cfg.rater.arch, splits.row_shape, splits.num_classes)
     rater.load_state_dict(weights["rater"])
     rater.eval()
     train = splits.train

@@ -96,7 +96,7 @@ def run_reference(steps: int) -> dict:
         return sample
 
     torch.manual_seed(0)
-    shape, classes = splits.image_shape, splits.num_classes
+    shape, classes = splits.row_shape, splits.num_classes
     # torch's own layers (ReLU, then nn.MaxPool2d), as the reference's models have them
     inner_models = [with_torch_layers(build_inner("cnn", shape, classes)) for _ in range(POP)]
     rater = with_torch_layers(build_rater("cnn", shape, classes))

@@ -99,7 +99,7 @@ def rater_run() -> Path:
         torch.manual_seed(0)
         rater = build_rater("cnn", (HEIGHT, WIDTH), 10)
         save_checkpoint(run, {"step": 0}, {"rater": rater.state_dict(), "arch": "cnn",
-                                           "image_shape": [HEIGHT, WIDTH], "num_classes": 10}, {})
+                                           "row_shape": [HEIGHT, WIDTH], "num_classes": 10}, {})
     return run
 
 
@@ -195,7 +195,7 @@ def plain_loop(folder: Path, out: Path | None) -> dict:
     """Read Parquet batches, score them with score_table, write Parquet: one process, no Ray."""
     rater, info = load_rater(rater_run())
     rater = for_scoring(rater, torch.device("cpu"))  # as the job's actors prepare it
-    shape, classes = tuple(info["image_shape"]), info["num_classes"]
+    shape, classes = tuple(info["row_shape"]), info["num_classes"]
     rows, writer = 0, None
     start = time.perf_counter()
     with TreeMonitor(os.getpid()) as monitor:

@@ -76,11 +76,11 @@ def _number(flag: str, text: str) -> float:
 def check_rater_fits(meta: dict, rater_dir: str, splits, data_name: str) -> None:
     from drray.data.modality import describe_rows
 
-    shape, classes = tuple(meta["image_shape"]), int(meta["num_classes"])
-    if shape != tuple(splits.image_shape) or classes != splits.num_classes:
+    shape, classes = tuple(meta["row_shape"]), int(meta["num_classes"])
+    if shape != tuple(splits.row_shape) or classes != splits.num_classes:
         raise ConfigError(
             f"rater {rater_dir} was trained on {describe_rows(shape)} with {classes} classes, but data "
-            f"{data_name} has {describe_rows(splits.image_shape)} with {splits.num_classes} "
+            f"{data_name} has {describe_rows(splits.row_shape)} with {splits.num_classes} "
             "classes; evaluate it with the config it was meta-trained on")
 
 
@@ -134,7 +134,7 @@ def evaluate(cfg, splits, rater, out) -> str:
     from drray.models import choose_arch
 
     budget, settings = ev.Budget.from_config(cfg), cfg.evaluate
-    metric = ev.metric_for(splits.train.images)
+    metric = ev.metric_for(splits.train.rows)
     scores = {}
     if rater is not None:
         scores["datarater"] = ev.rater_scores(rater, splits.train)
@@ -160,7 +160,7 @@ def evaluate(cfg, splits, rater, out) -> str:
             if row_scores is not None:
                 row.update(ev.selection_quality(row_scores, truth, row["discard"]))
     verdicts = ev.verdicts(runs, rows, metric)
-    meta = {"data": cfg.data.source, "arch": choose_arch(budget.arch, splits.image_shape), "steps": budget.steps,
+    meta = {"data": cfg.data.source, "arch": choose_arch(budget.arch, splits.row_shape), "steps": budget.steps,
             "batch_size": budget.batch_size, "optimizer": budget.optimizer, "lr": budget.lr, "seeds": settings.seeds,
             "seconds": round(time.monotonic() - started, 1), "config": cfg.to_dict()}
     out.local.mkdir(parents=True, exist_ok=True)

@@ -172,7 +172,7 @@ def write_prepared(args: argparse.Namespace) -> dict:
             "heldout_fraction": cfg.heldout_fraction,
             "test_fraction": cfg.test_fraction,
             "max_train": cfg.max_train,
-            "image_shape": list(splits.image_shape),
+            "row_shape": list(splits.row_shape),
             "num_classes": splits.num_classes,
             "rows": {"train": len(train), "heldout": len(splits.heldout), "test": len(splits.test)},
             "corrupted": {kind: int(count) for kind, count in zip(kinds, counts)},

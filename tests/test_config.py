@@ -104,8 +104,8 @@ def test_user_registered_rater_is_accepted_by_name():
     from drray.models.image import ClassConditionedRater
 
     @RATERS.register("test_linear_rater")
-    def build(input_shape, num_classes):
-        return ClassConditionedRater(nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1], num_classes)))
+    def build(row_shape, num_classes):
+        return ClassConditionedRater(nn.Sequential(nn.Flatten(), nn.Linear(row_shape[0] * row_shape[1], num_classes)))
 
     cfg = load_config(None, ["rater.arch=test_linear_rater"])
     rater = build_rater(cfg.rater.arch, (8, 8), 10)

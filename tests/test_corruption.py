@@ -33,7 +33,7 @@ def test_exact_disjoint_counts_and_ground_truth():
     assert np.array_equal(out.is_corrupted, out.corruption != "")
     clean = ~out.is_corrupted
     assert np.all(out.corruption_level[clean] == 0)
-    assert np.array_equal(out.images[clean], examples.images[clean])
+    assert np.array_equal(out.rows[clean], examples.rows[clean])
     assert np.array_equal(out.labels[clean], examples.labels[clean])
     assert np.array_equal(out.ids, examples.ids)
 
@@ -46,9 +46,9 @@ def test_count_rounds_down_without_float_error():
 
 def test_input_is_not_mutated():
     examples = random_examples()
-    before = dataclasses.replace(examples, images=examples.images.copy(), labels=examples.labels.copy())
+    before = dataclasses.replace(examples, rows=examples.rows.copy(), labels=examples.labels.copy())
     apply_corruptions(examples, specs(label_flip=0.4, pixel_noise=0.4), 0)
-    assert np.array_equal(examples.images, before.images) and np.array_equal(examples.labels, before.labels)
+    assert np.array_equal(examples.rows, before.rows) and np.array_equal(examples.labels, before.labels)
     assert not examples.is_corrupted.any() and set(examples.corruption) == {""}
 
 
@@ -57,7 +57,7 @@ def test_label_flip_never_keeps_the_label_and_spreads_over_the_others():
     out = apply_corruptions(examples, specs(label_flip=1.0), 0)
     assert np.all(out.labels != examples.labels)
     assert np.all((out.labels >= 0) & (out.labels < 3))
-    assert np.array_equal(out.images, examples.images)
+    assert np.array_equal(out.rows, examples.rows)
     assert np.all(out.corruption_level == 1.0)
     # From class 0, the new label is 1 or 2 with probability 1/2 each.
     share_of_ones = np.mean(out.labels[examples.labels == 0] == 1)
@@ -69,7 +69,7 @@ def test_pixel_noise_changes_at_most_level_of_the_pixels():
     out = apply_corruptions(examples, specs(pixel_noise=0.5), 3)
     rows = out.corruption == "pixel_noise"
     pixels = 28 * 28
-    changed = (out.images[rows] != examples.images[rows]).reshape(rows.sum(), -1).sum(axis=1)
+    changed = (out.rows[rows] != examples.rows[rows]).reshape(rows.sum(), -1).sum(axis=1)
     level = out.corruption_level[rows]
     assert np.all(changed <= np.rint(level * pixels))
     assert level.min() >= 0.09 and level.max() <= 0.91 and 0.4 < level.mean() < 0.6
@@ -83,7 +83,7 @@ def test_same_seed_same_rows_other_seed_other_rows():
     chosen = specs(pixel_noise=0.2, label_flip=0.2)
     first, again, other = (apply_corruptions(examples, chosen, seed) for seed in (7, 7, 8))
     assert np.array_equal(first.corruption, again.corruption)
-    assert np.array_equal(first.images, again.images) and np.array_equal(first.labels, again.labels)
+    assert np.array_equal(first.rows, again.rows) and np.array_equal(first.labels, again.labels)
     assert not np.array_equal(first.corruption, other.corruption)
 
 

@@ -12,10 +12,9 @@ import torch
 
 from drray.config import CorruptionSpec, DataConfig
 from drray.data.examples import ExampleSet, to_tensors
-from drray.data.splits import DATA_SOURCES
 from drray.data.parquet import read_parquet, write_parquet
 from drray.data.sources.idx import MNIST_MD5, download_mnist, read_idx
-from drray.data.splits import build_splits
+from drray.data.splits import DATA_SOURCES, build_splits
 from drray.errors import DataError
 
 SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
@@ -75,7 +74,7 @@ def test_read_idx_round_trip(tmp_path, gz):
 def test_idx_source_loads_with_unique_ids(tmp_path, gz):
     arrays = make_idx_dir(tmp_path, gz)
     train, test = DATA_SOURCES.get("idx")(DataConfig(source="idx", dir=str(tmp_path)))
-    assert np.array_equal(train.images, arrays["train-images-idx3-ubyte"])
+    assert np.array_equal(train.rows, arrays["train-images-idx3-ubyte"])
     assert np.array_equal(test.labels, arrays["t10k-labels-idx1-ubyte"])
     assert train.ids.tolist() == [0, 1, 2, 3, 4] and test.ids.tolist() == [5, 6, 7]
     assert train.num_classes == 10 and not train.is_corrupted.any()
@@ -154,7 +153,7 @@ def test_real_mnist_loads_and_checksums_match():
         assert hashlib.md5(gzip.decompress((SHARED_MNIST / f"{name}.gz").read_bytes())).hexdigest() == md5
     splits = build_splits(DataConfig(source="mnist", dir=str(SHARED_MNIST), probe_size=100), 0)
     assert len(splits.train) + len(splits.heldout) == 60000 and len(splits.test) == 10000
-    assert len(splits.heldout) == 6000 and splits.image_shape == (28, 28) and splits.num_classes == 10
+    assert len(splits.heldout) == 6000 and splits.row_shape == (28, 28) and splits.num_classes == 10
     assert np.bincount(splits.test.labels).tolist()[:2] == [980, 1135]  # MNIST's known test counts
 
 
@@ -205,11 +204,11 @@ def test_digits_splits_are_disjoint_and_add_up():
     assert sorted(ids.tolist()) == list(range(1797))
     assert not splits.heldout.is_corrupted.any() and not splits.test.is_corrupted.any()
     assert splits.train.is_corrupted.sum() == int(0.2 * 1294) + int(0.1 * 1294)
-    assert splits.image_shape == (8, 8) and splits.num_classes == 10
+    assert splits.row_shape == (8, 8) and splits.num_classes == 10
     # Clean rows carry the original pixels, 0..16 scaled to 0..255.
     digits = load_digits()
     for part in (splits.test, splits.heldout):
-        assert np.array_equal(part.images, np.rint(digits.images[part.ids] * 255 / 16).astype(np.uint8))
+        assert np.array_equal(part.rows, np.rint(digits.images[part.ids] * 255 / 16).astype(np.uint8))
         assert np.array_equal(part.labels, digits.target[part.ids])
 
 
@@ -219,7 +218,7 @@ def test_probe_is_a_fixed_subset_of_train_with_ground_truth():
     rows = np.searchsorted(splits.train.ids, splits.probe.ids)
     assert np.array_equal(splits.train.ids[rows], splits.probe.ids)
     assert np.array_equal(splits.train.is_corrupted[rows], splits.probe.is_corrupted)
-    assert np.array_equal(splits.train.images[rows], splits.probe.images)
+    assert np.array_equal(splits.train.rows[rows], splits.probe.rows)
     assert len(build_splits(digits_config(probe_size=5000), seed=0).probe) == 1294
 
 
@@ -227,7 +226,7 @@ def test_same_seed_same_splits_other_seed_other_splits():
     first, again, other = (build_splits(digits_config(), seed) for seed in (0, 0, 1))
     for name in ("train", "heldout", "test", "probe"):
         a, b = getattr(first, name), getattr(again, name)
-        for column in ("ids", "images", "labels", "corruption"):
+        for column in ("ids", "rows", "labels", "corruption"):
             assert np.array_equal(getattr(a, column), getattr(b, column)), (name, column)
     assert not np.array_equal(first.test.ids, other.test.ids)
     assert not np.array_equal(first.train.corruption, other.train.corruption)
@@ -256,11 +255,11 @@ def test_labels_out_of_range_is_a_data_error(monkeypatch):
 
 def test_float_images_whole_numbers_pass_nan_fails(monkeypatch):
     good = ExampleSet.clean(np.arange(50), np.zeros((50, 4, 4)), np.zeros(50), 2)
-    monkeypatch.setitem(FIXTURE_PARTS, "parts", (dataclasses.replace(good, images=np.full((50, 4, 4), 7.0)), None))
-    assert build_splits(DataConfig(source="test_fixture"), 0).train.images.dtype == np.uint8
+    monkeypatch.setitem(FIXTURE_PARTS, "parts", (dataclasses.replace(good, rows=np.full((50, 4, 4), 7.0)), None))
+    assert build_splits(DataConfig(source="test_fixture"), 0).train.rows.dtype == np.uint8
     nan_images = np.full((50, 4, 4), 7.0)
     nan_images[3, 1, 1] = np.nan
-    monkeypatch.setitem(FIXTURE_PARTS, "parts", (dataclasses.replace(good, images=nan_images), None))
+    monkeypatch.setitem(FIXTURE_PARTS, "parts", (dataclasses.replace(good, rows=nan_images), None))
     with pytest.raises(DataError) as excinfo:
         build_splits(DataConfig(source="test_fixture"), 0)
     one_line_error(excinfo, "NaN")
@@ -291,7 +290,7 @@ def corrupted_examples(n=40, first_id=0) -> ExampleSet:
 
 
 def assert_same(a: ExampleSet, b: ExampleSet) -> None:
-    for column in ("ids", "images", "labels", "is_corrupted", "corruption", "corruption_level"):
+    for column in ("ids", "rows", "labels", "is_corrupted", "corruption", "corruption_level"):
         x, y = getattr(a, column), getattr(b, column)
         assert x.dtype == y.dtype and np.array_equal(x, y), column
     assert a.num_classes == b.num_classes
@@ -328,7 +327,7 @@ def test_parquet_source_keeps_given_splits(tmp_path):
     splits = build_splits(DataConfig(source="parquet", dir=str(tmp_path)), 0)
     assert len(splits.train) == 40 and splits.train.is_corrupted.sum() == 10  # heldout not carved out of train
     assert splits.heldout.ids.tolist() == [101, 103, 105, 107, 109] and len(splits.test) == 6
-    assert splits.image_shape == (3, 5) and splits.num_classes == 4
+    assert splits.row_shape == (3, 5) and splits.num_classes == 4
 
 
 def test_parquet_without_heldout_splits_clean_rows_only(tmp_path):

@@ -77,7 +77,7 @@ def test_eval_subset_is_a_fixed_seeded_subset_in_stored_order():
     assert len(a) == 50 and np.array_equal(a.ids, b.ids) and not np.array_equal(a.ids, c.ids)
     position = {row_id: i for i, row_id in enumerate(test.ids)}
     where = [position[row_id] for row_id in a.ids]
-    assert where == sorted(where) and np.array_equal(a.images, test.images[where])
+    assert where == sorted(where) and np.array_equal(a.rows, test.rows[where])
     data = ev.shared_arrays(splits, {}, max_eval_rows=50)
     assert len(data["test_labels"]) == 50 and len(data["heldout_labels"]) == 50
     assert len(data["train_labels"]) == len(splits.train)  # training data is never cut

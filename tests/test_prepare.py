@@ -29,7 +29,7 @@ def prepare(capsys, *args):
 
 
 def assert_same_examples(a, b):
-    for field in ("ids", "images", "labels", "is_corrupted", "corruption", "corruption_level"):
+    for field in ("ids", "rows", "labels", "is_corrupted", "corruption", "corruption_level"):
         assert np.array_equal(getattr(a, field), getattr(b, field)), field
 
 
@@ -53,7 +53,7 @@ def test_prepare_digits_matches_meta_training_splits(tmp_path, capsys):
     n = len(want.train)
     assert record["rows"] == {"train": n, "heldout": len(want.heldout), "test": len(want.test)}
     assert record["corrupted"] == {"label_flip": int(0.3 * n), "pixel_noise": int(0.1 * n)}
-    assert record["seed"] == 3 and record["image_shape"] == [8, 8] and record["num_classes"] == 10
+    assert record["seed"] == 3 and record["row_shape"] == [8, 8] and record["num_classes"] == 10
     assert f"train: {n} rows" in stdout and "heldout:" in stdout and "test:" in stdout
 
     streamed = build_splits(DataConfig(source="parquet", dir=str(out), stream=True), 3)
@@ -85,7 +85,7 @@ def test_prepare_mnist(tmp_path, capsys):
     assert record["rows"]["train"] == 3000 and record["rows"]["test"] == 10_000
     assert record["corrupted"] == {"label_flip": 600, "pixel_noise": 300}
     train = read_parquet(out / "train")
-    assert train.images.shape == (3000, 28, 28) and len(list((out / "train").iterdir())) == 16
+    assert train.rows.shape == (3000, 28, 28) and len(list((out / "train").iterdir())) == 16
 
 
 def test_overwrite_replaces_an_existing_output(tmp_path, capsys):

@@ -92,12 +92,12 @@ def test_score_table_keeps_columns_and_matches_the_rater(trained):
     run_dir, data, examples = trained
     rater, info = load_rater(run_dir)
     table = read(data)
-    scored = score_table(rater, table, tuple(info["image_shape"]), info["num_classes"], chunk_rows=64)
+    scored = score_table(rater, table, tuple(info["row_shape"]), info["num_classes"], chunk_rows=64)
     assert scored.column_names == table.column_names + [SCORE] and scored.schema.field(SCORE).type == pa.float32()
     assert scored.drop_columns([SCORE]).equals(table)
     np.testing.assert_allclose(scored.column(SCORE).to_numpy(), expected_scores(run_dir, examples),
                                rtol=1e-6, atol=1e-6)
-    rescored = score_table(rater, scored, tuple(info["image_shape"]), info["num_classes"])  # replaces, not duplicates
+    rescored = score_table(rater, scored, tuple(info["row_shape"]), info["num_classes"])  # replaces, not duplicates
     assert rescored.column_names == scored.column_names
 
 
@@ -120,7 +120,7 @@ def test_rater_prepared_for_scoring_scores_the_same():
 def test_bad_rows_are_found_named_and_dropped(trained):
     run_dir, data, _ = trained
     rater, info = load_rater(run_dir)
-    shape, classes = tuple(info["image_shape"]), info["num_classes"]
+    shape, classes = tuple(info["row_shape"]), info["num_classes"]
     table = read(data).slice(0, 6)
     ids = table.column("id").to_pylist()
     images = table.column("image").to_pylist()
@@ -173,7 +173,7 @@ def test_schema_checks(trained):
             check_schema(bad.schema, info, "in", bad.slice(0, 1))
         assert "\n" not in str(caught.value)
     with pytest.raises(DataError, match="images have 64 pixels but the rater .* takes 28x28"):
-        check_schema(table.schema, {**info, "image_shape": [28, 28]}, "in")
+        check_schema(table.schema, {**info, "row_shape": [28, 28]}, "in")
 
 
 # ---------------------------------------------------------------- the job on Ray
@@ -246,7 +246,7 @@ def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_pat
     torch.manual_seed(0)
     mnist_run = tmp_path / "mnist-rater"
     save_checkpoint(mnist_run, {"step": 0}, {"rater": build_rater("cnn", (28, 28), 10).state_dict(), "arch": "cnn",
-                                             "image_shape": [28, 28], "num_classes": 10}, {})
+                                             "row_shape": [28, 28], "num_classes": 10}, {})
     out = tmp_path / "out"
     assert score_main(["--rater", str(mnist_run), "--input", str(data), "--output", str(out)]) == 2
     assert "images have 64 pixels but the rater (cnn, step 0) takes 28x28" in one_line_error(capsys)
@@ -261,7 +261,7 @@ def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_pat
     assert not out.exists()
     # A checkpoint that does not fit this version's raters names the checkpoint and the problem.
     save_checkpoint(tmp_path / "odd", {"step": 3}, {"rater": build_rater("mlp", (8, 8), 10).state_dict(), "arch": "cnn",
-                                                    "image_shape": [8, 8], "num_classes": 10}, {})
+                                                    "row_shape": [8, 8], "num_classes": 10}, {})
     with pytest.raises(ConfigError, match=r"odd/checkpoint/rater.pt: the checkpoint "
                        r"\(arch cnn, 8x8 images, 10 classes\) does not load into this version's rater "
                        r"of that config \(Error"):

@@ -37,7 +37,7 @@ def test_streamed_splits_leave_train_on_disk(tmp_path):
     assert splits.train is None and splits.train_path.endswith("train")
     assert len(splits.probe) == 200 and splits.probe.is_corrupted.any()
     np.testing.assert_array_equal(splits.probe.ids, original.train.ids[:200])
-    np.testing.assert_array_equal(splits.heldout.images, original.heldout.images)
+    np.testing.assert_array_equal(splits.heldout.rows, original.heldout.rows)
 
 
 def test_batch_stream_serves_every_row_each_epoch_with_bounded_memory(tmp_path):

@@ -81,8 +81,8 @@ def test_text_source_reads_text_files_and_json_lines(tmp_path):
     from drray.data.splits import DATA_SOURCES
 
     pool, test = DATA_SOURCES.get("text")(cfg.data)
-    assert test is None and pool.images.shape == (4, 32) and pool.images.dtype == np.int16
-    assert sorted(decode(row) for row in pool.images) == sorted(
+    assert test is None and pool.rows.shape == (4, 32) and pool.rows.dtype == np.int16
+    assert sorted(decode(row) for row in pool.rows) == sorted(
         ["Words of a book, here.", "Another paragraph of the same", "A record's text is here.", "A second record."])
     assert pool.num_classes == 1 and not pool.labels.any()
     with pytest.raises(DataError, match=r"wiki.jsonl.gz:1: no string field 'text'; set data.text_field") as info:
@@ -112,7 +112,7 @@ def test_text_parquet_round_trip_keeps_tokens_and_ground_truth(tmp_path):
     examples = apply_corruptions(sample_examples(), [CorruptionSpec(kind=k, fraction=0.1) for k in TEXT_KINDS], 0)
     write_parquet(examples, tmp_path / "t.parquet")
     back = read_parquet(tmp_path / "t.parquet", seq_len=64)
-    assert np.array_equal(back.images, examples.images) and np.array_equal(back.ids, examples.ids)
+    assert np.array_equal(back.rows, examples.rows) and np.array_equal(back.ids, examples.ids)
     assert np.array_equal(back.corruption, examples.corruption) and np.array_equal(back.is_corrupted, examples.is_corrupted)
     x, y = to_tensors(back)
     assert x.dtype == torch.int64 and x.shape == (60, 64) and not y.any()
@@ -134,9 +134,9 @@ def test_each_text_corruption_changes_every_chosen_row_validly_and_reproducibly(
     out, again = apply_corruptions(examples, spec, 3), apply_corruptions(examples, spec, 3)
     rows = out.is_corrupted
     assert rows.sum() == 30 and set(out.corruption[rows]) == {kind}
-    assert np.array_equal(out.images, again.images) and np.array_equal(out.corruption_level, again.corruption_level)
-    assert np.array_equal(out.images[~rows], examples.images[~rows])
-    for before, after in zip(examples.images[rows], out.images[rows]):
+    assert np.array_equal(out.rows, again.rows) and np.array_equal(out.corruption_level, again.corruption_level)
+    assert np.array_equal(out.rows[~rows], examples.rows[~rows])
+    for before, after in zip(examples.rows[rows], out.rows[rows]):
         assert not np.array_equal(before, after)
         after_bytes = after[after != PAD].astype(np.uint8).tobytes()
         after_bytes.decode("utf-8")  # strict: valid UTF-8, so it writes to Parquet as a string
@@ -299,7 +299,7 @@ def test_meta_train_runs_on_text_with_the_tiny_config(tmp_path):
     cfg = load_config(ROOT / "configs" / "text-tiny.yaml", [f"run.out={tmp_path / 'run'}", "run.backend=local",
                                                             f"data.dir={ROOT.parent / 'shared' / 'data' / 'text'}"])
     splits = build_splits(cfg.data, cfg.run.seed)
-    assert splits.image_shape == (32,) and splits.train.images.dtype == np.int16
+    assert splits.row_shape == (32,) and splits.train.rows.dtype == np.int16
     assert not splits.heldout.is_corrupted.any() and splits.probe.is_corrupted.any()
     summary = meta_train(cfg, splits=splits)
     assert set(summary.auroc_by_kind) == {"random_bytes", "shuffled_words"}
@@ -309,7 +309,7 @@ def test_meta_train_runs_on_text_with_the_tiny_config(tmp_path):
         meta_train(cfg.model_copy(update={"rater": cfg.rater.model_copy(update={"arch": "mlp"})}),
                    splits=splits, overwrite=True)
     rater, info = checkpoint.load_rater(tmp_path / "run")
-    assert info["arch"] == "transformer_tiny" and info["image_shape"] == [32]
+    assert info["arch"] == "transformer_tiny" and info["row_shape"] == [32]
     x, y = to_tensors(splits.probe)
     with torch.no_grad():
         assert np.allclose(rater(x, y).numpy(), summary_scores(cfg, splits, tmp_path / "run"), atol=1e-6)
@@ -338,6 +338,6 @@ def test_prepared_text_parquet_is_the_same_data_as_the_files(tmp_path):
     want, got = build_splits(files.data, 0), build_splits(parquet.data, 0)
     for name in ("train", "heldout", "test"):
         a, b = getattr(want, name), getattr(got, name)
-        assert np.array_equal(a.images, b.images) and np.array_equal(a.ids, b.ids)
+        assert np.array_equal(a.rows, b.rows) and np.array_equal(a.ids, b.ids)
         assert np.array_equal(a.corruption, b.corruption) and np.array_equal(a.is_corrupted, b.is_corrupted)
-    assert got.image_shape == (32,) and got.train.is_corrupted.sum() == 60
+    assert got.row_shape == (32,) and got.train.is_corrupted.sum() == 60

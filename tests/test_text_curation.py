@@ -69,7 +69,7 @@ def test_score_table_on_text_is_the_raters_score_and_refuses_bad_rows(text_rater
     write_text_parquet(splits.train, tmp_path / "train.parquet")
     table = pq.read_table(tmp_path / "train.parquet")
     check_schema(table.schema, info, "train.parquet")
-    scored = score_table(rater, table, info["image_shape"], info["num_classes"], chunk_rows=100)
+    scored = score_table(rater, table, info["row_shape"], info["num_classes"], chunk_rows=100)
     x, y = to_tensors(splits.train)
     with torch.no_grad():
         want = rater(x, y).numpy()
@@ -80,8 +80,8 @@ def test_score_table_on_text_is_the_raters_score_and_refuses_bad_rows(text_rater
                               pa.array([None] + table.column("text").to_pylist()[1:], pa.string()))
     first_id = table.column("id")[0].as_py()
     with pytest.raises(DataError, match=f"row id {first_id}: text is null or empty"):
-        score_table(rater, broken, info["image_shape"], info["num_classes"])
-    dropped = score_table(rater, broken, info["image_shape"], info["num_classes"], on_bad_row="drop")
+        score_table(rater, broken, info["row_shape"], info["num_classes"])
+    dropped = score_table(rater, broken, info["row_shape"], info["num_classes"], on_bad_row="drop")
     assert dropped.num_rows == table.num_rows - 1
     assert np.allclose(dropped.column("score").to_numpy(), want[1:], atol=1e-5)
     with pytest.raises(DataError, match="missing column text; the rater .* takes 32-token sequences"):
@@ -181,15 +181,15 @@ def test_a_streamed_text_set_serves_the_same_token_rows_and_meta_trains(tmp_path
     whole = build_splits(text_stream_config(tmp_path / "data", tmp_path / "r0", stream=False).data, 0)
     cfg = text_stream_config(tmp_path / "data", tmp_path / "run")
     streamed = build_splits(cfg.data, 0)
-    assert streamed.train is None and streamed.image_shape == (32,) and len(streamed.probe) == 60
-    assert np.array_equal(streamed.heldout.images, whole.heldout.images)
-    assert np.array_equal(streamed.probe.images, whole.train.images[:60])
+    assert streamed.train is None and streamed.row_shape == (32,) and len(streamed.probe) == 60
+    assert np.array_equal(streamed.heldout.rows, whole.heldout.rows)
+    assert np.array_equal(streamed.probe.rows, whole.train.rows[:60])
     assert np.array_equal(streamed.probe.is_corrupted, whole.train.is_corrupted[:60])
     stream = BatchStream(local_parquet_epochs(streamed.train_path, 50, (32,)), (32,), 1, "cpu", "train")
     n = len(whole.train)
     tokens = torch.cat([stream.sample(30)[0] for _ in range(n // 30)])  # one epoch, in file order
     assert tokens.dtype == torch.int64
-    assert torch.equal(tokens, torch.from_numpy(whole.train.images[:len(tokens)]).long())
+    assert torch.equal(tokens, torch.from_numpy(whole.train.rows[:len(tokens)]).long())
     assert stream.max_buffered < 30 + 50
     summary = meta_train(cfg, splits=streamed)
     assert np.isfinite(summary.auroc) and set(summary.auroc_by_kind) == {"random_bytes", "shuffled_words"}

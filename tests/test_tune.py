@@ -167,11 +167,11 @@ def test_heldout_loss_metric_is_a_fresh_model_trained_with_the_trials_rater(tmp_
     population, prober = make_population(cfg, splits), Prober(cfg, splits)
     population.step()
     value = _metric_fn(spec, cfg)(population, prober, {})
-    rater = build_rater(prober.arch, splits.image_shape, splits.num_classes)
+    rater = build_rater(prober.arch, splits.row_shape, splits.num_classes)
     for p, v in zip(rater.parameters(), population.rater_params):
         p.data.copy_(v)
     scores = ev.rater_scores(rater, splits.train)
-    model = ev.train_fresh(ev.Budget.from_config(cfg), splits.train.images, splits.train.labels, splits.num_classes,
+    model = ev.train_fresh(ev.Budget.from_config(cfg), splits.train.rows, splits.train.labels, splits.num_classes,
                            cfg.run.seed, scores, 0.3)
-    want = float(np.mean(ev.per_example_losses(model, splits.heldout.images, splits.heldout.labels)))
+    want = float(np.mean(ev.per_example_losses(model, splits.heldout.rows, splits.heldout.labels)))
     assert spec.mode == "min" and value == pytest.approx(want, rel=1e-5) and 0.0 < value < 10.0

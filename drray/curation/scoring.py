@@ -11,7 +11,7 @@ pixel that is NaN or outside 0..255, a label outside the rater's classes) are fo
 """
 from __future__ import annotations
 
-import io
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from drray.data.modality import TextModality, describe_rows, is_text
+from drray.data.modality import ImageModality, TextModality, describe_rows, is_text
 from drray.data.streams import decode_batch, decode_text_batch, stream_columns
 from drray.errors import ConfigError, DataError
 
@@ -42,7 +42,7 @@ def _is_list(kind: pa.DataType) -> bool:
 
 
 def _describe(info: dict) -> str:
-    rows = describe_rows(info["image_shape"])
+    rows = describe_rows(info["row_shape"])
     return f"the rater ({info.get('arch', '?')}, step {info.get('step', '?')}) takes {rows}"
 
 
@@ -58,16 +58,16 @@ def check_text_schema(schema: pa.Schema, info: dict, where: str) -> None:
 
 def input_columns(info: dict) -> list[str]:
     """The columns whose first row check_schema looks at: text, or image and shape."""
-    return ["text"] if is_text(info["image_shape"]) else ["image", "shape"]
+    return ["text"] if is_text(info["row_shape"]) else ["image", "shape"]
 
 
 def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.Table] = None) -> None:
     """A one-line DataError unless rows of `schema` can be scored by the rater of `info`
     (load_rater's metadata). `first`: the data set's first row(s), to check the image size
     where the schema alone cannot (variable-length lists)."""
-    if is_text(info["image_shape"]):
+    if is_text(info["row_shape"]):
         return check_text_schema(schema, info, where)
-    height, width = info["image_shape"]
+    height, width = info["row_shape"]
     pixels = height * width
     missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
     if missing:
@@ -107,11 +107,11 @@ def _shape_ok(shape: pa.ChunkedArray, height: int, width: int) -> np.ndarray:
     return ok
 
 
-def find_bad_rows(table: pa.Table, image_shape, num_classes: int) -> tuple[Optional[np.ndarray], str]:
+def find_bad_rows(table: pa.Table, row_shape, num_classes: int) -> tuple[Optional[np.ndarray], str]:
     """(mask of rows the rater cannot score, or None when every row is fine; why the first is bad)."""
-    if is_text(image_shape):
+    if is_text(row_shape):
         return _first_bad(table, _text_checks(table))
-    height, width = image_shape
+    height, width = row_shape
     pixels = height * width
     n = table.num_rows
     checks: list[tuple[np.ndarray, str]] = []
@@ -161,7 +161,7 @@ def _row_name(table: pa.Table, row: int) -> str:
     return "a row (no id column)"
 
 
-def score_table(rater: torch.nn.Module, table: pa.Table, image_shape, num_classes: int,
+def score_table(rater: torch.nn.Module, table: pa.Table, row_shape, num_classes: int,
                 on_bad_row: str = "fail", where: str = "input", device: str | torch.device = "cpu",
                 chunk_rows: int = CHUNK_ROWS) -> pa.Table:
     """`table` with a float32 `score` column (replacing one already there), every other column
@@ -169,7 +169,7 @@ def score_table(rater: torch.nn.Module, table: pa.Table, image_shape, num_classe
     the caller counts them as rows in minus rows out."""
     if on_bad_row not in BAD_ROW_MODES:
         raise ConfigError(f"on_bad_row={on_bad_row!r}: choose one of {', '.join(BAD_ROW_MODES)}")
-    bad, reason = find_bad_rows(table, image_shape, num_classes)
+    bad, reason = find_bad_rows(table, row_shape, num_classes)
     if bad is not None:
         if on_bad_row == "fail":
             raise DataError(f"{where}: {reason} ({int(bad.sum())} bad rows in this batch); fix those rows "
@@ -177,11 +177,11 @@ def score_table(rater: torch.nn.Module, table: pa.Table, image_shape, num_classe
         table = table.filter(pa.array(~bad))
     scores = np.empty(table.num_rows, dtype=np.float32)
     start = 0
-    read = _text_inputs if is_text(image_shape) else _image_inputs
+    read = _text_inputs if is_text(row_shape) else _image_inputs
     with torch.no_grad():
         # Record batches are contiguous: flattening their image lists is zero-copy.
-        for batch in table.select(stream_columns(image_shape)).to_batches(max_chunksize=chunk_rows):
-            x, y = read(batch, image_shape, num_classes, where, torch.device(device))
+        for batch in table.select(stream_columns(row_shape)).to_batches(max_chunksize=chunk_rows):
+            x, y = read(batch, row_shape, num_classes, where, torch.device(device))
             scores[start:start + len(y)] = rater(x, y).float().cpu().numpy()
             start += len(y)
     column = pa.array(scores, type=pa.float32())
@@ -190,33 +190,20 @@ def score_table(rater: torch.nn.Module, table: pa.Table, image_shape, num_classe
     return table.append_column(SCORE, column)
 
 
-def _image_inputs(batch: pa.RecordBatch, image_shape, num_classes: int, where: str, device: torch.device):
-    """(float images [B, 1, H, W] in [0, 1], int64 labels [B]) on `device`, as drray.data.to_tensors."""
-    images, labels = decode_batch(batch, image_shape, num_classes, where)
-    # (Arrow's buffers are read-only: convert in numpy on CPU, copy the uint8 for a GPU.)
-    if device.type == "cpu":
-        x = torch.from_numpy(images.astype(np.float32))
-    else:
-        x = torch.from_numpy(images.copy()).to(device).to(torch.float32)
-    return x.unsqueeze(1).div_(255.0), torch.from_numpy(labels).to(device)
+def _image_inputs(batch: pa.RecordBatch, row_shape, num_classes: int, where: str, device: torch.device):
+    """(float images [B, 1, H, W] in [0, 1], int64 labels [B]) on `device`, as in meta-training."""
+    images, labels = decode_batch(batch, row_shape, num_classes, where)
+    with warnings.catch_warnings():  # Arrow's buffers are read-only: inputs() converts to a new tensor
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        rows = torch.from_numpy(images)
+    return ImageModality.inputs(rows.to(device)), torch.from_numpy(labels).to(device)
 
 
-def _text_inputs(batch: pa.RecordBatch, image_shape, num_classes: int, where: str, device: torch.device):
+def _text_inputs(batch: pa.RecordBatch, row_shape, num_classes: int, where: str, device: torch.device):
     """(int64 tokens [B, L], zero labels [B]): each text's first L bytes (cut at a character
     boundary, as the rater was trained on sequences of L bytes), padded."""
-    tokens, labels = decode_text_batch(batch, image_shape[0], where)
+    tokens, labels = decode_text_batch(batch, row_shape[0], where)
     return TextModality.inputs(torch.from_numpy(tokens).to(device)), torch.from_numpy(labels).to(device)
-
-
-def rater_from_bytes(blob: bytes) -> tuple[torch.nn.Module, dict]:
-    """Like checkpoint.load_rater, from the bytes of a rater.pt (shipped to remote actors, which
-    may not see the run directory): (module in eval mode, metadata)."""
-    from drray.models import build_rater
-
-    saved = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
-    rater = build_rater(saved["arch"], tuple(saved["image_shape"]), saved["num_classes"])
-    rater.load_state_dict(saved["rater"])
-    return rater.eval(), {key: value for key, value in saved.items() if key != "rater"}
 
 
 def for_scoring(rater: torch.nn.Module, device: torch.device) -> torch.nn.Module:

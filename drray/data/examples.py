@@ -24,7 +24,7 @@ from drray.data.tokenizer import encode_batch
 @dataclass
 class ExampleSet:
     ids: np.ndarray  # int64 [N], unique within the whole data set
-    images: np.ndarray  # uint8 [N, H, W]
+    rows: np.ndarray  # uint8 images [N, H, W] or int16 token sequences [N, L]
     labels: np.ndarray  # int64 [N], in [0, num_classes)
     is_corrupted: np.ndarray  # bool [N]: ground truth for experiments, never given to models
     corruption: np.ndarray  # object [N]: "" for clean, else the corruption kind
@@ -37,16 +37,16 @@ class ExampleSet:
     def subset(self, index: np.ndarray) -> "ExampleSet":
         """Rows by integer index or boolean mask (a copy)."""
         return ExampleSet(
-            self.ids[index], self.images[index], self.labels[index], self.is_corrupted[index],
+            self.ids[index], self.rows[index], self.labels[index], self.is_corrupted[index],
             self.corruption[index], self.corruption_level[index], self.num_classes,
         )  # fmt: skip
 
     @staticmethod
-    def clean(ids, images, labels, num_classes: int, dtype=np.uint8) -> "ExampleSet":
+    def clean(ids, rows, labels, num_classes: int, dtype=np.uint8) -> "ExampleSet":
         """dtype: uint8 for images, tokenizer.TOKEN_DTYPE (int16) for token sequences."""
         n = len(ids)  # np.array copies: the columns are owned and writable, whatever the source gave
         return ExampleSet(
-            np.array(ids, dtype=np.int64), np.array(images, dtype=dtype), np.array(labels, dtype=np.int64),
+            np.array(ids, dtype=np.int64), np.array(rows, dtype=dtype), np.array(labels, dtype=np.int64),
             np.zeros(n, dtype=bool), np.full(n, "", dtype=object), np.zeros(n, dtype=np.float32), int(num_classes),
         )  # fmt: skip
 
@@ -58,15 +58,15 @@ class DataSplits:
     test: ExampleSet  # clean, for evaluation
     probe: ExampleSet  # fixed subset of train, with ground truth, for AUROC
     num_classes: int
-    image_shape: tuple[int, ...]  # (H, W) for images, (L,) for token sequences
-    train_path: Optional[str] = None  # data.stream: Parquet read in batches, never whole (drray.streaming)
+    row_shape: tuple[int, ...]  # (H, W) for images, (L,) for token sequences
+    train_path: Optional[str] = None  # data.stream: Parquet read in batches, never whole (drray.data.streams)
 
 
 def to_tensors(examples: ExampleSet) -> tuple[torch.Tensor, torch.Tensor]:
     """Model inputs and labels: images as float32 [N, 1, H, W] in [0, 1] (token sequences as
     int64 [N, L]), labels as int64 [N]."""
-    rows = torch.from_numpy(np.ascontiguousarray(examples.images))
-    x = modality_of_array(examples.images).inputs(rows)
+    rows = torch.from_numpy(np.ascontiguousarray(examples.rows))
+    x = modality_of_array(examples.rows).inputs(rows)
     return x, torch.from_numpy(np.ascontiguousarray(examples.labels, dtype=np.int64))
 
 

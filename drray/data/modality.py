@@ -2,7 +2,7 @@
 
 A data set's `images` column holds either uint8 images [N, H, W] (`image`) or byte-token ids,
 int16 [N, L] padded with PAD (`text`, drray.tokenizer). The row shape picks the modality, so the
-actors, checkpoints and configs need no extra field: `input_shape` is (H, W) or (L,).
+actors, checkpoints and configs need no extra field: `row_shape` is (H, W) or (L,).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ class ImageModality:
         return (logits.argmax(1) == y).to(torch.float32)
 
     @staticmethod
-    def default_arch(input_shape) -> str:
-        return "mlp" if max(input_shape) <= 16 else "cnn"  # 8x8 digits: MLP; 28x28 MNIST: CNN
+    def default_arch(row_shape) -> str:
+        return "mlp" if max(row_shape) <= 16 else "cnn"  # 8x8 digits: MLP; 28x28 MNIST: CNN
 
 
 class TextModality:
@@ -63,7 +63,7 @@ class TextModality:
         return (hits * real).sum(1) / real.sum(1).clamp(min=1.0)
 
     @staticmethod
-    def default_arch(input_shape) -> str:
+    def default_arch(row_shape) -> str:
         return "transformer"
 
 

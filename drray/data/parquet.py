@@ -115,16 +115,16 @@ def read_ground_truth(table: pa.Table, examples: ExampleSet) -> None:
 
 def write_parquet(examples: ExampleSet, path: Path) -> None:
     """One split as Parquet in the DESIGN.md schema, ground-truth columns included."""
-    if examples.images.ndim == 2:
+    if examples.rows.ndim == 2:
 
         return write_text_parquet(examples, path)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    n, height, width = examples.images.shape
+    n, height, width = examples.rows.shape
     table = pa.table({
         "id": pa.array(examples.ids, pa.int64()),
-        "image": pa.FixedSizeListArray.from_arrays(pa.array(examples.images.reshape(-1), pa.uint8()), height * width),
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(examples.rows.reshape(-1), pa.uint8()), height * width),
         "shape": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([height, width], n), pa.int32()), 2),
         **label_and_truth_columns(examples),
     })  # fmt: skip
@@ -156,7 +156,7 @@ def examples_from_text_table(table: pa.Table, path, seq_len: int) -> ExampleSet:
         raise DataError(f"{path}: column text is {table.column('text').type}, not string; store text as UTF-8 strings")
     examples = text_examples(table.column("text").to_pylist(), seq_len)
     examples.ids = table.column("id").to_numpy().astype(np.int64)
-    short = (examples.images != PAD).sum(axis=1) < 2  # no next byte to predict: its loss would be 0, the best
+    short = (examples.rows != PAD).sum(axis=1) < 2  # no next byte to predict: its loss would be 0, the best
     if short.any():
         raise DataError(f"{path}: {int(short.sum())} rows (the first: id {examples.ids[short][0]}) hold under 2 bytes "
                         f"of text cut to data.seq_len={seq_len} (at a character boundary), nothing for a language "
@@ -175,7 +175,7 @@ def write_text_parquet(examples: ExampleSet, path) -> None:
 
     table = pa.table({
         "id": pa.array(examples.ids, pa.int64()),
-        "text": pa.array([decode(row) for row in examples.images], pa.string()),
+        "text": pa.array([decode(row) for row in examples.rows], pa.string()),
         **label_and_truth_columns(examples),
     })  # fmt: skip
     pq.write_table(table, str(path))

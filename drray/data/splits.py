@@ -49,7 +49,7 @@ def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
     if cfg.max_train is not None and len(train) > cfg.max_train:
         train = train.subset(np.sort(seeded_rng(seed, seeds.TRAIN_CAP).choice(len(train), cfg.max_train, replace=False)))
     parts = (train, heldout, test)
-    if len({p.images.shape[1:] for p in parts}) > 1 or len({p.num_classes for p in parts}) > 1:
+    if len({p.rows.shape[1:] for p in parts}) > 1 or len({p.num_classes for p in parts}) > 1:
         raise DataError(f"{where}: splits differ in image shape or class count; prepare them from one data set")
     ids = np.concatenate([p.ids for p in parts])
     if len(np.unique(ids)) != len(ids):
@@ -57,7 +57,7 @@ def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
     train = apply_corruptions(train, cfg.corruption, seed)
     probe_rows = seeded_rng(seed, seeds.PROBE_ROWS).choice(len(train), min(cfg.probe_size, len(train)), replace=False)
     probe = train.subset(np.sort(probe_rows))
-    return DataSplits(train, heldout, test, probe, train.num_classes, tuple(train.images.shape[1:3]))
+    return DataSplits(train, heldout, test, probe, train.num_classes, tuple(train.rows.shape[1:3]))
 
 
 def _split_off(pool: ExampleSet, fraction: float, rng: np.random.Generator, name: str, where: str):
@@ -77,26 +77,26 @@ def _split_off(pool: ExampleSet, fraction: float, rng: np.random.Generator, name
 def _validated(part: ExampleSet, where: str) -> ExampleSet:
     """The part with uint8 images (whole-number float images are converted) or int16 token
     sequences, or a DataError."""
-    if part.images.ndim == 2 and len(part) and len(part.labels) == len(part.images) == len(part.ids):
+    if part.rows.ndim == 2 and len(part) and len(part.labels) == len(part.rows) == len(part.ids):
         return _validated_tokens(part, where)
-    if len(part) == 0 or part.images.ndim != 3 or not len(part.labels) == len(part.images) == len(part.ids):
-        raise DataError(f"{where}: need N >= 1 images [N, H, W] with N ids and labels, got {part.images.shape}")
+    if len(part) == 0 or part.rows.ndim != 3 or not len(part.labels) == len(part.rows) == len(part.ids):
+        raise DataError(f"{where}: need N >= 1 images [N, H, W] with N ids and labels, got {part.rows.shape}")
     bad = (part.labels < 0) | (part.labels >= part.num_classes)
     if bad.any():
         raise DataError(
             f"{where}: label {part.labels[bad][0]} (id {part.ids[bad][0]}) is outside 0..{part.num_classes - 1}; "
             "fix the labels or the class count"
         )
-    return dataclasses.replace(part, images=as_uint8(part.images, where))
+    return dataclasses.replace(part, rows=as_uint8(part.rows, where))
 
 
 def _validated_tokens(part: ExampleSet, where: str) -> ExampleSet:
     """Token sequences [N, L]: ids 0..PAD, stored as int16."""
-    tokens = part.images
+    tokens = part.rows
     if tokens.dtype.kind not in "iu" or tokens.min() < 0 or tokens.max() > PAD:
         raise DataError(f"{where}: token ids must be integers 0..{PAD} (bytes and PAD); encode text with "
                         "drray.tokenizer.encode")
-    return dataclasses.replace(part, images=tokens.astype(TOKEN_DTYPE, copy=False))
+    return dataclasses.replace(part, rows=tokens.astype(TOKEN_DTYPE, copy=False))
 
 
 def stream_splits(cfg: DataConfig) -> DataSplits:
@@ -110,10 +110,10 @@ def stream_splits(cfg: DataConfig) -> DataSplits:
     first_rows = ds.dataset(str(paths["train"]), format="parquet").head(cfg.probe_size)
     probe = examples_from_any_table(first_rows, paths["train"], cfg.seq_len)
     num_classes = max(part.num_classes for part in (heldout, test, probe))
-    shapes = {part.images.shape[1:] for part in (heldout, test, probe)}
+    shapes = {part.rows.shape[1:] for part in (heldout, test, probe)}
     if len(shapes) > 1:
         raise DataError(f"{cfg.dir}: splits differ in row shape {sorted(shapes)}; prepare them from one data set")
     for part in (heldout, test, probe):
         part.num_classes = num_classes
-    return DataSplits(None, heldout, test, probe, num_classes, tuple(heldout.images.shape[1:]),
+    return DataSplits(None, heldout, test, probe, num_classes, tuple(heldout.rows.shape[1:]),
                       train_path=str(paths["train"]))

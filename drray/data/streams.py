@@ -22,18 +22,18 @@ class ArrayStream:
     """Seeded random batches from an in-memory set (uint8 images or int16 token sequences); the
     arrays are shared, never copied (from the object store on Ray, zero-copy)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, device: str):
+    def __init__(self, rows: np.ndarray, labels: np.ndarray, device: str):
         with warnings.catch_warnings():  # object-store arrays are read-only; we never write to them
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            self.images = torch.from_numpy(images)  # uint8 [N, H, W] or int16 [N, L]
+            self.rows = torch.from_numpy(rows)  # uint8 [N, H, W] or int16 [N, L]
             self.labels = torch.from_numpy(labels)
-        self.modality = modality_of_array(images)
+        self.modality = modality_of_array(rows)
         self.device = device
         self.generator = torch.Generator()
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(len(self.labels), (batch_size,), generator=self.generator)
-        x = self.modality.inputs(self.images[index].to(self.device))
+        x = self.modality.inputs(self.rows[index].to(self.device))
         return x, self.labels[index].to(self.device)
 
     def reseed(self, seed: int) -> None:
@@ -52,9 +52,9 @@ def stream_columns(row_shape) -> list[str]:
     return ["text"] if is_text(row_shape) else ["image", "label"]
 
 
-def decode_batch(batch, image_shape: tuple[int, int], num_classes: int, where: str):
+def decode_batch(batch, row_shape: tuple[int, int], num_classes: int, where: str):
     """Arrow rows -> (uint8 images [B, H, W], int64 labels [B]), checked against the split's shape."""
-    height, width = image_shape
+    height, width = row_shape
     pixels = batch.column("image")
     if isinstance(pixels, pa.ChunkedArray):
         pixels = pixels.combine_chunks()
@@ -89,10 +89,10 @@ class BatchStream:
     """Inner batches from a stream of Arrow batches, epoch after epoch. The order is the
     stream's; memory is a batch or two of rows (max_buffered records the most ever held)."""
 
-    def __init__(self, open_epoch: Callable[[], Iterable], image_shape, num_classes: int, device: str, where: str):
-        self.open_epoch, self.image_shape, self.num_classes = open_epoch, tuple(image_shape), num_classes
+    def __init__(self, open_epoch: Callable[[], Iterable], row_shape, num_classes: int, device: str, where: str):
+        self.open_epoch, self.row_shape, self.num_classes = open_epoch, tuple(row_shape), num_classes
         self.device, self.where = device, where
-        self.modality = modality_for(self.image_shape)
+        self.modality = modality_for(self.row_shape)
         self._epoch = None
         self._images, self._labels = None, np.zeros(0, np.int64)
         self.max_buffered = 0
@@ -103,7 +103,7 @@ class BatchStream:
                 self._epoch = iter(self.open_epoch())
             batch = next(self._epoch, None)
             if batch is not None:
-                images, labels = decode_rows(batch, self.image_shape, self.num_classes, self.where)
+                images, labels = decode_rows(batch, self.row_shape, self.num_classes, self.where)
                 # (a first batch is copied: decoded images can be read-only views of Arrow buffers)
                 self._images = np.array(images) if self._images is None else np.concatenate([self._images, images])
                 self._labels = np.concatenate([self._labels, labels])

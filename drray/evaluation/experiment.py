@@ -150,15 +150,15 @@ def per_example_losses(model: nn.Module, rows: np.ndarray, labels: np.ndarray) -
 @torch.no_grad()
 def rater_scores(rater: nn.Module, examples: ExampleSet) -> np.ndarray:
     labels = _labels(examples.labels)
-    return torch.cat([rater(_inputs(examples.images, slice(i, i + CHUNK)), labels[i:i + CHUNK])
+    return torch.cat([rater(_inputs(examples.rows, slice(i, i + CHUNK)), labels[i:i + CHUNK])
                       for i in range(0, len(examples), CHUNK)]).numpy()
 
 
 def loss_heuristic_scores(budget: Budget, splits: DataSplits, seed: int) -> np.ndarray:
     """Minus each training example's loss under a model trained (same budget) on the held-out split."""
-    model = train_fresh(budget, splits.heldout.images, splits.heldout.labels, splits.num_classes,
+    model = train_fresh(budget, splits.heldout.rows, splits.heldout.labels, splits.num_classes,
                         derive_seed(seed, seeds.EVAL_LOSS_MODEL))
-    return -per_example_losses(model, splits.train.images, splits.train.labels)
+    return -per_example_losses(model, splits.train.rows, splits.train.labels)
 
 
 def oracle_scores(is_corrupted: np.ndarray) -> np.ndarray:
@@ -204,9 +204,9 @@ def shared_arrays(splits: DataSplits, scores: dict, max_eval_rows: Optional[int]
     """What every run reads (shipped once to Ray's object store): the training split, the scores,
     and the test and held-out rows each model is measured on."""
     test, heldout = (eval_subset(part, max_eval_rows, seed) for part in (splits.test, splits.heldout))
-    return {"scores": scores, "train_images": splits.train.images, "train_labels": splits.train.labels,
-            "test_images": test.images, "test_labels": test.labels,
-            "heldout_images": heldout.images, "heldout_labels": heldout.labels,
+    return {"scores": scores, "train_images": splits.train.rows, "train_labels": splits.train.labels,
+            "test_images": test.rows, "test_labels": test.labels,
+            "heldout_images": heldout.rows, "heldout_labels": heldout.labels,
             "num_classes": splits.num_classes}
 
 

@@ -37,12 +37,12 @@ def reset_due(index: int, step: int, size: int, lifetime: int) -> bool:
     return step >= first and (step - first) % lifetime == 0
 
 
-def build_problem(cfg: Config, image_shape: tuple[int, int], num_classes: int) -> MetaProblem:
-    inner = build_inner(cfg.inner.arch, image_shape, num_classes)
-    rater = build_rater(cfg.rater.arch, image_shape, num_classes)
+def build_problem(cfg: Config, row_shape: tuple[int, int], num_classes: int) -> MetaProblem:
+    inner = build_inner(cfg.inner.arch, row_shape, num_classes)
+    rater = build_rater(cfg.rater.arch, row_shape, num_classes)
     optimizer = build_inner_optimizer(cfg.inner.optimizer, cfg.inner.lr, cfg.inner.momentum)
     return MetaProblem(inner.to(cfg.run.device), rater.to(cfg.run.device), optimizer, cfg.rater.temperature,
-                       modality_for(image_shape), cfg.meta.mixflow_chunk, cfg.meta.mixflow_mode)
+                       modality_for(row_shape), cfg.meta.mixflow_chunk, cfg.meta.mixflow_mode)
 
 
 def init_params(build, seed: int, device: str) -> Params:
@@ -60,12 +60,12 @@ class LearnerStats:
 
 
 class InnerLearner:
-    def __init__(self, cfg: Config, index: int, train, heldout: tuple[np.ndarray, np.ndarray], image_shape,
+    def __init__(self, cfg: Config, index: int, train, heldout: tuple[np.ndarray, np.ndarray], row_shape,
                  num_classes: int, incarnation: int = 0):
         """train: (images, labels) arrays held in memory, or a stream (drray.streaming.BatchStream)."""
         self.cfg, self.index = cfg, index
-        self.image_shape, self.num_classes = tuple(image_shape), num_classes
-        self.problem = build_problem(cfg, self.image_shape, num_classes)
+        self.row_shape, self.num_classes = tuple(row_shape), num_classes
+        self.problem = build_problem(cfg, self.row_shape, num_classes)
         self.train = ArrayStream(*train, cfg.run.device) if isinstance(train, tuple) else train
         self.heldout = ArrayStream(*heldout, cfg.run.device)
         self.reset(incarnation)
@@ -76,7 +76,7 @@ class InnerLearner:
         self.incarnation = self.incarnation + 1 if incarnation is None else incarnation
         seed = derive_seed(self.cfg.run.seed, self.index, self.incarnation)
         self.theta = init_params(
-            lambda: build_inner(self.cfg.inner.arch, self.image_shape, self.num_classes), seed, self.cfg.run.device
+            lambda: build_inner(self.cfg.inner.arch, self.row_shape, self.num_classes), seed, self.cfg.run.device
         )
         self.state = self.problem.optimizer.init(self.theta)
         self.train.reseed(seed)
@@ -109,11 +109,11 @@ class InnerLearner:
         self.heldout.set_state(sd["heldout_rng"])
 
 
-def initial_rater(cfg: Config, image_shape, num_classes: int, heldout: tuple[np.ndarray, np.ndarray]) -> Params:
+def initial_rater(cfg: Config, row_shape, num_classes: int, heldout: tuple[np.ndarray, np.ndarray]) -> Params:
     """The rater meta-training starts from: seeded, warm-started on the held-out split if asked
     (batches of inner.batch_size)."""
     def build():
-        rater = build_rater(cfg.rater.arch, image_shape, num_classes)
+        rater = build_rater(cfg.rater.arch, row_shape, num_classes)
         steps = cfg.rater.warm_start_steps
         if steps:
             check_warm_start(rater, cfg.rater.arch, steps)
@@ -125,9 +125,9 @@ def initial_rater(cfg: Config, image_shape, num_classes: int, heldout: tuple[np.
     return init_params(build, derive_seed(cfg.run.seed, seeds.RATER_INIT), "cpu")
 
 
-def new_meta_optimizer(cfg: Config, image_shape, num_classes: int,
+def new_meta_optimizer(cfg: Config, row_shape, num_classes: int,
                        heldout: tuple[np.ndarray, np.ndarray]) -> AveragedAdam:
-    eta = initial_rater(cfg, image_shape, num_classes, heldout)
+    eta = initial_rater(cfg, row_shape, num_classes, heldout)
     return AveragedAdam(eta, lr=cfg.meta.lr, clip_norm=cfg.meta.clip_norm)
 
 
@@ -164,12 +164,12 @@ def learner_threads(cfg: Config) -> tuple[int, int]:
 class Population:
     """N inner models in this process. step() is one outer step of Algorithm 1."""
 
-    def __init__(self, cfg: Config, train, heldout, image_shape, num_classes: int):
+    def __init__(self, cfg: Config, train, heldout, row_shape, num_classes: int):
         """train(i) gives model i its training data: arrays or a stream (see InnerLearner)."""
         self.cfg, self.step_count = cfg, 0
-        self.learners = [InnerLearner(cfg, i, train(i), heldout, image_shape, num_classes)
+        self.learners = [InnerLearner(cfg, i, train(i), heldout, row_shape, num_classes)
                          for i in range(cfg.population.size)]
-        self.meta = new_meta_optimizer(cfg, image_shape, num_classes, heldout)
+        self.meta = new_meta_optimizer(cfg, row_shape, num_classes, heldout)
         # Like the Ray workers, each thread runs one learner at a time on its share of the cores: a
         # learner's arithmetic does not depend on the thread, and each has its own modules and
         # data stream (functional_call swaps a module's parameters, so modules are never shared).

@@ -36,16 +36,16 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 @INNER_MODELS.register("cnn")
-def inner_cnn(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+def inner_cnn(row_shape: tuple[int, int], num_classes: int) -> nn.Module:
     """Two conv stages and a 128-unit head: 108,618 parameters at 28x28, the reference ToyCNN's size."""
-    side = min(input_shape)
+    side = min(row_shape)
     trunk, flat = _conv_trunk((16, 32), side, padding=0 if side >= 16 else 1)
     return nn.Sequential(trunk, nn.Linear(flat, 128), nn.ReLU(), nn.Linear(128, num_classes))
 
 
 @INNER_MODELS.register("mlp")
-def inner_mlp(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
-    return _mlp([input_shape[0] * input_shape[1], 128, num_classes])
+def inner_mlp(row_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    return _mlp([row_shape[0] * row_shape[1], 128, num_classes])
 
 
 class ClassConditionedRater(nn.Module):
@@ -63,29 +63,29 @@ class ClassConditionedRater(nn.Module):
         return out.gather(1, y[:, None]).squeeze(1)
 
 
-def _rater_cnn_body(input_shape: tuple[int, int], num_classes: int) -> nn.Sequential:
-    trunk, flat = _conv_trunk((8, 16), min(input_shape))
+def _rater_cnn_body(row_shape: tuple[int, int], num_classes: int) -> nn.Sequential:
+    trunk, flat = _conv_trunk((8, 16), min(row_shape))
     return nn.Sequential(trunk, nn.Linear(flat, 24), nn.ReLU(), nn.Linear(24, num_classes))
 
 
 @RATERS.register("cnn")
-def rater_cnn(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
-    return ClassConditionedRater(_rater_cnn_body(input_shape, num_classes))
+def rater_cnn(row_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    return ClassConditionedRater(_rater_cnn_body(row_shape, num_classes))
 
 
 @RATERS.register("cnn_classifier")
-def rater_cnn_classifier(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+def rater_cnn_classifier(row_shape: tuple[int, int], num_classes: int) -> nn.Module:
     """The cnn rater scored as the label's log-probability (ClassConditionedRater)."""
-    return ClassConditionedRater(_rater_cnn_body(input_shape, num_classes), log_prob=True)
+    return ClassConditionedRater(_rater_cnn_body(row_shape, num_classes), log_prob=True)
 
 
 @RATERS.register("cnn_classifier_large")
-def rater_cnn_classifier_large(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
+def rater_cnn_classifier_large(row_shape: tuple[int, int], num_classes: int) -> nn.Module:
     """cnn_classifier with the inner CNN's body (~108k parameters for 28x28, 5x the cnn rater):
     warm-started (rater.warm_start_steps), it begins as the loss heuristic's classifier."""
-    return ClassConditionedRater(inner_cnn(input_shape, num_classes), log_prob=True)
+    return ClassConditionedRater(inner_cnn(row_shape, num_classes), log_prob=True)
 
 
 @RATERS.register("mlp")
-def rater_mlp(input_shape: tuple[int, int], num_classes: int) -> nn.Module:
-    return ClassConditionedRater(_mlp([input_shape[0] * input_shape[1], 64, num_classes]))
+def rater_mlp(row_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    return ClassConditionedRater(_mlp([row_shape[0] * row_shape[1], 64, num_classes]))

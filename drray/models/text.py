@@ -108,19 +108,19 @@ SIZES = {  # (d_model, layers, heads)
 }
 
 
-def _sequence_length(input_shape, arch: str) -> int:
-    if len(tuple(input_shape)) != 1:
-        raise ValueError(f"arch {arch!r} takes token sequences [L], not {tuple(input_shape)} images; "
+def _sequence_length(row_shape, arch: str) -> int:
+    if len(tuple(row_shape)) != 1:
+        raise ValueError(f"arch {arch!r} takes token sequences [L], not {tuple(row_shape)} images; "
                          "use an image arch (mlp, cnn) or auto")
-    return int(input_shape[0])
+    return int(row_shape[0])
 
 
 def _register(arch: str) -> None:
-    def rater(input_shape, num_classes):
-        return TransformerRater(_sequence_length(input_shape, arch), *SIZES[arch]["rater"])
+    def rater(row_shape, num_classes):
+        return TransformerRater(_sequence_length(row_shape, arch), *SIZES[arch]["rater"])
 
-    def inner(input_shape, num_classes):
-        return TransformerLM(_sequence_length(input_shape, arch), *SIZES[arch]["inner"])
+    def inner(row_shape, num_classes):
+        return TransformerLM(_sequence_length(row_shape, arch), *SIZES[arch]["inner"])
 
     for builder in (rater, inner):
         builder.modality = "text"

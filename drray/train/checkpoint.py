@@ -8,6 +8,7 @@ Loading uses torch.load(weights_only=True): tensors and plain containers only.
 """
 from __future__ import annotations
 
+import io
 import pickle
 import warnings
 from pathlib import Path
@@ -15,13 +16,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from drray.data.modality import describe_rows
+from drray.errors import ConfigError, DrrayError
 from drray.io import atomic_torch_save, atomic_write_bytes
+from drray.models import build_rater
 
 CHECKPOINT_DIR = "checkpoint"
 
 
 def save_checkpoint(out: Path, state: dict, rater: dict, config: dict) -> Path:
-    """rater: {"rater": state_dict, "arch", "image_shape", "num_classes"}: enough to rebuild and
+    """rater: {"rater": state_dict, "arch", "row_shape", "num_classes"}: enough to rebuild and
     use the rater without the run's data."""
     directory = Path(out) / CHECKPOINT_DIR
     atomic_write_bytes(directory / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
@@ -60,6 +64,8 @@ def load_run_config(run_dir: Path) -> dict:
         raise yaml_error(path, exc) from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: not a drray config (expected a mapping of sections)")
+    if isinstance(tree.get("meta"), dict):
+        tree["meta"].pop("optimizer", None)  # a key of earlier runs: always adam, never read
     return tree
 
 
@@ -77,38 +83,42 @@ def load_rater(run_dir: Path):
     """The trained rater of a run, ready to score: (module in eval mode, checkpoint metadata).
     run_dir may also be its checkpoint folder or rater.pt. A missing, unreadable or incompatible
     rater.pt is a one-line ConfigError naming the file."""
-    from drray.data.modality import describe_rows
-    from drray.errors import ConfigError, DrrayError
-    from drray.models import build_rater
-
     path = run_dir_of(run_dir) / CHECKPOINT_DIR / "rater.pt"
     if not path.is_file():
         raise ConfigError(f"{path}: no rater checkpoint; pass the --out directory of a meta-train run")
+    return rater_from_bytes(path.read_bytes(), path)
+
+
+def rater_from_bytes(blob: bytes, where="rater.pt"):
+    """load_rater from the bytes of a rater.pt (as shipped to remote actors, which may not see the
+    run directory); `where` names it in messages."""
     try:
         with warnings.catch_warnings():  # the weights-only unpickler warns about foreign pickles
             warnings.simplefilter("ignore")
-            saved = torch.load(path, weights_only=True, map_location="cpu")
+            saved = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or not a torch file at all
         reason = ("damaged, or holds more than tensors and plain values" if isinstance(exc, pickle.UnpicklingError)
                   else _first_line(exc))
-        raise ConfigError(f"{path}: not a readable checkpoint ({reason}); pass the --out directory of "
+        raise ConfigError(f"{where}: not a readable checkpoint ({reason}); pass the --out directory of "
                           "a finished meta-train run, or meta-train again") from None
-    needed = ("rater", "arch", "image_shape", "num_classes")
+    if isinstance(saved, dict) and "image_shape" in saved:  # written before rows had one name
+        saved["row_shape"] = saved.pop("image_shape")
+    needed = ("rater", "arch", "row_shape", "num_classes")
     missing = [key for key in needed if not isinstance(saved, dict) or key not in saved]
     if missing:
-        raise ConfigError(f"{path}: not a drray rater checkpoint (no {', '.join(missing)}); "
+        raise ConfigError(f"{where}: not a drray rater checkpoint (no {', '.join(missing)}); "
                           "meta-train the rater again with this version")
     try:
-        rater = build_rater(saved["arch"], tuple(saved["image_shape"]), saved["num_classes"])
+        rater = build_rater(saved["arch"], tuple(saved["row_shape"]), saved["num_classes"])
         rater.load_state_dict(saved["rater"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, DrrayError):
             raise
         try:
-            made = f"arch {saved['arch']}, {describe_rows(saved['image_shape'])}, {saved['num_classes']} classes"
+            made = f"arch {saved['arch']}, {describe_rows(saved['row_shape'])}, {saved['num_classes']} classes"
         except Exception:  # noqa: BLE001 - malformed metadata: say so instead
             made = "unreadable metadata"
-        raise ConfigError(f"{path}: the checkpoint ({made}) does not load into this version's rater of that "
+        raise ConfigError(f"{where}: the checkpoint ({made}) does not load into this version's rater of that "
                           f"config ({_first_line(exc)}); use the drray version that trained it, or retrain") from None
     return rater.eval(), {k: v for k, v in saved.items() if k != "rater"}
 

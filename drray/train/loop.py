@@ -40,9 +40,9 @@ class Prober:
     """Scores the fixed probe set (training examples with ground truth) with the current rater."""
 
     def __init__(self, cfg: Config, splits: DataSplits):
-        self.arch = choose_arch(cfg.rater.arch, splits.image_shape)
-        self.image_shape, self.num_classes = tuple(splits.image_shape), splits.num_classes
-        self.rater = build_rater(self.arch, self.image_shape, self.num_classes)
+        self.arch = choose_arch(cfg.rater.arch, splits.row_shape)
+        self.row_shape, self.num_classes = tuple(splits.row_shape), splits.num_classes
+        self.rater = build_rater(self.arch, self.row_shape, self.num_classes)
         self.x, self.y = to_tensors(splits.probe)
         self.probe = splits.probe
 
@@ -70,20 +70,20 @@ class Prober:
 
     def rater_checkpoint(self, params) -> dict:
         weights = {name: value.detach().clone() for (name, _), value in zip(self.rater.named_parameters(), params)}
-        return {"rater": weights, "arch": self.arch, "image_shape": list(self.image_shape),
+        return {"rater": weights, "arch": self.arch, "row_shape": list(self.row_shape),
                 "num_classes": self.num_classes}
 
 
 def make_population(cfg: Config, splits: DataSplits) -> Population:
     if splits.train_path is None:
-        train = lambda index: (splits.train.images, splits.train.labels)  # noqa: E731 (shared, not copied)
+        train = lambda index: (splits.train.rows, splits.train.labels)  # noqa: E731 (shared, not copied)
     else:
         from drray.data.streams import BatchStream, local_parquet_epochs
 
-        epochs = local_parquet_epochs(splits.train_path, cfg.inner.batch_size, splits.image_shape)
-        train = lambda index: BatchStream(epochs, splits.image_shape, splits.num_classes,  # noqa: E731
+        epochs = local_parquet_epochs(splits.train_path, cfg.inner.batch_size, splits.row_shape)
+        train = lambda index: BatchStream(epochs, splits.row_shape, splits.num_classes,  # noqa: E731
                                           cfg.run.device, splits.train_path)
-    return Population(cfg, train, (splits.heldout.images, splits.heldout.labels), splits.image_shape,
+    return Population(cfg, train, (splits.heldout.rows, splits.heldout.labels), splits.row_shape,
                       splits.num_classes)
 
 
@@ -132,7 +132,7 @@ def open_run(cfg: Config, splits: DataSplits, run_dir: RunDir, resume: bool, ove
     replace = check_run_output(run_dir, resume, overwrite)
     if resume:
         where = run_dir.display(checkpoint.CHECKPOINT_DIR)
-        check_resumable(cfg, run_dir.local, where, splits.image_shape)
+        check_resumable(cfg, run_dir.local, where, splits.row_shape)
         state = checkpoint.load_state(run_dir.local)
         if state["step"] > cfg.meta.steps:
             raise ConfigError(f"--resume: the checkpoint in {where} is at step {state['step']}, past "
@@ -158,9 +158,9 @@ def check_models_fit(cfg: Config, splits: DataSplits) -> None:
     """Build the rater and an inner model once, so an arch made for other data (an image model on
     text, or the reverse) is a one-line ConfigError before any output or worker exists."""
     with torch.random.fork_rng(devices=[]):  # leaves the global RNG as it was
-        rater = build_rater(cfg.rater.arch, splits.image_shape, splits.num_classes)
-        build_inner(cfg.inner.arch, splits.image_shape, splits.num_classes)
-    check_warm_start(rater, choose_arch(cfg.rater.arch, splits.image_shape), cfg.rater.warm_start_steps)
+        rater = build_rater(cfg.rater.arch, splits.row_shape, splits.num_classes)
+        build_inner(cfg.inner.arch, splits.row_shape, splits.num_classes)
+    check_warm_start(rater, choose_arch(cfg.rater.arch, splits.row_shape), cfg.rater.warm_start_steps)
 
 
 def save(out: Path, cfg: Config, population, prober: Prober) -> None:

@@ -46,10 +46,10 @@ RESUMABLE_KEYS = ("meta.steps", "meta.lr", "meta.clip_norm", "meta.mixflow_chunk
 FIXED_RUN_KEYS = ("run.seed",)
 
 
-def check_resumable(cfg: Config, out: Path, where: str, image_shape) -> None:
+def check_resumable(cfg: Config, out: Path, where: str, row_shape) -> None:
     """A one-line ConfigError naming the settings a resumed run changes that its checkpoint fixes."""
     saved_cfg = validate_config(checkpoint.load_run_config(out), str(checkpoint.run_config_path(out)))  # fields added since: defaults
-    saved, now = (_flatten(_resolved_archs(c, image_shape).to_dict()) for c in (saved_cfg, cfg))
+    saved, now = (_flatten(_resolved_archs(c, row_shape).to_dict()) for c in (saved_cfg, cfg))
     changed = [key for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)
                and (key in FIXED_RUN_KEYS or not key.startswith(RESUMABLE_KEYS))]
     if changed:
@@ -59,11 +59,11 @@ def check_resumable(cfg: Config, out: Path, where: str, image_shape) -> None:
                           "with the run's own settings, or start a new run (--out or --overwrite)")
 
 
-def _resolved_archs(cfg: Config, image_shape) -> Config:
+def _resolved_archs(cfg: Config, row_shape) -> Config:
     """`auto` and the arch it stands for are the same model."""
     return cfg.model_copy(update={
-        "rater": cfg.rater.model_copy(update={"arch": choose_arch(cfg.rater.arch, image_shape)}),
-        "inner": cfg.inner.model_copy(update={"arch": choose_arch(cfg.inner.arch, image_shape)})})
+        "rater": cfg.rater.model_copy(update={"arch": choose_arch(cfg.rater.arch, row_shape)}),
+        "inner": cfg.inner.model_copy(update={"arch": choose_arch(cfg.inner.arch, row_shape)})})
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

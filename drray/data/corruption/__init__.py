@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from drray.data.corruption import image, text  # noqa: F401  (register the built-in kinds)
 from drray.data.modality import modality_of_array
 from drray.errors import DataError
-from drray.data.corruption import image, text  # noqa: F401  (register the built-in kinds)
 from drray.registry import CORRUPTIONS
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def kind_modality(kind: str) -> str:
 
 
 def _check_modalities(examples: "ExampleSet", specs: Sequence["CorruptionSpec"]) -> None:
-    data = modality_of_array(examples.images).name
+    data = modality_of_array(examples.rows).name
     for spec in specs:
         if kind_modality(spec.kind) != data:
             fitting = [k for k in CORRUPTIONS.names() if kind_modality(k) == data]
@@ -59,7 +59,7 @@ def apply_corruptions(examples: "ExampleSet", specs: Sequence["CorruptionSpec"],
             "exist; lower the fractions"
         )
     candidates = seeded_rng(seed, seeds.CORRUPT_SELECT).permutation(clean_rows)
-    images, labels = examples.images.copy(), examples.labels.copy()
+    images, labels = examples.rows.copy(), examples.labels.copy()
     is_corrupted, corruption = examples.is_corrupted.copy(), examples.corruption.copy()
     level = examples.corruption_level.copy()
     start = 0
@@ -74,5 +74,5 @@ def apply_corruptions(examples: "ExampleSet", specs: Sequence["CorruptionSpec"],
         )
         is_corrupted[rows], corruption[rows] = True, spec.kind
     return dataclasses.replace(
-        examples, images=images, labels=labels, is_corrupted=is_corrupted, corruption=corruption, corruption_level=level
+        examples, rows=images, labels=labels, is_corrupted=is_corrupted, corruption=corruption, corruption_level=level
     )

@@ -1,6 +1,6 @@
 """Text data sets: plain text files and JSON lines cut into byte-token sequences, and Parquet
 with a `text` column (drray.data.parquet). Rows are stored as int16 token ids [N, L] (drray.data.tokenizer) in
-ExampleSet.images, with zero labels: language modelling has no label.
+ExampleSet.rows, with zero labels: language modelling has no label.
 
 Source `text`: every file in data.dir matching data.pattern (.gz read transparently). A `.jsonl`
 file is one document per line, its text in the field data.text_field (a `wikitext` field is
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from drray.config import DataConfig
-from drray.registry import DATA_SOURCES
 from drray.data.sources.paths import existing_data_dir
 from drray.errors import DataError
+from drray.registry import DATA_SOURCES
 
 if TYPE_CHECKING:
     pass
