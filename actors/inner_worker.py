@@ -1,5 +1,5 @@
 """InnerWorker: one inner model, its optimizer state and its data stream, as a Ray actor.
-A thin wrapper over drray.population.InnerLearner; the maths lives there."""
+A thin wrapper over drray.meta.population.InnerLearner; the maths lives there."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,9 +14,9 @@ from drray.meta.population import InnerLearner
 
 @ray.remote
 class InnerWorker:
-    def __init__(self, cfg: dict, index: int, train, heldout_images: np.ndarray, heldout_labels: np.ndarray,
+    def __init__(self, cfg: dict, index: int, train, heldout_rows: np.ndarray, heldout_labels: np.ndarray,
                  row_shape, num_classes: int, incarnation: int):
-        """train: [images_ref, labels_ref] of an in-memory set, or this worker's Ray Data shard."""
+        """train: [rows_ref, labels_ref] of an in-memory set, or this worker's Ray Data shard."""
         config: Config = validate_config(cfg)
         if ray.get_gpu_ids():
             config.run.device = "cuda"
@@ -26,14 +26,15 @@ class InnerWorker:
             shard = train
             train = BatchStream(lambda: shard.iter_batches(batch_size=config.inner.batch_size, batch_format="pyarrow"),
                                 row_shape, num_classes, config.run.device, "training stream")
-        self.learner = InnerLearner(config, index, train, (heldout_images, heldout_labels), row_shape,
+        self.learner = InnerLearner(config, index, train, (heldout_rows, heldout_labels), row_shape,
                                     num_classes, incarnation)
 
     @ray.method(num_returns=2)
-    def meta_step(self, eta, reset: bool):
-        """One outer step for this model: reinitialise first if the scheduler says it is stale."""
-        if reset:
-            self.learner.reset()
+    def meta_step(self, eta, incarnation: int | None):
+        """One outer step for this model, first reinitialised as `incarnation` when the outer loop
+        says it is stale (None: continue the current one)."""
+        if incarnation is not None:
+            self.learner.reset(incarnation)
         grad, stats = self.learner.meta_step(tuple(eta))
         return tuple(g.cpu() for g in grad), stats
 

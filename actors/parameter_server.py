@@ -1,4 +1,4 @@
-"""ParameterServer: owns the rater parameters and the meta-optimizer (drray.meta_optim)."""
+"""ParameterServer: owns the rater parameters and the meta-optimizer (drray.meta.meta_optim)."""
 from __future__ import annotations
 
 import ray
@@ -9,9 +9,9 @@ from drray.meta.population import new_meta_optimizer
 
 @ray.remote(num_cpus=0)
 class ParameterServer:
-    def __init__(self, cfg: dict, row_shape, num_classes: int, heldout_images, heldout_labels):
+    def __init__(self, cfg: dict, row_shape, num_classes: int, heldout_rows, heldout_labels):
         """The held-out arrays arrive resolved from their object refs (a warm start trains on them)."""
-        heldout = (heldout_images, heldout_labels)
+        heldout = (heldout_rows, heldout_labels)
         self.meta = new_meta_optimizer(validate_config(cfg), row_shape, num_classes, heldout)
 
     def params(self):

@@ -1,6 +1,7 @@
-"""Scheduler: owns the InnerWorkers and the ParameterServer and runs one outer step at a time.
-It knows every worker's age, reinitialises stale models on the staggered schedule and replaces
-a worker that died (or raised) with a fresh inner model, so the step completes."""
+"""Scheduler: owns the InnerWorkers and the ParameterServer and runs Algorithm 1's outer loop
+(drray.meta.population.OuterLoop) over them: stale models are reinitialised on the staggered
+schedule, and a worker that died (or raised) is replaced with a fresh inner model, so the step
+completes."""
 from __future__ import annotations
 
 import re
@@ -12,7 +13,7 @@ from actors.inner_worker import InnerWorker
 from actors.parameter_server import ParameterServer
 from drray.config import validate_config
 from drray.errors import DrrayError
-from drray.meta.population import reset_due, summarize
+from drray.meta.population import OuterLoop
 
 MAX_TRIES_PER_STEP = 3
 REPLACEMENT_START_S = 600.0  # a replacement not started by then has no room on the cluster (a lost node)
@@ -34,39 +35,43 @@ def one_line(error: Exception) -> str:
 
 @ray.remote(num_cpus=0)
 class Scheduler:
+    """The OuterLoop's backend on Ray: InnerWorker actors and a ParameterServer."""
+
     def __init__(self, cfg: dict, train_shards: list, heldout_refs: list, row_shape, num_classes: int,
                  gpus_per_worker: float, replacement_start_s: float = REPLACEMENT_START_S):
-        """train_shards[i]: worker i's training data ([images_ref, labels_ref] or a Ray Data shard)."""
+        """train_shards[i]: worker i's training data ([rows_ref, labels_ref] or a Ray Data shard)."""
         self.replacement_start_s = replacement_start_s
         self.cfg_dict, self.cfg = cfg, validate_config(cfg)
         self.train_shards, self.heldout_refs = train_shards, heldout_refs  # nested: still references
         self.shape, self.num_classes, self.gpus = tuple(row_shape), num_classes, gpus_per_worker
-        self.size, self.lifetime = self.cfg.population.size, self.cfg.population.lifetime
         self.server = ParameterServer.remote(cfg, self.shape, num_classes, *heldout_refs)
-        self.eta = self.server.params.remote()
-        self.incarnations = [0] * self.size
-        self.workers = [self._spawn(i) for i in range(self.size)]
-        self.step_count = 0
+        self.workers = [self._spawn(i, 0) for i in range(self.cfg.population.size)]
+        self.loop = OuterLoop(self, self.cfg.population.size, self.cfg.population.lifetime)
+        self.replaced = []
 
-    def _spawn(self, index: int):
+    def _spawn(self, index: int, incarnation: int):
         options = {"num_cpus": self.cfg.resources.cpus_per_worker, "num_gpus": self.gpus}
         return InnerWorker.options(**options).remote(self.cfg_dict, index, self.train_shards[index],
-                                                     *self.heldout_refs, self.shape, self.num_classes,
-                                                     self.incarnations[index])
+                                                     *self.heldout_refs, self.shape, self.num_classes, incarnation)
 
     def step(self) -> dict:
-        stale = {i for i in range(self.size) if reset_due(i, self.step_count, self.size, self.lifetime)}
-        for i in stale:
-            self.incarnations[i] += 1
-        pending = {i: self.workers[i].meta_step.remote(self.eta, i in stale) for i in range(self.size)}
-        grads, stats, replaced = self._gather(pending)
-        self.eta, norms = self.server.apply.remote(*grads)  # grads go worker -> server by reference
-        self.step_count += 1
+        self.replaced = []
+        stats = self.loop.step()
         # The new parameters travel as a reference: the driver fetches them only if it needs them.
-        return {"stats": summarize(stats, ray.get(norms), len(stale)), "replaced": replaced, "params": self.eta}
+        return {"stats": stats, "replaced": self.replaced, "params": self.loop.params}
 
-    def _gather(self, pending: dict):
-        grads, stats, replaced = [None] * self.size, [None] * self.size, []
+    # The OuterLoop's backend. Parameters and gradients go worker -> server -> workers by reference.
+    def meta_steps(self, eta, resets: dict[int, int], renew):
+        pending = {i: self.workers[i].meta_step.remote(eta, resets.get(i)) for i in range(len(self.workers))}
+        return self._gather(eta, pending, renew)
+
+    def apply(self, grads: list):
+        eta, norms = self.server.apply.remote(*grads)
+        return eta, ray.get(norms)
+
+    def _gather(self, eta, pending: dict, renew):
+        size = len(self.workers)
+        grads, stats = [None] * size, [None] * size
         for attempt in range(MAX_TRIES_PER_STEP):
             failures = {}
             for i, (grad_ref, stats_ref) in pending.items():
@@ -75,8 +80,8 @@ class Scheduler:
                 except (RayActorError, RayTaskError) as error:
                     failures[i] = one_line(error)
             if not failures:
-                return grads, stats, replaced
-            if len(failures) == self.size and len(set(failures.values())) == 1:
+                return grads, stats
+            if len(failures) == size and len(set(failures.values())) == 1:
                 raise WorkerFailure(f"every worker failed the same way: {next(iter(failures.values()))}")
             if self.cfg.data.stream:
                 # A streaming split starts each epoch for all its shards together: a new worker on a dead
@@ -85,13 +90,12 @@ class Scheduler:
                 raise WorkerFailure(f"worker {i} failed ({reason}); a streamed run cannot replace a worker "
                                     "mid-epoch: fix the cause and continue it with --resume (from its last checkpoint)")
             for i, reason in failures.items():
-                replaced.append((i, reason))
-                self.incarnations[i] += 1  # a fresh inner model takes the dead one's place
+                self.replaced.append((i, reason))
                 ray.kill(self.workers[i])
-                self.workers[i] = self._spawn(i)
+                self.workers[i] = self._spawn(i, renew(i))  # a fresh inner model takes the dead one's place
             self._wait_until_started(failures)
-            pending = {i: self.workers[i].meta_step.remote(self.eta, False) for i in failures}
-        raise WorkerFailure(f"workers kept failing after {MAX_TRIES_PER_STEP} tries: {replaced[-1][1]}")
+            pending = {i: self.workers[i].meta_step.remote(eta, None) for i in failures}
+        raise WorkerFailure(f"workers kept failing after {MAX_TRIES_PER_STEP} tries: {self.replaced[-1][1]}")
 
     def _wait_until_started(self, failures: dict) -> None:
         """Replacements the cluster has no room for would be waited on forever: stop the run instead."""
@@ -107,19 +111,30 @@ class Scheduler:
             f"(it needs {self.cfg.resources.cpus_per_worker:g} CPUs and {self.gpus:g} GPUs): the cluster has no room "
             "for it now; continue with --resume once it has")
 
+    def current_params(self):
+        return self.server.params.remote()
+
+    def meta_state(self) -> dict:
+        return ray.get(self.server.state_dict.remote())
+
+    def load_meta_state(self, state: dict) -> None:
+        ray.get(self.server.load_state_dict.remote(state))
+
+    def learner_states(self) -> list[dict]:
+        return ray.get([w.state_dict.remote() for w in self.workers])
+
+    def load_learner_states(self, states: list[dict]) -> None:
+        ray.get([w.load_state_dict.remote(s) for w, s in zip(self.workers, states)])
+
+    # What the driver (actors.population.RayPopulation) asks for.
     def params_ref(self) -> list:
-        return [self.eta]  # in a list, so the caller receives the reference, not the value
+        return [self.loop.params]  # in a list, so the caller receives the reference, not the value
 
     def worker_handles(self) -> list:
         return list(self.workers)
 
     def state_dict(self) -> dict:
-        return {"step": self.step_count, "meta": ray.get(self.server.state_dict.remote()),
-                "learners": ray.get([w.state_dict.remote() for w in self.workers])}
+        return self.loop.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.step_count = int(state["step"])
-        ray.get(self.server.load_state_dict.remote(state["meta"]))
-        ray.get([w.load_state_dict.remote(s) for w, s in zip(self.workers, state["learners"])])
-        self.incarnations = [int(s["incarnation"]) for s in state["learners"]]
-        self.eta = self.server.params.remote()
+        self.loop.load_state_dict(state)

@@ -62,7 +62,7 @@ class LearnerStats:
 class InnerLearner:
     def __init__(self, cfg: Config, index: int, train, heldout: tuple[np.ndarray, np.ndarray], row_shape,
                  num_classes: int, incarnation: int = 0):
-        """train: (images, labels) arrays held in memory, or a stream (drray.streaming.BatchStream)."""
+        """train: (rows, labels) arrays held in memory, or a stream (drray.data.streams.BatchStream)."""
         self.cfg, self.index = cfg, index
         self.row_shape, self.num_classes = tuple(row_shape), num_classes
         self.problem = build_problem(cfg, self.row_shape, num_classes)
@@ -70,10 +70,11 @@ class InnerLearner:
         self.heldout = ArrayStream(*heldout, cfg.run.device)
         self.reset(incarnation)
 
-    def reset(self, incarnation: int | None = None) -> None:
-        """A fresh inner model (new weights, optimizer state and data order); incarnation k of
-        model i is the same wherever it runs, so the Ray and in-process populations agree."""
-        self.incarnation = self.incarnation + 1 if incarnation is None else incarnation
+    def reset(self, incarnation: int) -> None:
+        """A fresh inner model (new weights, optimizer state and data order). The outer loop numbers
+        the incarnations; incarnation k of model i is the same wherever it runs, so the Ray and
+        in-process populations agree."""
+        self.incarnation = incarnation
         seed = derive_seed(self.cfg.run.seed, self.index, self.incarnation)
         self.theta = init_params(
             lambda: build_inner(self.cfg.inner.arch, self.row_shape, self.num_classes), seed, self.cfg.run.device
@@ -161,12 +162,56 @@ def learner_threads(cfg: Config) -> tuple[int, int]:
     return threads, max(1, cores // threads)
 
 
+class OuterLoop:
+    """Algorithm 1's outer loop, written once for both backends. It owns the step count, the
+    rater's current parameters and each model's incarnation (how many times slot i got a fresh
+    model), and leaves to the backend where the models run:
+
+      backend.meta_steps(params, resets, renew) -> (grads, stats): every model's meta-gradient at
+          `params`, model i first reinitialised as incarnation resets[i]; a backend that replaces
+          a failed model asks renew(i) for the incarnation of its replacement;
+      backend.apply(grads) -> (params, norms): the meta-optimizer's step;
+      backend.meta_state() / load_meta_state(state), backend.learner_states() /
+      load_learner_states(states), backend.current_params(): what a checkpoint holds.
+    """
+
+    def __init__(self, backend, size: int, lifetime: int):
+        self.backend, self.size, self.lifetime = backend, size, lifetime
+        self.step_count, self.incarnations = 0, [0] * size
+        self.params = backend.current_params()
+
+    def stale(self) -> list[int]:
+        return [i for i in range(self.size) if reset_due(i, self.step_count, self.size, self.lifetime)]
+
+    def renew(self, index: int) -> int:
+        """The next incarnation of slot `index`: a fresh model takes the place of the old one."""
+        self.incarnations[index] += 1
+        return self.incarnations[index]
+
+    def step(self) -> StepStats:
+        stale = self.stale()
+        resets = {i: self.renew(i) for i in stale}
+        grads, stats = self.backend.meta_steps(self.params, resets, self.renew)
+        self.params, norms = self.backend.apply(grads)
+        self.step_count += 1
+        return summarize(stats, norms, len(stale))
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "meta": self.backend.meta_state(), "learners": self.backend.learner_states()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.step_count = int(sd["step"])
+        self.backend.load_meta_state(sd["meta"])
+        self.backend.load_learner_states(sd["learners"])
+        self.incarnations = [int(state["incarnation"]) for state in sd["learners"]]
+        self.params = self.backend.current_params()
+
+
 class Population:
-    """N inner models in this process. step() is one outer step of Algorithm 1."""
+    """N inner models in this process: the backend of an OuterLoop. step() is one outer step."""
 
     def __init__(self, cfg: Config, train, heldout, row_shape, num_classes: int):
         """train(i) gives model i its training data: arrays or a stream (see InnerLearner)."""
-        self.cfg, self.step_count = cfg, 0
         self.learners = [InnerLearner(cfg, i, train(i), heldout, row_shape, num_classes)
                          for i in range(cfg.population.size)]
         self.meta = new_meta_optimizer(cfg, row_shape, num_classes, heldout)
@@ -175,40 +220,57 @@ class Population:
         # data stream (functional_call swaps a module's parameters, so modules are never shared).
         threads, self._torch_threads_each = learner_threads(cfg)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="learner") if threads > 1 else None
-
-    def stale(self) -> list[int]:
-        size, lifetime = self.cfg.population.size, self.cfg.population.lifetime
-        return [i for i in range(size) if reset_due(i, self.step_count, size, lifetime)]
+        self.loop = OuterLoop(self, cfg.population.size, cfg.population.lifetime)
 
     def step(self) -> StepStats:
-        stale = self.stale()
-        for i in stale:
-            self.learners[i].reset()
-        params = self.meta.params
+        return self.loop.step()
+
+    @property
+    def step_count(self) -> int:
+        return self.loop.step_count
+
+    @property
+    def rater_params(self) -> Params:
+        return self.loop.params
+
+    def state_dict(self) -> dict:
+        return self.loop.state_dict()
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.loop.load_state_dict(sd)
+
+    # The OuterLoop's backend: learners in this process (they never fail in a way a fresh one fixes).
+    def meta_steps(self, params: Params, resets: dict[int, int], renew) -> tuple[list, list[LearnerStats]]:
+        for i, incarnation in resets.items():
+            self.learners[i].reset(incarnation)
         if self._pool is None:
             results = [learner.meta_step(params) for learner in self.learners]
         else:
             cores = torch.get_num_threads()
             results = list(self._pool.map(lambda learner: self._meta_step_in_thread(learner, params), self.learners))
             torch.set_num_threads(cores)  # a thread's setting also becomes the default of threads started later
-        norms = self.meta.apply([grad for grad, _ in results])
-        self.step_count += 1
-        return summarize([s for _, s in results], norms, len(stale))
+        return [grad for grad, _ in results], [stats for _, stats in results]
 
     def _meta_step_in_thread(self, learner: InnerLearner, params: Params):
         torch.set_num_threads(self._torch_threads_each)
         return learner.meta_step(params)
 
-    @property
-    def rater_params(self) -> Params:
+    def apply(self, grads: list[Params]) -> tuple[Params, list[float]]:
+        norms = self.meta.apply(grads)
+        return self.meta.params, norms
+
+    def current_params(self) -> Params:
         return self.meta.params
 
-    def state_dict(self) -> dict:
-        return {"step": self.step_count, "meta": self.meta.state_dict(),
-                "learners": [learner.state_dict() for learner in self.learners]}
+    def meta_state(self) -> dict:
+        return self.meta.state_dict()
 
-    def load_state_dict(self, sd: dict) -> None:
-        self.step_count = int(sd["step"])
-        self.meta.load_state_dict(sd["meta"])
-        for learner, state in zip(self.learners, sd["learners"], strict=True):
+    def load_meta_state(self, state: dict) -> None:
+        self.meta.load_state_dict(state)
+
+    def learner_states(self) -> list[dict]:
+        return [learner.state_dict() for learner in self.learners]
+
+    def load_learner_states(self, states: list[dict]) -> None:
+        for learner, state in zip(self.learners, states, strict=True):
             learner.load_state_dict(state)

@@ -2,9 +2,7 @@
 drray.models.image and drray.models.text fill (imported here, so any user of the zoo sees them)."""
 from __future__ import annotations
 
-from copy import deepcopy
 
-import torch
 from torch import nn
 
 from drray.data.modality import modality_for
