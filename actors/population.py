@@ -1,5 +1,5 @@
 """RayPopulation: the driver's view of the population on Ray, with the same interface as the
-in-process drray.population.Population (step, rater_params, step_count, state_dict)."""
+in-process drray.meta.population.Population (step, rater_params, step_count, state_dict)."""
 from __future__ import annotations
 
 import sys

@@ -65,7 +65,7 @@ class RaterConfig(_Section):
     arch: str = "auto"  # auto: chosen from the data's shape
     temperature: float = Field(0.3, gt=0.0)  # weights = softmax(score / temperature)
     # Class-conditioned raters: first train the rater as a classifier on the held-out split for
-    # this many steps of inner.batch_size (drray.warm_start); 0: meta-learn from a random rater,
+    # this many steps of inner.batch_size (drray.models.warm_start); 0: meta-learn from a random rater,
     # as in the paper.
     warm_start_steps: int = Field(0, ge=0)
     warm_start_lr: float = Field(1e-3, gt=0.0)

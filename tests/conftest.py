@@ -3,7 +3,7 @@ import tempfile
 
 import pytest
 
-# torch's OpenMP threads spin beside pyarrow and Ray on 2 cores unless told to sleep (DESIGN.md).
+# torch's OpenMP threads spin beside pyarrow and Ray on 2 cores unless told to sleep (docs/design.md, "Ray on small machines").
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # And sleeping threads wake slowly: the suite's models are small, and one torch thread per process
 # (as Ray gives each worker) runs them faster (test_metagrad, _population, _text, ...: 60 s -> 43 s;

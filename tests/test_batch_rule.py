@@ -1,4 +1,4 @@
-"""The paper's batch rule for training-time filtering (drray.batch_rule): draw N = B / (1 - discard),
+"""The paper's batch rule for training-time filtering (drray.curation.batch_rule): draw N = B / (1 - discard),
 keep the top B, over torch datasets and arrow/numpy batch streams, against a plain reference."""
 import numpy as np
 import pyarrow as pa

@@ -210,8 +210,8 @@ def test_reverse_over_reverse_mixflow_runs_without_forward_mode_ad():
     grad_outputs, which the rater's VJP therefore avoids). Run in a fresh interpreter."""
     script = (
         "import sys, torch\n"
-        "from drray.inner_optim import Adam\n"
-        "from drray.metagrad import MetaProblem, meta_step\n"
+        "from drray.meta.inner_optim import Adam\n"
+        "from drray.meta.metagrad import MetaProblem, meta_step\n"
         "from drray.models import build_inner, build_rater\n"
         "inner, rater = build_inner('cnn', (8, 8), 10), build_rater('cnn', (8, 8), 10)\n"
         "problem = MetaProblem(inner, rater, Adam(lr=1e-3), 0.3, mixflow_mode=sys.argv[1])\n"

@@ -32,7 +32,7 @@ def test_average_ranks():
 def test_progress_rate_leaves_out_the_first_step(monkeypatch):
     """A slow first step (actors starting, lazy imports) does not drag the rate and ETA down."""
     clock = iter([100.0, 110.0, 111.0, 112.0, 113.0, 114.0])  # start; the first step took 10 s, the rest 1 s
-    monkeypatch.setattr("drray.metrics.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("drray.train.metrics.time.perf_counter", lambda: next(clock))
     stream = io.StringIO()
     progress = Progress(total=10, start=0, every=5, stream=stream)
     for step in range(5):

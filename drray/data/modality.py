@@ -1,7 +1,7 @@
 """Modalities: how a stored row becomes a model input, and the inner model's per-example loss.
 
-A data set's `images` column holds either uint8 images [N, H, W] (`image`) or byte-token ids,
-int16 [N, L] padded with PAD (`text`, drray.tokenizer). The row shape picks the modality, so the
+An ExampleSet's `rows` column holds either uint8 images [N, H, W] (`image`) or byte-token ids,
+int16 [N, L] padded with PAD (`text`, drray.data.tokenizer). The row shape picks the modality, so the
 actors, checkpoints and configs need no extra field: `row_shape` is (H, W) or (L,).
 """
 from __future__ import annotations

@@ -39,14 +39,14 @@ def read_parquet(path: Path, seq_len: int = 128) -> ExampleSet:
 
 def check_clean(part: "ExampleSet | None", name: str, where) -> None:
     """A held-out or test split the data supplies must be clean: the outer loss and the evaluation
-    take it as ground truth (DESIGN.md)."""
+    take it as ground truth (docs/design.md, "Data")."""
     if part is not None and part.is_corrupted.any():
         raise DataError(f"{where} ({name}): {int(part.is_corrupted.sum())} rows are marked is_corrupted, but the {name} "
                         f"split must be clean; drop them, or leave the {name} split out and drray splits one off train")
 
 
 def examples_from_any_table(table: pa.Table, path, seq_len: int = 128) -> ExampleSet:
-    """Images (the DESIGN.md image schema) or, for a table with a `text` column, token sequences."""
+    """Images (the image schema above) or, for a table with a `text` column, token sequences."""
     if "text" in table.column_names and "image" not in table.column_names:
 
         return examples_from_text_table(table, path, seq_len)
@@ -54,7 +54,7 @@ def examples_from_any_table(table: pa.Table, path, seq_len: int = 128) -> Exampl
 
 
 def examples_from_table(table: pa.Table, path) -> ExampleSet:
-    """Rows of the DESIGN.md schema as an ExampleSet (checked: columns, nulls, shapes, labels)."""
+    """Rows of the image schema as an ExampleSet (checked: columns, nulls, shapes, labels)."""
     import pyarrow as pa
 
     missing = [c for c in PARQUET_COLUMNS if c not in table.column_names]
@@ -91,7 +91,7 @@ def _list_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
     column = table.column(name).combine_chunks()
     kind = column.type
     if not (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)):
-        raise DataError(f"{path}: column {name} must be a list, got {column.type}; see DESIGN.md (Data)")
+        raise DataError(f"{path}: column {name} must be a list, got {column.type}; see docs/design.md (Data)")
     return column.flatten().to_numpy(zero_copy_only=False)  # flatten honours slicing and offsets
 
 
@@ -114,7 +114,7 @@ def read_ground_truth(table: pa.Table, examples: ExampleSet) -> None:
 
 
 def write_parquet(examples: ExampleSet, path: Path) -> None:
-    """One split as Parquet in the DESIGN.md schema, ground-truth columns included."""
+    """One split as Parquet in drray's schema, ground-truth columns included."""
     if examples.rows.ndim == 2:
 
         return write_text_parquet(examples, path)

@@ -95,7 +95,7 @@ def _validated_tokens(part: ExampleSet, where: str) -> ExampleSet:
     tokens = part.rows
     if tokens.dtype.kind not in "iu" or tokens.min() < 0 or tokens.max() > PAD:
         raise DataError(f"{where}: token ids must be integers 0..{PAD} (bytes and PAD); encode text with "
-                        "drray.tokenizer.encode")
+                        "drray.data.tokenizer.encode")
     return dataclasses.replace(part, rows=tokens.astype(TOKEN_DTYPE, copy=False))
 
 

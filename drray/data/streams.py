@@ -94,7 +94,7 @@ class BatchStream:
         self.device, self.where = device, where
         self.modality = modality_for(self.row_shape)
         self._epoch = None
-        self._images, self._labels = None, np.zeros(0, np.int64)
+        self._rows, self._labels = None, np.zeros(0, np.int64)
         self.max_buffered = 0
 
     def _pull(self) -> None:
@@ -103,9 +103,9 @@ class BatchStream:
                 self._epoch = iter(self.open_epoch())
             batch = next(self._epoch, None)
             if batch is not None:
-                images, labels = decode_rows(batch, self.row_shape, self.num_classes, self.where)
-                # (a first batch is copied: decoded images can be read-only views of Arrow buffers)
-                self._images = np.array(images) if self._images is None else np.concatenate([self._images, images])
+                rows, labels = decode_rows(batch, self.row_shape, self.num_classes, self.where)
+                # (a first batch is copied: decoded rows can be read-only views of Arrow buffers)
+                self._rows = np.array(rows) if self._rows is None else np.concatenate([self._rows, rows])
                 self._labels = np.concatenate([self._labels, labels])
                 self.max_buffered = max(self.max_buffered, len(self._labels))
                 return
@@ -115,9 +115,9 @@ class BatchStream:
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         while len(self._labels) < batch_size:
             self._pull()
-        images, self._images = self._images[:batch_size], self._images[batch_size:]
+        rows, self._rows = self._rows[:batch_size], self._rows[batch_size:]
         labels, self._labels = self._labels[:batch_size], self._labels[batch_size:]
-        x = self.modality.inputs(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+        x = self.modality.inputs(torch.from_numpy(np.ascontiguousarray(rows)).to(self.device))
         return x, torch.from_numpy(np.ascontiguousarray(labels)).to(self.device)
 
     # The position in a stream is not part of a checkpoint: a resumed run reads on from a new epoch.

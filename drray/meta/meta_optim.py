@@ -1,6 +1,6 @@
 """The meta-optimizer H: Adam on the rater parameters, applied to each inner model's
 meta-gradient from the same state; the new parameters and moments are the means of the N
-proposals (DESIGN.md, "averaging updates, not gradients")."""
+proposals (docs/design.md, "The meta-optimizer")."""
 from __future__ import annotations
 
 import math

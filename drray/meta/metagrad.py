@@ -1,6 +1,6 @@
 """The meta-gradient: d/d(eta) of the held-out loss after T rater-weighted inner steps.
 
-Two methods, one answer (DESIGN.md):
+Two methods, one answer (docs/design.md):
 - `backprop`: unroll with create_graph=True and backpropagate (reverse-over-reverse);
   autograd keeps every step's activations, so memory grows with T.
 - `mixflow`: the weighted inner gradient g(theta, eta) is one custom autograd op. Its forward

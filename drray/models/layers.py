@@ -136,7 +136,7 @@ class MaxPool2x2(nn.Module):
     def __init__(self):
         super().__init__()
         # The no-graph output is made contiguous like the graph path's, since the next conv picks
-        # its algorithm (and rounding) by layout. drray.scoring.for_scoring sets None (keep the
+        # its algorithm (and rounding) by layout. drray.curation.scoring.for_scoring sets None (keep the
         # layout as computed): scoring has no graph path to agree with, and its channels-last
         # convs read the pool's channels-last output without a copy (~10% of a forward).
         self.output_layout: torch.memory_format | None = torch.contiguous_format

@@ -1,6 +1,6 @@
-"""Corruptions of text sequences that look like the web, as corruption kinds (drray.corruption).
+"""Corruptions of text sequences that look like the web, as corruption kinds (drray.data.corruption).
 
-Each kind takes token rows [n, L] (drray.tokenizer) and returns new rows, unchanged labels and a
+Each kind takes token rows [n, L] (drray.data.tokenizer) and returns new rows, unchanged labels and a
 level in [0, 1] per row (the share of the sequence that is corrupt). Rows are decoded to text,
 corrupted as text and encoded again (cut to L bytes), so every row stays valid UTF-8 and writes
 to Parquet as a string. All randomness comes from the rng passed in: fixed for a seed.
