@@ -1,21 +1,86 @@
-"""Ray Tune over meta-training: each trial is a whole meta-training (a RayPopulation) whose
-worker actors live in the trial's own placement group, so concurrent trials never starve one
-another and a trial starts only when all of its workers fit."""
+"""Ray Tune over meta-training (jobs.tune, entry `tune_search`): each trial is a whole
+meta-training (a RayPopulation) whose worker actors live in the trial's own placement group, so
+concurrent trials never starve one another and a trial starts only when all of its workers fit."""
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import ray
+import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from actors.cluster import how_many_fit, node_resources
+from actors.cluster import how_many_fit, node_resources, ray_session, worker_gpus
 from drray.config import validate_config
-from drray.errors import ConfigError
-from drray.train.search_space import TuneSpec, trial_config
+from drray.errors import ConfigError, DrrayError
+from drray.storage import check_local_folder, is_uri, remove_local
+from drray.train.search_space import (TuneSpec, check_trial_models, format_table, load_tune_spec, trial_config,
+                                      trial_rows)
+
+SEARCH_FILES = ("tune", "trials.md", "best.yaml")  # what a search writes in --out (best-run/ is the user's)
+
+
+def tune_search(spec_path: str, out: str, overwrite: bool = False, address: Optional[str] = None) -> str:
+    """Run the search of the tune spec at `spec_path` into the local folder `out`; returns the
+    report (the trials' table and the best config). The spec, its data and archs, `out` and the
+    cluster's room for the largest trial are checked before any trial starts."""
+    spec, base_tree = load_tune_spec(spec_path)
+    base = trial_config(base_tree, {}, "unused")
+    if spec.metric == "auroc" and not base.data.corruption and base.data.source != "parquet":
+        raise ConfigError(f"{spec_path}: metric auroc needs ground truth (data.corruption); use metric: heldout_loss")
+    try:  # the data and arch settings come from the spec (its set: or base:), so name it
+        check_trial_models(spec, base_tree)
+    except DrrayError as exc:
+        raise type(exc)(f"{spec_path}: {exc}") from None
+    if is_uri(out):
+        raise ConfigError(f"--out {out}: a search writes to a local folder (Ray Tune's storage_path); "
+                          "give a local path")
+    check_local_folder(out, "--out")
+    folder = Path(out)
+    replace = out_holds_a_search(folder)
+    if replace and not overwrite:
+        raise ConfigError(f"{folder} already holds a search; pass --overwrite or choose another --out")
+    with ray_session(address):
+        gpus = worker_gpus(base)
+        check_trials_fit(spec, base_tree, gpus)
+        if replace:  # only now that the search can run; only the search's own files
+            for name in SEARCH_FILES:
+                remove_local(folder / name)
+        folder.mkdir(parents=True, exist_ok=True)
+        results = run_search(spec, base_tree, folder / "tune", "search", gpus)
+        return summarize(spec, base_tree, results, folder)
+
+
+def out_holds_a_search(out: Path) -> bool:
+    """Whether --out holds an earlier search (which --overwrite replaces). Anything else in it is
+    refused, --overwrite or not: a search never deletes files it did not write."""
+    if not out.exists():
+        return False
+    others = sorted(p.name for p in out.iterdir() if p.name not in SEARCH_FILES + ("best-run",))
+    if others:
+        raise ConfigError(f"--out {out} holds files a search did not write ({', '.join(others[:3])}); "
+                          "give a new or empty folder")
+    return any((out / name).exists() for name in SEARCH_FILES)
+
+
+def summarize(spec: TuneSpec, base_tree: dict, results, out: Path) -> str:
+    """Write trials.md and best.yaml (the best trial's config) into `out`; the report."""
+    rows = trial_rows(spec, results)
+    table = format_table(rows)
+    (out / "trials.md").write_text(f"# Tune search: metric {spec.metric} ({spec.mode})\n\n{table}\n")
+    done = [r for r in rows if r[spec.metric] is not None]
+    if not done:
+        raise DrrayError(f"no trial reported {spec.metric}; see the trial logs under {out / 'tune' / 'search'}")
+    best = {k: done[0][k] for k in spec.space}
+    best_cfg = trial_config(base_tree, best, str(out / "best-run"))
+    (out / "best.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
+    return (f"{table}\n\nbest: {', '.join(f'{k}={v}' for k, v in best.items())} ({spec.metric} "
+            f"{done[0][spec.metric]:.4f})\n  config: {out / 'best.yaml'} (python -m jobs.meta_train --config "
+            f"{out / 'best.yaml'})\n  trials: {out / 'trials.md'}, Tune results: {out / 'tune' / 'search'}")
 
 
 def trial_bundles(spec: TuneSpec, cfg, gpus_per_worker: float) -> list[dict]:

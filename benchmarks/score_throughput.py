@@ -42,10 +42,10 @@ import pyarrow.dataset as pads  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
+from actors.score_pipeline import DEFAULT_BATCH_SIZE  # noqa: E402
 from drray.curation.scoring import for_scoring, score_table  # noqa: E402
 from drray.models import build_rater  # noqa: E402
 from drray.train.checkpoint import load_rater, save_checkpoint  # noqa: E402
-from jobs.score import DEFAULT_BATCH_SIZE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("DRRAY_BENCH_CACHE", "/tmp/drray-score-bench"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 
 from drray.config import load_config
 from jobs.common import add_address_arg, add_config_args, job_parser, run_job
@@ -42,23 +43,16 @@ def run(args):
 
     if cfg.run.backend == "local":
         return meta_train(cfg, resume=args.resume, overwrite=args.overwrite)
-    from actors.cluster import cluster_address, connect
+    from actors.cluster import cluster_address, ray_session
     from actors.population import RayPopulation
 
     cluster_address(args.address)  # an unreachable address fails before any output is written
-    started = []
+    with ExitStack() as ray_held:
+        def ray_population(cfg, splits):  # called after the data and the output dir are checked
+            ray_held.enter_context(ray_session(args.address))
+            return RayPopulation(cfg, splits)
 
-    def ray_population(cfg, splits):  # called after the data and the output dir are checked
-        started.append(connect(args.address))
-        return RayPopulation(cfg, splits)
-
-    try:
         return meta_train(cfg, resume=args.resume, overwrite=args.overwrite, population_factory=ray_population)
-    finally:
-        if any(started):
-            import ray
-
-            ray.shutdown()
 
 
 if __name__ == "__main__":

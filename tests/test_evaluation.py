@@ -149,6 +149,7 @@ def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
     (["--methods", "baseline,magic"], "error: --methods: Input should be 'baseline'"),
     (["--methods", "baseline,oracle", "--set", "data.corruption=[]"], "the oracle method needs ground truth"),
     (["--set", "data.source=idx", "--set", "data.dir=../shared/data/mnist"], "was trained on 8x8 images"),
+    (["--set", "inner.arch=nope"], "inner.arch: unknown arch 'nope'; allowed: auto,"),  # before any Ray task
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, digits_rater, args, expected):
     out = tmp_path / "eval"

@@ -1,4 +1,4 @@
-"""Filtering: the maths of drray.filtering (hand-worked thresholds, P_accept against a simulation of
+"""Filtering: the maths of drray.curation.filtering (hand-worked thresholds, P_accept against a simulation of
 the batch rule, the CDF; the batch rule itself in test_batch_rule.py), and jobs.filter on a small
 scored Parquet on a local Ray."""
 import json
@@ -179,7 +179,7 @@ def test_summarize_hand_worked():
 
 
 def write_scored(directory: Path, n: int, seed: int = 0, files: int = 3, with_id: bool = True) -> dict:
-    """A small scored data set in the DESIGN.md schema plus score; corrupted rows score lower."""
+    """A small scored data set in drray's Parquet schema plus score; corrupted rows score lower."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True)
     bad = rng.random(n) < 0.3

@@ -1,4 +1,4 @@
-"""jobs.prepare: a source -> Parquet splits in the DESIGN.md schema, the same splits and corruption
+"""jobs.prepare: a source -> Parquet splits in drray's schema, the same splits and corruption
 as meta-training builds in memory, deterministic for a seed, usable as data.source=parquet
 (streamed or not); bad input refused in one line with nothing written."""
 import json
@@ -97,23 +97,43 @@ def test_overwrite_replaces_an_existing_output(tmp_path, capsys):
     assert not (out / "stale.txt").exists() and json.loads((out / "prepare.json").read_text())["rows"]["train"] == 200
 
 
+def test_config_and_set_say_what_is_prepared(tmp_path, capsys):
+    """The config's data section and run.seed are prepared; --set overrides the file and a short
+    flag (one config key each) overrides --set."""
+    config = tmp_path / "data.yaml"
+    config.write_text("data: {source: digits, max_train: 300, corruption: [{kind: label_flip, fraction: 0.5}]}\n"
+                      "run: {seed: 2}\n")
+    code, _, err = prepare(capsys, "--config", config, "--set", "data.max_train=200", "--output", tmp_path / "a")
+    assert code == 0, err
+    record = json.loads((tmp_path / "a" / "prepare.json").read_text())
+    assert record["rows"]["train"] == 200 and record["seed"] == 2 and record["corrupted"] == {"label_flip": 100}
+    code, _, err = prepare(capsys, "--config", config, "--set", "data.max_train=200", "--max-train", 250,
+                           "--corrupt", "none", "--seed", 5, "--output", tmp_path / "b")
+    assert code == 0, err
+    record = json.loads((tmp_path / "b" / "prepare.json").read_text())
+    assert record["rows"]["train"] == 250 and record["seed"] == 5 and record["corrupted"] == {}
+    want = build_splits(DataConfig(source="digits", max_train=250), 5)
+    assert_same_examples(read_parquet(tmp_path / "b" / "train"), want.train)
+
+
 @pytest.mark.parametrize("args,expected", [
-    (["--source", "nope"], "unknown source 'nope'"),
-    (["--corrupt", "blur:0.1"], "unknown corruption 'blur'"),
+    (["--source", "nope"], "data.source: unknown source 'nope'"),
+    (["--corrupt", "blur:0.1"], "data.corruption: unknown corruption 'blur'"),
     (["--corrupt", "label_flip=0.1"], "expected KIND:FRACTION"),
     (["--corrupt", "label_flip:lots"], "is not a number"),
-    (["--corrupt", "label_flip:1.5"], "must be in [0, 1]"),
-    (["--corrupt", "label_flip:0.6,pixel_noise:0.6"], "add up to more than 1"),
-    (["--test-fraction", "1.5"], "--test-fraction must be in (0, 1)"),
-    (["--heldout-fraction", "0"], "--heldout-fraction must be in (0, 1)"),
+    (["--corrupt", "label_flip:1.5"], "data.corruption.0.fraction: Input should be less than or equal to 1"),
+    (["--corrupt", "label_flip:0.6,pixel_noise:0.6"], "data.corruption: corruption fractions add up to more than 1"),
+    (["--test-fraction", "1.5"], "data.test_fraction: Input should be less than 1"),
+    (["--heldout-fraction", "0"], "data.heldout_fraction: Input should be greater than 0"),
+    (["--set", "data.test_fraction=0"], "data.test_fraction: Input should be greater than 0"),
     (["--shards", "0"], "--shards must be >= 1"),
     (["--shards", "5000"], "more than the"),
     (["--source", "mnist", "--dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
     (["existing"], "already exists"),
-    (["--source", "idx", "--dir", "SUB"], "overlaps --dir"),  # --overwrite would remove the source
-    (["--source", "text"], "error: no --dir given; set --dir to a folder of"),  # flags, not data.* keys
-    (["--source", "text", "--dir", "SRC", "--pattern", "/abs/*"], "error: --pattern '/abs/*': "),
-    (["--seq-len", "1"], "error: --seq-len: Input should be greater than or equal to 2"),
+    (["--source", "idx", "--dir", "SUB"], "overlaps data.dir"),  # --overwrite would remove the source
+    (["--source", "text"], "error: no data.dir given; set data.dir to a folder of"),
+    (["--source", "text", "--dir", "SRC", "--pattern", "/abs/*"], "error: data.pattern '/abs/*': "),
+    (["--seq-len", "1"], "data.seq_len: Input should be greater than or equal to 2"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, expected):
     """Even with --overwrite, a refused run leaves an earlier output as it was."""
@@ -134,13 +154,13 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, expect
 def test_prepare_job_as_a_subprocess(tmp_path):
     result = subprocess.run([sys.executable, "-m", "jobs.prepare", "--corrupt", "label_flip:2",
                              "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--corrupt" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "data.corruption" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_publish_to_a_non_local_filesystem(tmp_path):
     """The URI path: files uploaded one by one under temporary names, prepare.json last."""
-    from jobs.prepare import _publish
+    from drray.data.prepare import _publish
 
     staging = tmp_path / "staging"
     (staging / "train").mkdir(parents=True)

@@ -278,7 +278,7 @@ def test_mismatched_input_is_refused_before_anything_is_written(trained, tmp_pat
 
 
 def test_rater_may_be_named_by_its_checkpoint_folder_or_file(trained, capsys):
-    from jobs.score import read_rater
+    from drray.curation.scoring import read_rater
 
     run_dir, data = trained[0], trained[1]
     out = run_dir / "scored"  # inside the run: a later meta-train --overwrite would delete it
@@ -293,7 +293,7 @@ def test_rater_may_be_named_by_its_checkpoint_folder_or_file(trained, capsys):
 
 def test_input_folder_may_hold_other_files(trained, tmp_path):
     """A filter's output (summary.json beside the shards) reads as an input."""
-    from jobs.score import open_input
+    from drray.curation.scoring import open_input
 
     _, data, examples = trained
     (tmp_path / "shards").mkdir()
@@ -317,7 +317,7 @@ def test_scorer_uses_a_gpu_only_when_ray_gave_it_one(monkeypatch):
     """Ray 2.60 leaves CUDA visible to an actor given no GPU: visibility alone must not decide."""
     import ray
 
-    from drray import scoring
+    from actors import score_pipeline as scoring
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ray, "is_initialized", lambda: True)

@@ -1,6 +1,6 @@
 """The paper's training-time filter, the batch rule: draw N = round_half_up(B / (1 - rho))
 examples, score them, keep the top B. Over any stream of batches (`filter_stream_batches`, e.g.
-a Ray Data iterator) or as a torch IterableDataset (`BatchFilter`). `drray.filtering` holds the
+a Ray Data iterator) or as a torch IterableDataset (`BatchFilter`). `drray.curation.filtering` holds the
 rules for filtering a whole scored data set (quantile, sample) and its summary.
 """
 from __future__ import annotations

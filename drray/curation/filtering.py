@@ -1,16 +1,20 @@
-"""Filtering a scored data set with a discard fraction rho (DESIGN.md, "Using a trained rater").
+"""Filtering a scored data set with a discard fraction rho (docs/design.md, "Using a trained rater").
 
 Three rules, no Ray (the jobs and the evaluation wire them to Ray Data):
 
 - `quantile`: drop the globally lowest rho. `kept_count(n, rho)` rows are kept, the threshold is
   the lowest kept score, and ties at the threshold are broken by id (`quantile_cut`).
-- `batch`: the paper's training-time rule, in `drray.batch_rule`. Draw N = round(B / (1 - rho))
+- `batch`: the paper's training-time rule, in `drray.curation.batch_rule`. Draw N = round(B / (1 - rho))
   examples, score them, keep the top B.
 - `sample`: one streaming pass keeping each row with `p_accept(CDF(score))`, the probability that
   the batch rule keeps an example at that quantile; so it matches `batch` in expectation
   (`SampleRule`). The CDF is estimated from a sample of scores (`empirical_cdf`).
 
 `summarize` turns scores and a keep mask into the numbers of a filter's `summary.json`.
+
+For jobs.filter (its streaming pass is actors.filter_pipeline): `open_scored` checks a scored
+input, `read_narrow` reads its narrow columns, `make_rule` builds the keep rule from them,
+`keep_rows` applies it to a batch and `format_summary` reports the result.
 
 Rounding is half-up everywhere (`round_half_up`), never Python's round-half-to-even.
 """
@@ -22,6 +26,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from drray import seeds
+from drray.errors import ConfigError, DataError
+from drray.seeds import seeded_rng
 from drray.train.metrics import corruption_auroc
 
 # No torch here: the Ray Data workers that apply the quantile and sample rules never load it
@@ -29,7 +36,8 @@ from drray.train.metrics import corruption_auroc
 
 __all__ = [
     "QuantileCut", "SampleRule", "batch_draw_size", "empirical_cdf", "kept_count", "p_accept", "quantile_cut", "quantile_threshold",
-    "round_half_up", "row_uniforms", "summarize",
+    "round_half_up", "row_uniforms", "summarize", "check_settings", "open_scored", "read_narrow", "make_rule",
+    "keep_rows", "format_summary", "MODES",
 ]  # fmt: skip
 
 
@@ -248,3 +256,115 @@ def summarize(scores: np.ndarray, kept_mask: np.ndarray, is_corrupted: Optional[
         corrupted_fraction_kept=(n_bad - bad_removed) / n_kept if n_kept else None,
     )
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# a scored data set, for jobs.filter (the messages name its flags)
+
+MODES = ("quantile", "sample")
+
+
+def check_settings(discard: float, batch_size: int, cdf_sample: int) -> None:
+    if not (math.isfinite(discard) and 0.0 <= discard < 1.0):
+        raise ConfigError(f"--discard must be in [0, 1), got {discard:g}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if cdf_sample < 1:
+        raise ConfigError(f"--cdf-sample must be >= 1, got {cdf_sample}")
+
+
+def open_scored(location: str, mode: str):
+    """(fs, files, schema) of a scored input (a Parquet file or folder, path or URI), its columns checked."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    from drray.storage import parquet_files
+
+    fs, _, files = parquet_files(location, "a scored Parquet file or folder (the output of jobs.score)")
+    try:
+        schema = pads.dataset(files, filesystem=fs, format="parquet").schema
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{location}: cannot read as Parquet ({exc})".replace("\n", " ")) from None
+    if "score" not in schema.names:
+        raise DataError(f"{location}: no score column (columns: {', '.join(schema.names)}); score it first "
+                        "with jobs.score")
+    if not pa.types.is_floating(schema.field("score").type):
+        raise DataError(f"{location}: score must be a float column, got {schema.field('score').type}")
+    has_id = "id" in schema.names and pa.types.is_integer(schema.field("id").type)
+    if mode == "sample" and not has_id:
+        raise DataError(f"{location}: sample mode draws each row's fate from its id; needs an integer id "
+                        "column (drray's Parquet schema, docs/design.md)")
+    return fs, files, schema
+
+
+def read_narrow(fs, files, schema, location: str) -> dict:
+    """score (and id, is_corrupted where present) of every row, as numpy."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    columns = ["score"] + [c for c in ("id", "is_corrupted") if c in schema.names]
+    if "id" in columns and not pa.types.is_integer(schema.field("id").type):
+        columns.remove("id")
+    table = pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
+    if table.num_rows == 0:
+        raise DataError(f"{location}: no rows to filter")
+    score = table.column("score")
+    if score.null_count:
+        raise DataError(f"{location}: {score.null_count} rows have no score (null); re-score them or drop them")
+    narrow = {"score": score.to_numpy()}
+    bad = np.isnan(narrow["score"])
+    if bad.any():
+        raise DataError(f"{location}: {int(bad.sum())} rows have a NaN score; re-score them or drop them")
+    if "id" in columns:
+        narrow["id"] = pc.fill_null(table.column("id"), 0).to_numpy()
+        if len(np.unique(narrow["id"])) != len(narrow["id"]):
+            raise DataError(f"{location}: ids repeat; every row needs a unique id (drray's Parquet schema, docs/design.md)")
+    if "is_corrupted" in columns:
+        narrow["is_corrupted"] = np.asarray(pc.fill_null(table.column("is_corrupted"), False), dtype=bool)
+    return narrow
+
+
+def make_rule(mode: str, discard: float, narrow: dict, batch_size: int = 128, cdf_sample: int = 100_000,
+              seed: int = 0):
+    """The keep rule of `mode` (picklable, `.keep(scores, ids)`) and what the summary says about it.
+    batch_size, cdf_sample and seed are the sample mode's."""
+    scores = narrow["score"]
+    if mode == "quantile":
+        cut = quantile_cut(scores, discard, narrow.get("id"))
+        info = {"threshold": cut.threshold if math.isfinite(cut.threshold) else None, "tie_id": cut.tie_id,
+                "ties_at_threshold": int((scores == cut.threshold).sum())}
+        return cut, info
+    count = min(cdf_sample, len(scores))
+    rows = np.sort(seeded_rng(seed, seeds.FILTER_CDF_SAMPLE).choice(len(scores), count, replace=False))
+    rule = SampleRule(scores[rows], discard, batch_size, seed)
+    info = {"cdf_sample_size": count, "batch_size": batch_size, "draw_size": rule.draw_size,
+            "seed": seed, "expected_rows_kept": float(rule.probability(scores).sum())}
+    return rule, info
+
+
+def keep_rows(table, rule):
+    """The rows of a pyarrow batch that `rule` keeps (a Ray Data map_batches function)."""
+    import pyarrow as pa
+
+    scores = table.column("score").to_numpy()
+    ids = table.column("id").to_numpy() if "id" in table.column_names else None
+    return table.filter(pa.array(rule.keep(scores, ids), type=pa.bool_()))
+
+
+def format_summary(summary: dict) -> str:
+    """A filter's summary.json as the lines jobs.filter prints."""
+    lines = [f"kept {summary['rows_kept']} of {summary['rows_in']} rows ({summary['mode']}, discard "
+             f"{summary['discard']:g}) -> {summary['output']}"]
+    if summary.get("threshold") is not None:
+        ties = summary["ties_at_threshold"]
+        lines.append(f"threshold {summary['threshold']:.6g}" + (f" ({ties} rows tie at it; kept smallest id first)"
+                                                                if ties > 1 else ""))
+    if summary.get("corrupted_rows") is not None:
+        def show(value, fmt="{:.3f}"):
+            return "n/a" if value is None else fmt.format(value)
+
+        lines.append(f"corrupted rows: {summary['corrupted_rows']}, removed {summary['corrupted_removed']} "
+                     f"({show(summary['corrupted_removed_fraction'], '{:.1%}')}); precision of removal "
+                     f"{show(summary['removal_precision'], '{:.1%}')}; AUROC {show(summary['auroc'])}")
+    return "\n".join(lines)

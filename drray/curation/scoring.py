@@ -1,13 +1,14 @@
-"""Scoring a data set with a trained rater (DESIGN.md, "Using a trained rater").
+"""Scoring a data set with a trained rater (docs/design.md, "Using a trained rater").
 
-`score_table` is the maths of one batch: Arrow rows of the DESIGN.md schema in, the same rows
-out with a float32 `score` column. Both `jobs.score` (Ray Data, a pool of `RaterScorer`
-actors) and a plain single-process loop call it, so the two are the same computation.
+`score_table` is the maths of one batch: Arrow rows of drray's Parquet schema in, the same rows
+out with a float32 `score` column. Both `jobs.score` (Ray Data, a pool of `RaterScorer` actors,
+actors.score_pipeline) and a plain single-process loop call it, so the two are the same computation.
 
-`check_schema` refuses, before anything is written, an input the rater cannot read: a missing
-column, a wrong image size or dtype. Problems of single rows (a null or undecodable image, a
-pixel that is NaN or outside 0..255, a label outside the rater's classes) are found per batch:
-`on_bad_row="fail"` stops with a one-line error naming the row's id; `"drop"` removes the rows.
+`check_schema` refuses, before anything is written, an input the rater cannot read (`open_input`,
+`read_rater`): a missing column, a wrong image size or dtype. Problems of single rows (a null or
+undecodable image, a pixel that is NaN or outside 0..255, a label outside the rater's classes)
+are found per batch: `on_bad_row="fail"` stops with a one-line error naming the row's id;
+`"drop"` removes the rows.
 """
 from __future__ import annotations
 
@@ -46,11 +47,35 @@ def _describe(info: dict) -> str:
     return f"the rater ({info.get('arch', '?')}, step {info.get('step', '?')}) takes {rows}"
 
 
+def read_rater(run_dir: str) -> tuple[bytes, dict]:
+    """(rater.pt bytes, metadata) of a run (its folder, checkpoint folder or rater.pt), checked to
+    rebuild into this version's rater. The bytes go to the scoring actors, which may not see the run."""
+    from drray.train.checkpoint import CHECKPOINT_DIR, load_rater, run_dir_of
+
+    _, info = load_rater(run_dir)
+    return (run_dir_of(run_dir) / CHECKPOINT_DIR / "rater.pt").read_bytes(), info
+
+
+def open_input(location: str):
+    """(pyarrow filesystem, pyarrow dataset of its .parquet files); DataError when it is not
+    Parquet. Other files in a folder (a filter's summary.json) are left out."""
+    import pyarrow.dataset as pads
+
+    from drray.storage import parquet_files
+
+    fs, _, files = parquet_files(location)
+    try:
+        dataset = pads.dataset(files, filesystem=fs, format="parquet")
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{location}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
+    return fs, dataset
+
+
 def check_text_schema(schema: pa.Schema, info: dict, where: str) -> None:
     """A text data set needs a string `text` column (any other column is kept, none is read)."""
     if "text" not in schema.names:
         raise DataError(f"{where}: missing column text; {_describe(info)}, read from a string column text "
-                        "(see DESIGN.md, Data)")
+                        "(see docs/design.md, Data)")
     kind = schema.field("text").type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise DataError(f"{where}: column text is {kind}, not string; store text as UTF-8 strings")
@@ -72,7 +97,7 @@ def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.T
     missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
     if missing:
         raise DataError(f"{where}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
-                        f"{_describe(info)} as image (list of uint8), shape [H, W] and label (see DESIGN.md, Data)")
+                        f"{_describe(info)} as image (list of uint8), shape [H, W] and label (see docs/design.md, Data)")
     image, shape, label = (schema.field(name).type for name in REQUIRED_COLUMNS)
     if not _is_list(image) or not (pa.types.is_integer(image.value_type) or pa.types.is_floating(image.value_type)):
         raise DataError(f"{where}: column image is {image}, not a list of pixels; store images as list<uint8>")

@@ -1,4 +1,4 @@
-"""A data set prepared as Parquet (DESIGN.md schema), the output of jobs.prepare: the splits and
+"""A data set prepared as Parquet (drray's schema, docs/design.md), the output of jobs.prepare: the splits and
 the corruption of `build_splits`, so the very ones a meta-training run with the same data
 settings and seed uses; readable back as `data: {source: parquet, dir: OUTPUT}`, streamed or not.
 

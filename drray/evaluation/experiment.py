@@ -29,8 +29,9 @@ from drray.config import Config
 from drray.curation.batch_rule import top_b_indices
 from drray.curation.filtering import batch_draw_size, quantile_cut, summarize
 from drray.data.examples import DataSplits, ExampleSet
-from drray.data.modality import modality_of_array
-from drray.models import build_inner
+from drray.data.modality import describe_rows, modality_of_array
+from drray.errors import ConfigError
+from drray.models import build_inner, choose_arch
 from drray.seeds import derive_seed, seeded_rng
 
 METHODS = ("baseline", "datarater", "random", "loss", "oracle")
@@ -102,11 +103,35 @@ def draw_batch(rng: np.random.Generator, n: int, batch_size: int, scores: Option
     return index[top_b_indices(scores[index], batch_size)]
 
 
+def check_setup(cfg: Config, splits: DataSplits, rater_info: Optional[dict] = None, rater_dir: str = "") -> None:
+    """Refuse, before any training, what would fail in every run: data that is not in memory, an
+    oracle without ground truth, a rater (rater_info: load_rater's metadata) of other data, an
+    unknown inner arch (built once here, as every run builds it)."""
+    if splits.train is None:
+        raise ConfigError("evaluate needs the training set in memory; set data.stream=false")
+    if "oracle" in cfg.evaluate.methods and not splits.train.is_corrupted.any():
+        raise ConfigError("the oracle method needs ground truth (corrupted rows) in the training set; "
+                          "add data.corruption or leave oracle out of --methods")
+    if rater_info is not None:
+        check_rater_fits(rater_info, rater_dir, splits, cfg.data.source)
+    with torch.random.fork_rng(devices=[]):  # a check: leaves the global generator as it was
+        build_inner(cfg.inner.arch, splits.row_shape, splits.num_classes)
+
+
+def check_rater_fits(meta: dict, rater_dir: str, splits: DataSplits, data_name: str) -> None:
+    shape, classes = tuple(meta["row_shape"]), int(meta["num_classes"])
+    if shape != tuple(splits.row_shape) or classes != splits.num_classes:
+        raise ConfigError(
+            f"rater {rater_dir} was trained on {describe_rows(shape)} with {classes} classes, but data "
+            f"{data_name} has {describe_rows(splits.row_shape)} with {splits.num_classes} "
+            "classes; evaluate it with the config it was meta-trained on")
+
+
 def train_fresh(budget: Budget, rows: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
                 scores: Optional[np.ndarray] = None, discard: float = 0.0) -> nn.Module:
     """A model trained from scratch for budget.steps batches of budget.batch_size; with scores,
     each batch is the top B of N = B / (1 - discard) examples drawn uniformly. Rows are images
-    (a classifier) or token sequences (a language model): drray.modality."""
+    (a classifier) or token sequences (a language model): drray.data.modality."""
     modality = modality_of_array(rows)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -169,6 +194,19 @@ def random_scores(n: int, seed: int) -> np.ndarray:
     return seeded_rng(seed, seeds.EVAL_RANDOM_SCORES).random(n)
 
 
+def method_scores(cfg: Config, splits: DataSplits, rater: Optional[nn.Module] = None) -> dict:
+    """The per-example scores of the SCORED_METHODS asked for, computed once before the runs."""
+    scores = {}
+    if rater is not None:
+        scores["datarater"] = rater_scores(rater, splits.train)
+    if "oracle" in cfg.evaluate.methods:
+        scores["oracle"] = oracle_scores(splits.train.is_corrupted)
+    if "loss" in cfg.evaluate.methods:
+        print("training the loss-heuristic model on the held-out split ...", flush=True)
+        scores["loss"] = loss_heuristic_scores(Budget.from_config(cfg), splits, cfg.run.seed)
+    return scores
+
+
 def run_specs(methods: list[str], discards: list[float], seeds: int, base_seed: int) -> list[RunSpec]:
     """Baseline once per seed (discard 0), every other method at every discard fraction."""
     specs = [RunSpec("baseline", 0.0, base_seed + s) for s in range(seeds)] if "baseline" in methods else []
@@ -218,6 +256,26 @@ def selection_quality(scores: np.ndarray, is_corrupted: np.ndarray, discard: flo
     summary = summarize(scores, kept, is_corrupted)
     return {"auroc": summary["auroc"], "removal_precision": summary["removal_precision"],
             "corrupted_removed_fraction": summary["corrupted_removed_fraction"]}
+
+
+def add_selection_quality(rows: list[dict], scores: dict, is_corrupted: np.ndarray, seed: int) -> None:
+    """With ground truth, each row's selection_quality for its method's score (random: the one
+    of random_scores; none for the baseline)."""
+    if not is_corrupted.any():
+        return
+    for row in rows:
+        row_scores = scores.get(row["method"])
+        if row["method"] == "random":
+            row_scores = random_scores(len(is_corrupted), seed)
+        if row_scores is not None:
+            row.update(selection_quality(row_scores, is_corrupted, row["discard"]))
+
+
+def describe_setup(cfg: Config, budget: Budget, splits: DataSplits, seconds: float) -> dict:
+    """The `meta` of results.json: what every fresh model got, and the whole config."""
+    return {"data": cfg.data.source, "arch": choose_arch(budget.arch, splits.row_shape), "steps": budget.steps,
+            "batch_size": budget.batch_size, "optimizer": budget.optimizer, "lr": budget.lr,
+            "seeds": cfg.evaluate.seeds, "seconds": round(seconds, 1), "config": cfg.to_dict()}
 
 
 def _stats(values: list[float], prefix: str) -> dict:

@@ -212,3 +212,27 @@ def check_trial_models(spec: TuneSpec, base_tree: dict) -> None:
                     check_models_fit(trial_config(base_tree, {key: value}, "unused"), splits)
                 except ConfigError as exc:
                     raise ConfigError(f"space {key}={value}: {exc}") from None
+
+
+def trial_rows(spec: TuneSpec, results) -> list[dict]:
+    """One row per trial of a Tune ResultGrid (its sampled keys, the metric, steps, reports and
+    status), best first; trials that reported no metric last."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        value = metrics.get(spec.metric)
+        rows.append({**{k: result.config.get(k) for k in spec.space}, spec.metric: value,
+                     "steps": metrics.get("step"), "reports": metrics.get("training_iteration"),
+                     "status": "error" if result.error else "ok"})
+    rows.sort(key=lambda r: (r[spec.metric] is None, -(r[spec.metric] or 0) if spec.mode == "max"
+                             else (r[spec.metric] if r[spec.metric] is not None else math.inf)))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table (floats to 4 significant digits)."""
+    keys = list(rows[0]) if rows else []
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
