@@ -232,7 +232,7 @@ def _blame(error: dict, origin: str, overrides: list[str]) -> str:
     if not key:  # a check across sections: the last override among the keys its message names
         named = [text for text in overrides if text.partition("=")[0].strip() in error["msg"]]
         return f"--set {named[-1]}" if named else origin
-    for text in overrides:
+    for text in reversed(overrides):  # the last override of a key is the one that took effect
         set_key = text.partition("=")[0].strip()
         if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
             return f"--set {text}"

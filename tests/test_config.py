@@ -80,6 +80,8 @@ def test_a_bad_override_is_blamed_on_the_set_flag_and_a_bad_file_key_on_the_file
         load_config(config, ["inner.TT=4"])
     with pytest.raises(ConfigError, match=r"^--set inner=\{T: four\}: inner\.T: Input should be a valid integer"):
         load_config(config, ["inner={T: four}"])
+    with pytest.raises(ConfigError, match=r"^--set inner\.T=0: inner\.T: Input should be greater"):
+        load_config(config, ["inner.T=2", "inner.T=0"])  # the override that took effect
     config.write_text("inner: {T: 0}\n")
     with pytest.raises(ConfigError, match=rf"^{config}: inner\.T: Input should be greater"):
         load_config(config, ["meta.steps=3"])
