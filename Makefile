@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.meta_step
+
+# torch and drray's own code only (no Ray, no setup): on a GPU machine `make gpu-check PY=python3`
+# (benchmarks/gpu_check.py says how to run it on the device machine). Writes runs/gpu_check.json.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

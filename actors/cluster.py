@@ -9,6 +9,7 @@ import tempfile
 from contextlib import contextmanager
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from drray.config import Config
 from drray.errors import ConfigError
@@ -61,6 +62,17 @@ def ray_session(address: str | None):
     finally:
         if started:
             ray.shutdown()
+
+
+def placement(on_node: str | None = None) -> dict:
+    """Actor options: pinned to node `on_node` (hard: only losing that node loses the actor), or
+    spread over the nodes, so that losing one node loses few workers. Inside a placement group
+    (a Tune trial's) nothing: its bundles decide, and an explicit strategy would leave them."""
+    if ray.util.get_current_placement_group() is not None:
+        return {}
+    if on_node is not None:
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=on_node, soft=False)}
+    return {"scheduling_strategy": "SPREAD"}
 
 
 def worker_gpus(cfg: Config) -> float:

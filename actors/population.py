@@ -7,7 +7,7 @@ import sys
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from actors.cluster import check_resources, worker_gpus
+from actors.cluster import check_resources, placement, worker_gpus
 from actors.scheduler import REPLACEMENT_START_S, Scheduler, WorkerFailure, one_line
 from drray.config import Config
 from drray.data.examples import DataSplits
@@ -25,8 +25,15 @@ def train_shards(cfg: Config, splits: DataSplits) -> list:
         arrays = [ray.put(splits.train.rows), ray.put(splits.train.labels)]
         return [arrays] * size
     columns = stream_columns(splits.row_shape)
-    dataset = ray.data.read_parquet(splits.train_path, num_cpus=STREAM_READ_CPUS).select_columns(columns)
-    return dataset.streaming_split(size, equal=True)
+    # The legacy Parquet datasource: Ray Data 2.60's default one first lists the files in a task of
+    # a whole CPU, which waits forever where the workers leave no node a whole CPU free.
+    context = ray.data.DataContext.get_current()
+    saved, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        dataset = ray.data.read_parquet(splits.train_path, num_cpus=STREAM_READ_CPUS).select_columns(columns)
+        return dataset.streaming_split(size, equal=True)
+    finally:
+        context.use_datasource_v2 = saved
 
 
 class RayPopulation:
@@ -35,8 +42,12 @@ class RayPopulation:
         streamed = splits.train_path is not None
         check_resources(cfg, gpus, reserve_cpus=STREAM_READ_CPUS if streamed else 0.0)
         heldout = [ray.put(splits.heldout.rows), ray.put(splits.heldout.labels)]
-        self.scheduler = Scheduler.remote(cfg.to_dict(), train_shards(cfg, splits), heldout, splits.row_shape,
-                                          splits.num_classes, gpus, replacement_start_s)
+        # The scheduler and the parameter server live on the driver's node: then only losing that
+        # node (which ends the driver anyway) ends the run; the workers spread over the others.
+        driver_node = ray.get_runtime_context().get_node_id()
+        self.scheduler = Scheduler.options(**placement(driver_node)).remote(
+            cfg.to_dict(), train_shards(cfg, splits), heldout, splits.row_shape, splits.num_classes, gpus,
+            replacement_start_s, driver_node)
         self.step_count = 0
         self._params_ref, self._params = ray.get(self.scheduler.params_ref.remote())[0], None
 
@@ -67,6 +78,11 @@ class RayPopulation:
 
     def worker_handles(self) -> list:
         return ray.get(self.scheduler.worker_handles.remote())
+
+    def close(self) -> None:
+        """Ends the run's actors: the workers and the parameter server go with their owner, the
+        scheduler (the driver's own Ray may run on, e.g. a Tune trial's or a test's)."""
+        ray.kill(self.scheduler)
 
     def state_dict(self) -> dict:
         return ray.get(self.scheduler.state_dict.remote())

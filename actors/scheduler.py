@@ -9,6 +9,7 @@ import re
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from actors.cluster import placement
 from actors.inner_worker import InnerWorker
 from actors.parameter_server import ParameterServer
 from drray.config import validate_config
@@ -38,19 +39,22 @@ class Scheduler:
     """The OuterLoop's backend on Ray: InnerWorker actors and a ParameterServer."""
 
     def __init__(self, cfg: dict, train_shards: list, heldout_refs: list, row_shape, num_classes: int,
-                 gpus_per_worker: float, replacement_start_s: float = REPLACEMENT_START_S):
-        """train_shards[i]: worker i's training data ([rows_ref, labels_ref] or a Ray Data shard)."""
+                 gpus_per_worker: float, replacement_start_s: float = REPLACEMENT_START_S,
+                 driver_node: str | None = None):
+        """train_shards[i]: worker i's training data ([rows_ref, labels_ref] or a Ray Data shard);
+        driver_node: where the parameter server goes (the scheduler's own node)."""
         self.replacement_start_s = replacement_start_s
         self.cfg_dict, self.cfg = cfg, validate_config(cfg)
         self.train_shards, self.heldout_refs = train_shards, heldout_refs  # nested: still references
         self.shape, self.num_classes, self.gpus = tuple(row_shape), num_classes, gpus_per_worker
-        self.server = ParameterServer.remote(cfg, self.shape, num_classes, *heldout_refs)
+        self.server = ParameterServer.options(**placement(driver_node)).remote(cfg, self.shape, num_classes,
+                                                                           *heldout_refs)
         self.workers = [self._spawn(i, 0) for i in range(self.cfg.population.size)]
         self.loop = OuterLoop(self, self.cfg.population.size, self.cfg.population.lifetime)
         self.replaced = []
 
     def _spawn(self, index: int, incarnation: int):
-        options = {"num_cpus": self.cfg.resources.cpus_per_worker, "num_gpus": self.gpus}
+        options = {"num_cpus": self.cfg.resources.cpus_per_worker, "num_gpus": self.gpus, **placement()}
         return InnerWorker.options(**options).remote(self.cfg_dict, index, self.train_shards[index],
                                                      *self.heldout_refs, self.shape, self.num_classes, incarnation)
 
@@ -73,22 +77,11 @@ class Scheduler:
         size = len(self.workers)
         grads, stats = [None] * size, [None] * size
         for attempt in range(MAX_TRIES_PER_STEP):
-            failures = {}
-            for i, (grad_ref, stats_ref) in pending.items():
-                try:
-                    stats[i], grads[i] = ray.get(stats_ref), grad_ref
-                except (RayActorError, RayTaskError) as error:
-                    failures[i] = one_line(error)
+            failures = self._collect(pending, grads, stats)
             if not failures:
                 return grads, stats
             if len(failures) == size and len(set(failures.values())) == 1:
                 raise WorkerFailure(f"every worker failed the same way: {next(iter(failures.values()))}")
-            if self.cfg.data.stream:
-                # A streaming split starts each epoch for all its shards together: a new worker on a dead
-                # one's shard would wait for the others, which wait for it, forever.
-                i, reason = next(iter(failures.items()))
-                raise WorkerFailure(f"worker {i} failed ({reason}); a streamed run cannot replace a worker "
-                                    "mid-epoch: fix the cause and continue it with --resume (from its last checkpoint)")
             for i, reason in failures.items():
                 self.replaced.append((i, reason))
                 ray.kill(self.workers[i])
@@ -96,6 +89,25 @@ class Scheduler:
             self._wait_until_started(failures)
             pending = {i: self.workers[i].meta_step.remote(eta, None) for i in failures}
         raise WorkerFailure(f"workers kept failing after {MAX_TRIES_PER_STEP} tries: {self.replaced[-1][1]}")
+
+    def _collect(self, pending: dict, grads: list, stats: list) -> dict:
+        """Fills in the workers' results as they come; returns {worker: why} for those that failed."""
+        waiting, failures = {stats_ref: i for i, (_, stats_ref) in pending.items()}, {}
+        while waiting:
+            (ready,), _ = ray.wait(list(waiting), num_returns=1)
+            i = waiting.pop(ready)
+            try:
+                stats[i], grads[i] = ray.get(ready), pending[i][0]
+            except (RayActorError, RayTaskError) as error:
+                failures[i] = one_line(error)
+                if self.cfg.data.stream:
+                    # A streaming split starts each epoch for all its shards together: the other workers
+                    # wait for the dead one's shard (so their results never come), and a replacement on
+                    # it would wait for them, forever.
+                    raise WorkerFailure(f"worker {i} failed ({failures[i]}); a streamed run cannot replace a "
+                                        "worker mid-epoch: fix the cause and continue it with --resume (from its "
+                                        "last checkpoint)") from None
+        return failures
 
     def _wait_until_started(self, failures: dict) -> None:
         """Replacements the cluster has no room for would be waited on forever: stop the run instead."""

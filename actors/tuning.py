@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -148,21 +149,43 @@ def make_trainable(spec: TuneSpec, base_tree: dict, gpus_per_worker: float):
         from drray.train.loop import meta_train
 
         cfg = trial_config(base_tree, params, str(Path(tune.get_context().get_trial_dir()) / "run"))
+        run_dir = Path(cfg.run.out)
+        resumed = restore_run(tune.get_checkpoint(), run_dir)
         metric = _metric_fn(spec, cfg)
+        reported = {"step": resumed}
 
         def report(record, population, prober):
             step = record["step"] + 1
             if step % spec.report_every == 0 or step == cfg.meta.steps:
+                # The run's files go with a report once a newer checkpoint is on disk: a retried trial
+                # (its node lost) continues from there.
+                saved = step if step == cfg.meta.steps else step - step % cfg.run.checkpoint_every
+                checkpoint = tune.Checkpoint.from_directory(str(run_dir)) if saved > reported["step"] else None
+                reported["step"] = max(reported["step"], saved)
                 tune.report({spec.metric: metric(population, prober, record), "step": step,
-                             "outer_loss": record["outer_loss"]})
+                             "outer_loss": record["outer_loss"]}, checkpoint=checkpoint)
 
-        meta_train(cfg, overwrite=True, population_factory=lambda c, s: RayPopulation(c, s), on_record=report)
+        meta_train(cfg, resume=resumed > 0, overwrite=resumed == 0, population_factory=RayPopulation,
+                   on_record=report)
 
     def resources(params: dict):
         cfg = trial_config(base_tree, params, "unused")
         return tune.PlacementGroupFactory(trial_bundles(spec, cfg, gpus_per_worker))
 
     return tune.with_resources(meta_train_trial, resources)
+
+
+def restore_run(checkpoint, run_dir: Path) -> int:
+    """The step a retried trial continues from: its last reported run files copied into run_dir
+    (whatever the failed attempt left there after them is dropped); 0 for a first attempt."""
+    if checkpoint is None:
+        return 0
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with checkpoint.as_directory() as saved:
+        shutil.copytree(saved, run_dir)
+    from drray.train.checkpoint import load_state
+
+    return int(load_state(run_dir)["step"])
 
 
 def _metric_fn(spec: TuneSpec, cfg):
@@ -208,6 +231,7 @@ def run_search(spec: TuneSpec, base_tree: dict, storage: Path, name: str, gpus_p
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                     num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=1),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
     )
     return tuner.fit()

@@ -138,14 +138,16 @@ class StepStats:
     inner_loss: float
     meta_grad_norm: float   # mean global norm of the N meta-gradients, before clipping
     resets: int             # inner models reinitialised before this step
+    replaced: int = 0       # inner models that failed during it and were replaced with fresh ones
 
 
-def summarize(stats: list[LearnerStats], norms: list[float], resets: int) -> StepStats:
+def summarize(stats: list[LearnerStats], norms: list[float], resets: int, replaced: int = 0) -> StepStats:
     return StepStats(
         outer_loss=float(np.mean([s.outer_loss for s in stats])),
         inner_loss=float(np.mean([s.inner_loss for s in stats])),
         meta_grad_norm=float(np.mean(norms)),
         resets=resets,
+        replaced=replaced,
     )
 
 
@@ -191,10 +193,11 @@ class OuterLoop:
     def step(self) -> StepStats:
         stale = self.stale()
         resets = {i: self.renew(i) for i in stale}
+        renewed = sum(self.incarnations)
         grads, stats = self.backend.meta_steps(self.params, resets, self.renew)
         self.params, norms = self.backend.apply(grads)
         self.step_count += 1
-        return summarize(stats, norms, len(stale))
+        return summarize(stats, norms, len(stale), replaced=sum(self.incarnations) - renewed)
 
     def state_dict(self) -> dict:
         return {"step": self.step_count, "meta": self.backend.meta_state(), "learners": self.backend.learner_states()}
@@ -224,6 +227,10 @@ class Population:
 
     def step(self) -> StepStats:
         return self.loop.step()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
     @property
     def step_count(self) -> int:

@@ -89,8 +89,8 @@ def make_population(cfg: Config, splits: DataSplits) -> Population:
 
 def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, population_factory=make_population,
                splits: DataSplits | None = None, on_record=None) -> RunSummary:
-    """on_record(record, population, prober), if given, sees every step's metrics record (a Tune
-    trial reports from it)."""
+    """on_record(record, population, prober), if given, sees every step's metrics record once the
+    step's checkpoint (if due) is written (a Tune trial reports from it)."""
     splits = splits or build_splits(cfg.data, cfg.run.seed)  # bad data fails here, before any output
     check_models_fit(cfg, splits)
     with RunDir(cfg.run.out, names=tuple(RUN_FILES)) as run_dir:
@@ -109,20 +109,22 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
                         f"not finite; the last good checkpoint is kept in {run_dir.display(checkpoint.CHECKPOINT_DIR)}"
                         " (lower meta.lr or inner.lr, or set meta.clip_norm)")
                 record = {"step": step, "outer_loss": stats.outer_loss, "inner_loss": stats.inner_loss,
-                          "meta_grad_norm": stats.meta_grad_norm, "resets": stats.resets}
+                          "meta_grad_norm": stats.meta_grad_norm, "resets": stats.resets,
+                          "replaced": stats.replaced}
                 if has_truth and ((step + 1) % cfg.run.auroc_every == 0 or step + 1 == cfg.meta.steps):
                     record["auroc"] = prober.auroc(population.rater_params)
                 log.write(record)
                 progress.update(step, record)
-                if on_record is not None:
-                    on_record(record, population, prober)
                 if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.meta.steps:
                     save(out, cfg, population, prober)
                     run_dir.push()
+                if on_record is not None:  # after the checkpoint: a Tune trial reports it with the step
+                    on_record(record, population, prober)
+            final = prober.summary(population.rater_params)
         finally:
             log.close()
             run_dir.push()
-        final = prober.summary(population.rater_params)
+            population.close()  # its actors' resources are free for what runs next, on success or not
     return RunSummary(out=run_dir, steps=population.step_count, **final)
 
 

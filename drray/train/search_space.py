@@ -93,6 +93,8 @@ class TuneSpec(_Strict):
     trial_cpus: float = Field(0.25, gt=0.0)  # the trial's own process, beside its worker actors
     discard: float = Field(0.25, ge=0.0, lt=1.0)  # heldout_loss: the fraction the fresh model drops
     asha: AshaSpec = AshaSpec()
+    # A trial that fails (its node lost, say) starts again from its last checkpoint, this many times.
+    max_failures: int = Field(2, ge=0)
 
     @property
     def mode(self) -> str:
