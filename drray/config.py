@@ -41,6 +41,15 @@ class DataConfig(_Section):
     seq_len: int = Field(128, ge=2, le=4096)  # text: bytes per sequence (shorter ones are padded)
     pattern: Optional[str] = None  # text: glob of the files in data.dir to read (default: every file)
     text_field: str = "text"  # text: the field of a JSON-lines record that holds its text
+    # images: resize every image to [H, W] when loaded (Pillow, bilinear), so sets of mixed sizes load
+    image_size: Optional[tuple[int, int]] = None
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, size: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+        if size is not None and min(size) < 1:
+            raise ValueError("give [H, W], each at least 1")
+        return size
 
     @field_validator("corruption")
     @classmethod

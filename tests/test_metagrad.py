@@ -24,9 +24,11 @@ def tiny_problem(optimizer, dtype=torch.float64, seed=0):
 
 
 def batches(n, size, shape, classes, dtype, seed):
+    """Images [size, C, H, W] for row shape (H, W) (C = 1) or (H, W, C)."""
     g = torch.Generator().manual_seed(seed)
+    channels, sides = (shape[2], shape[:2]) if len(shape) == 3 else (1, shape)
     return [
-        (torch.rand(size, 1, *shape, generator=g, dtype=dtype), torch.randint(0, classes, (size,), generator=g))
+        (torch.rand(size, channels, *sides, generator=g, dtype=dtype), torch.randint(0, classes, (size,), generator=g))
         for _ in range(n)
     ]
 
@@ -90,7 +92,8 @@ def relative_error(a, b):
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 @pytest.mark.parametrize("T", [1, 3])
-@pytest.mark.parametrize("shape,arch", [((8, 8), "mlp"), ((28, 28), "cnn"), ((8, 8), "cnn")])
+@pytest.mark.parametrize("shape,arch", [((8, 8), "mlp"), ((28, 28), "cnn"), ((8, 8), "cnn"), ((16, 16, 3), "cnn_gap"),
+                                        ((13, 13), "cnn_gap"), ((8, 8, 3), "mlp")])
 def test_methods_agree_float32_on_real_models(shape, arch, T, opt_name):
     torch.manual_seed(0)
     optimizer = {"sgd": SGD(lr=0.1, momentum=0.9), "adam": Adam(lr=1e-3)}[opt_name]

@@ -92,8 +92,8 @@ def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.T
     where the schema alone cannot (variable-length lists)."""
     if is_text(info["row_shape"]):
         return check_text_schema(schema, info, where)
-    height, width = info["row_shape"]
-    pixels = height * width
+    row_shape = [int(side) for side in info["row_shape"]]
+    pixels = int(np.prod(row_shape))
     missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
     if missing:
         raise DataError(f"{where}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
@@ -102,7 +102,8 @@ def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.T
     if not _is_list(image) or not (pa.types.is_integer(image.value_type) or pa.types.is_floating(image.value_type)):
         raise DataError(f"{where}: column image is {image}, not a list of pixels; store images as list<uint8>")
     if not _is_list(shape) or not pa.types.is_integer(shape.value_type):
-        raise DataError(f"{where}: column shape is {shape}, not a list of integers [H, W]; rewrite the shape column")
+        raise DataError(f"{where}: column shape is {shape}, not a list of integers [H, W] or [H, W, C]; "
+                        "rewrite the shape column")
     if not pa.types.is_integer(label):
         raise DataError(f"{where}: column label is {label}, not an integer class; store labels as int64")
     if pa.types.is_fixed_size_list(image) and image.list_size != pixels:
@@ -110,7 +111,7 @@ def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.T
                         "score data of the rater's image size, or use a rater trained on this data")
     if first is not None and first.num_rows:
         first_shape = first.column("shape")[0].as_py()
-        if first_shape is not None and list(first_shape) != [height, width]:
+        if first_shape is not None and list(first_shape) != row_shape:
             size = "x".join(str(side) for side in first_shape)
             raise DataError(f"{where}: images are {size} (shape of the first row) but {_describe(info)}; "
                             "score data of the rater's image size, or use a rater trained on this data")
@@ -120,15 +121,15 @@ def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.T
                             f"({pixels} pixels); score data of the rater's image size")
 
 
-def _shape_ok(shape: pa.ChunkedArray, height: int, width: int) -> np.ndarray:
+def _shape_ok(shape: pa.ChunkedArray, row_shape: list[int]) -> np.ndarray:
+    """Per row: whether its shape is row_shape ([H, W] or [H, W, C])."""
     if isinstance(shape, pa.ChunkedArray):
-        shape = shape.combine_chunks()  # 2 ints a row: a cheap copy
-    ok = pc.fill_null(pc.equal(pc.list_value_length(shape), 2), False).to_numpy(zero_copy_only=False)
+        shape = shape.combine_chunks()  # 2 or 3 ints a row: a cheap copy
+    ok = pc.fill_null(pc.equal(pc.list_value_length(shape), len(row_shape)), False).to_numpy(zero_copy_only=False)
     if ok.any():
-        pairs = shape.filter(pa.array(ok))
-        first = pc.fill_null(pc.list_element(pairs, 0), -1).to_numpy(zero_copy_only=False)
-        second = pc.fill_null(pc.list_element(pairs, 1), -1).to_numpy(zero_copy_only=False)
-        ok[ok] = (first == height) & (second == width)
+        rows = shape.filter(pa.array(ok))
+        sides = [pc.fill_null(pc.list_element(rows, i), -1).to_numpy(zero_copy_only=False) for i in range(len(row_shape))]
+        ok[ok] = np.logical_and.reduce([side == want for side, want in zip(sides, row_shape)])
     return ok
 
 
@@ -136,8 +137,8 @@ def find_bad_rows(table: pa.Table, row_shape, num_classes: int) -> tuple[Optiona
     """(mask of rows the rater cannot score, or None when every row is fine; why the first is bad)."""
     if is_text(row_shape):
         return _first_bad(table, _text_checks(table))
-    height, width = row_shape
-    pixels = height * width
+    row_shape = [int(side) for side in row_shape]
+    pixels, size = int(np.prod(row_shape)), "x".join(map(str, row_shape))
     n = table.num_rows
     checks: list[tuple[np.ndarray, str]] = []
     image = table.column("image")
@@ -145,9 +146,9 @@ def find_bad_rows(table: pa.Table, row_shape, num_classes: int) -> tuple[Optiona
         checks.append((image.is_null().to_numpy(zero_copy_only=False), "image is null"))
     if not pa.types.is_fixed_size_list(image.type):
         lengths = pc.fill_null(pc.list_value_length(image), pixels).to_numpy(zero_copy_only=False)
-        checks.append((lengths != pixels, f"image does not have {height}x{width}={pixels} pixels"))
-    shape_bad = ~_shape_ok(table.column("shape"), height, width)
-    checks.append((shape_bad, f"shape is not [{height}, {width}]"))
+        checks.append((lengths != pixels, f"image does not have {size}={pixels} values"))
+    shape_bad = ~_shape_ok(table.column("shape"), row_shape)
+    checks.append((shape_bad, f"shape is not {row_shape}"))
     labels = pc.fill_null(table.column("label"), -1).to_numpy(zero_copy_only=False)
     checks.append(((labels < 0) | (labels >= num_classes), f"label outside the rater's classes 0..{num_classes - 1}"))
     if image.type.value_type != pa.uint8() or pc.list_flatten(image).null_count:
@@ -216,7 +217,7 @@ def score_table(rater: torch.nn.Module, table: pa.Table, row_shape, num_classes:
 
 
 def _image_inputs(batch: pa.RecordBatch, row_shape, num_classes: int, where: str, device: torch.device):
-    """(float images [B, 1, H, W] in [0, 1], int64 labels [B]) on `device`, as in meta-training."""
+    """(float images [B, C, H, W] in [0, 1], int64 labels [B]) on `device`, as in meta-training."""
     images, labels = decode_batch(batch, row_shape, num_classes, where)
     with warnings.catch_warnings():  # Arrow's buffers are read-only: inputs() converts to a new tensor
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

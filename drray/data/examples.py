@@ -63,7 +63,7 @@ class DataSplits:
 
 
 def to_tensors(examples: ExampleSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model inputs and labels: images as float32 [N, 1, H, W] in [0, 1] (token sequences as
+    """Model inputs and labels: images as float32 [N, C, H, W] in [0, 1] (token sequences as
     int64 [N, L]), labels as int64 [N]."""
     rows = torch.from_numpy(np.ascontiguousarray(examples.rows))
     x = modality_of_array(examples.rows).inputs(rows)

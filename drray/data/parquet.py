@@ -65,12 +65,13 @@ def examples_from_table(table: pa.Table, path) -> ExampleSet:
     if table.num_rows == 0:
         raise DataError(f"{path}: no rows; write the examples there (prepare makes such files)")
     n, shapes = table.num_rows, _list_column(table, "shape", path)
-    if shapes.size != 2 * n or (shapes.reshape(n, 2) != shapes[:2]).any():
-        raise DataError(f"{path}: column shape must be the same [H, W] on every row")
-    height, width = shapes[:2]
+    ndim = shapes.size // n if shapes.size % n == 0 else 0
+    if ndim not in (2, 3) or (shapes.reshape(n, ndim) != shapes[:ndim]).any():
+        raise DataError(f"{path}: column shape must be the same [H, W] or [H, W, C] on every row")
+    row_shape = [int(side) for side in shapes[:ndim]]
     pixels = _list_column(table, "image", path)
-    if pixels.size != n * height * width:
-        raise DataError(f"{path}: image sizes do not match shape {[int(height), int(width)]}; rewrite the image column")
+    if pixels.size != n * int(np.prod(row_shape)):
+        raise DataError(f"{path}: image sizes do not match shape {row_shape}; rewrite the image column")
     pixels = as_uint8(pixels, path)
     if not pa.types.is_integer(table.schema.field("label").type):
         raise DataError(f"{path}: column label is {table.schema.field('label').type}, not an integer class; "
@@ -79,7 +80,7 @@ def examples_from_table(table: pa.Table, path) -> ExampleSet:
     if (labels < 0).any():
         raise DataError(f"{path}: negative label {labels[labels < 0][0]}; labels must be 0..num_classes-1")
     examples = ExampleSet.clean(
-        table.column("id").to_numpy(), pixels.reshape(n, height, width), labels, int(labels.max(initial=-1)) + 1
+        table.column("id").to_numpy(), pixels.reshape(n, *row_shape), labels, int(labels.max(initial=-1)) + 1
     )
     read_ground_truth(table, examples)
     return examples
@@ -121,11 +122,12 @@ def write_parquet(examples: ExampleSet, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    n, height, width = examples.rows.shape
+    n, row_shape = len(examples.rows), list(examples.rows.shape[1:])  # [H, W] or [H, W, C]
     table = pa.table({
         "id": pa.array(examples.ids, pa.int64()),
-        "image": pa.FixedSizeListArray.from_arrays(pa.array(examples.rows.reshape(-1), pa.uint8()), height * width),
-        "shape": pa.FixedSizeListArray.from_arrays(pa.array(np.tile([height, width], n), pa.int32()), 2),
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(examples.rows.reshape(-1), pa.uint8()),
+                                                   int(np.prod(row_shape))),
+        "shape": pa.FixedSizeListArray.from_arrays(pa.array(np.tile(row_shape, n), pa.int32()), len(row_shape)),
         **label_and_truth_columns(examples),
     })  # fmt: skip
     pq.write_table(table, str(path))

@@ -14,6 +14,7 @@ import numpy as np
 from drray.config import DataConfig
 from drray.data import sources  # noqa: F401  (registers the built-in sources)
 from drray.data.corruption import apply_corruptions
+from drray.data.modality import ImageModality, modality_of_array
 from drray.data.tokenizer import PAD, TOKEN_DTYPE
 from drray.errors import DataError
 from drray.registry import DATA_SOURCES
@@ -39,6 +40,8 @@ def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
         None if part is None else _validated(part, f"{where} ({name})")
         for name, part in zip(("train", "test", "heldout"), loaded + (None,) * (3 - len(loaded)))
     ]  # a source may leave heldout out of its tuple
+    if cfg.image_size is not None:
+        pool, test, heldout = (None if part is None else resized(part, cfg.image_size) for part in (pool, test, heldout))
     for name, part in (("test", test), ("heldout", heldout)):
         check_clean(part, name, where)
     if test is None:
@@ -50,14 +53,15 @@ def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
         train = train.subset(np.sort(seeded_rng(seed, seeds.TRAIN_CAP).choice(len(train), cfg.max_train, replace=False)))
     parts = (train, heldout, test)
     if len({p.rows.shape[1:] for p in parts}) > 1 or len({p.num_classes for p in parts}) > 1:
-        raise DataError(f"{where}: splits differ in image shape or class count; prepare them from one data set")
+        raise DataError(f"{where}: splits differ in image shape or class count; prepare them from one data set "
+                        "(or set data.image_size)")
     ids = np.concatenate([p.ids for p in parts])
     if len(np.unique(ids)) != len(ids):
         raise DataError(f"{where}: ids repeat within or across train/heldout/test; give every example a unique id")
     train = apply_corruptions(train, cfg.corruption, seed)
     probe_rows = seeded_rng(seed, seeds.PROBE_ROWS).choice(len(train), min(cfg.probe_size, len(train)), replace=False)
     probe = train.subset(np.sort(probe_rows))
-    return DataSplits(train, heldout, test, probe, train.num_classes, tuple(train.rows.shape[1:3]))
+    return DataSplits(train, heldout, test, probe, train.num_classes, tuple(train.rows.shape[1:]))
 
 
 def _split_off(pool: ExampleSet, fraction: float, rng: np.random.Generator, name: str, where: str):
@@ -75,19 +79,33 @@ def _split_off(pool: ExampleSet, fraction: float, rng: np.random.Generator, name
 
 
 def _validated(part: ExampleSet, where: str) -> ExampleSet:
-    """The part with uint8 images (whole-number float images are converted) or int16 token
-    sequences, or a DataError."""
+    """The part with uint8 images [N, H, W] or [N, H, W, 3] (whole-number float images are
+    converted; one channel is stored [N, H, W]) or int16 token sequences, or a DataError."""
     if part.rows.ndim == 2 and len(part) and len(part.labels) == len(part.rows) == len(part.ids):
         return _validated_tokens(part, where)
-    if len(part) == 0 or part.rows.ndim != 3 or not len(part.labels) == len(part.rows) == len(part.ids):
-        raise DataError(f"{where}: need N >= 1 images [N, H, W] with N ids and labels, got {part.rows.shape}")
+    rows = part.rows[..., 0] if part.rows.ndim == 4 and part.rows.shape[-1] == 1 else part.rows
+    image = rows.ndim == 3 or (rows.ndim == 4 and rows.shape[-1] == 3)
+    if len(part) == 0 or not image or not len(part.labels) == len(rows) == len(part.ids):
+        raise DataError(f"{where}: need N >= 1 images [N, H, W] or [N, H, W, 3] (RGB) with N ids and labels, "
+                        f"got {part.rows.shape}")
     bad = (part.labels < 0) | (part.labels >= part.num_classes)
     if bad.any():
         raise DataError(
             f"{where}: label {part.labels[bad][0]} (id {part.ids[bad][0]}) is outside 0..{part.num_classes - 1}; "
             "fix the labels or the class count"
         )
-    return dataclasses.replace(part, rows=as_uint8(part.rows, where))
+    return dataclasses.replace(part, rows=as_uint8(rows, where))
+
+
+def resized(part: ExampleSet, size) -> ExampleSet:
+    """Images resized to size = (H, W) with Pillow (bilinear); token sequences as they are."""
+    from PIL import Image
+
+    if modality_of_array(part.rows) is not ImageModality or part.rows.shape[1:3] == tuple(size):
+        return part
+    height, width = size
+    rows = np.stack([np.asarray(Image.fromarray(row).resize((width, height), Image.BILINEAR)) for row in part.rows])
+    return dataclasses.replace(part, rows=rows)
 
 
 def _validated_tokens(part: ExampleSet, where: str) -> ExampleSet:
@@ -100,6 +118,9 @@ def _validated_tokens(part: ExampleSet, where: str) -> ExampleSet:
 
 
 def stream_splits(cfg: DataConfig) -> DataSplits:
+    if cfg.image_size is not None:
+        raise DataError("data.image_size: a streamed set is read as it was prepared; resize it when preparing "
+                        "(jobs.prepare --set data.image_size=[H, W]) and drop data.image_size here")
     paths = parquet_split_paths(cfg)
     for name in ("heldout", "test"):
         if paths[name] is None:

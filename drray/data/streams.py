@@ -52,20 +52,21 @@ def stream_columns(row_shape) -> list[str]:
     return ["text"] if is_text(row_shape) else ["image", "label"]
 
 
-def decode_batch(batch, row_shape: tuple[int, int], num_classes: int, where: str):
-    """Arrow rows -> (uint8 images [B, H, W], int64 labels [B]), checked against the split's shape."""
-    height, width = row_shape
+def decode_batch(batch, row_shape, num_classes: int, where: str):
+    """Arrow rows -> (uint8 images [B, *row_shape], int64 labels [B]), checked against the split's
+    shape, (H, W) or (H, W, C)."""
+    row_shape = tuple(int(side) for side in row_shape)
     pixels = batch.column("image")
     if isinstance(pixels, pa.ChunkedArray):
         pixels = pixels.combine_chunks()
     pixels = pixels.flatten().to_numpy(zero_copy_only=False)
     labels = batch.column("label").to_numpy().astype(np.int64)
-    if pixels.size != len(labels) * height * width:
-        raise DataError(f"{where}: a batch's images are not {height}x{width}; rewrite the image column")
+    if pixels.size != len(labels) * int(np.prod(row_shape)):
+        raise DataError(f"{where}: a batch's images are not {'x'.join(map(str, row_shape))}; rewrite the image column")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{where}: label {labels[(labels < 0) | (labels >= num_classes)][0]} outside "
                         f"0..{num_classes - 1} (the classes of heldout/test); fix the labels")
-    return pixels.astype(np.uint8, copy=False).reshape(-1, height, width), labels
+    return pixels.astype(np.uint8, copy=False).reshape(-1, *row_shape), labels
 
 
 def decode_text_batch(batch, seq_len: int, where: str):
@@ -79,7 +80,7 @@ def decode_text_batch(batch, seq_len: int, where: str):
 
 
 def decode_rows(batch, row_shape, num_classes: int, where: str):
-    """(stored rows: uint8 images [B, H, W] or int16 tokens [B, L]; int64 labels [B])."""
+    """(stored rows: uint8 images [B, H, W] or [B, H, W, C], or int16 tokens [B, L]; int64 labels [B])."""
     if is_text(row_shape):
         return decode_text_batch(batch, row_shape[0], where)
     return decode_batch(batch, row_shape, num_classes, where)

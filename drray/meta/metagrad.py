@@ -22,7 +22,7 @@ from torch.func import functional_call
 from drray.data.modality import ImageModality
 from drray.meta.inner_optim import Params, State, detach_state
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # (x: float [B, 1, H, W] images or int64 [B, L] tokens, y int64 [B])
+Batch = tuple[torch.Tensor, torch.Tensor]  # (x: float [B, C, H, W] images or int64 [B, L] tokens, y int64 [B])
 
 
 class MetaProblem:

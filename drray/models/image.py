@@ -1,22 +1,23 @@
-"""The image models: inner classifiers (cnn, mlp) and raters (cnn, cnn_classifier[_large], mlp),
-registered by name. Inputs are float [B, 1, H, W] in [0, 1]."""
+"""The image models: inner classifiers (cnn, cnn_gap, mlp) and raters (cnn, cnn_classifier[_large],
+cnn_gap, cnn_gap_classifier, mlp), registered by name. Inputs are float [B, C, H, W] in [0, 1];
+a builder reads C from row_shape, (H, W) or (H, W, C)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from drray.data.modality import image_channels
 from drray.models.layers import ImageConv2d, MaxPool2x2
 from drray.registry import INNER_MODELS, RATERS
 
 
-def _conv_trunk(channels: tuple[int, ...], side: int, padding: int = 1) -> tuple[nn.Sequential, int]:
+def _conv_trunk(channels: tuple[int, ...], side: int, padding: int = 1, in_ch: int = 1) -> tuple[nn.Sequential, int]:
     """3x3 convs, each followed by 2x2 max-pool and ReLU; returns (trunk, flattened size). Pooling
     first is the same function as ReLU then pool, with the same gradients (max and ReLU commute,
     and the gradient goes to the same corner), but ReLU then keeps a quarter of the activations
     for its backward, which the next layer keeps anyway (BENCHMARKS.md, reference configuration).
     The modules keep their indices, so rater checkpoints of the ReLU-first order still load."""
     layers: list[nn.Module] = []
-    in_ch = 1
     for out_ch in channels:
         conv = ImageConv2d if not layers else nn.Conv2d
         layers += [conv(in_ch, out_ch, 3, padding=padding), MaxPool2x2(), nn.ReLU()]
@@ -38,14 +39,37 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 @INNER_MODELS.register("cnn")
 def inner_cnn(row_shape: tuple[int, int], num_classes: int) -> nn.Module:
     """Two conv stages and a 128-unit head: 108,618 parameters at 28x28, the reference ToyCNN's size."""
-    side = min(row_shape)
-    trunk, flat = _conv_trunk((16, 32), side, padding=0 if side >= 16 else 1)
+    side = min(row_shape[:2])
+    trunk, flat = _conv_trunk((16, 32), side, padding=0 if side >= 16 else 1, in_ch=image_channels(row_shape))
     return nn.Sequential(trunk, nn.Linear(flat, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
+def _gap_trunk(channels: tuple[int, ...], row_shape) -> nn.Sequential:
+    """3x3 convs (padding 1), each pooled 2x2 while the side allows, then global average pooling:
+    the size does not grow with the image, so any image size takes the same model."""
+    layers: list[nn.Module] = []
+    in_ch, side = image_channels(row_shape), min(row_shape[:2])
+    for out_ch in channels:
+        conv = ImageConv2d if not layers else nn.Conv2d
+        layers += [conv(in_ch, out_ch, 3, padding=1)] + ([MaxPool2x2()] if side >= 2 else []) + [nn.ReLU()]
+        in_ch, side = out_ch, side // 2 if side >= 2 else side
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+@INNER_MODELS.register("cnn_gap")
+def inner_cnn_gap(row_shape, num_classes: int) -> nn.Module:
+    """Three conv stages (16, 32, 64), global pooling and a linear head: 24,234 parameters for RGB."""
+    return nn.Sequential(_gap_trunk((16, 32, 64), row_shape), nn.Linear(64, num_classes))
 
 
 @INNER_MODELS.register("mlp")
 def inner_mlp(row_shape: tuple[int, int], num_classes: int) -> nn.Module:
-    return _mlp([row_shape[0] * row_shape[1], 128, num_classes])
+    return _mlp([_pixels(row_shape), 128, num_classes])
+
+
+def _pixels(row_shape) -> int:
+    """Values per image: H * W * C."""
+    return int(row_shape[0]) * int(row_shape[1]) * image_channels(row_shape)
 
 
 class ClassConditionedRater(nn.Module):
@@ -64,7 +88,7 @@ class ClassConditionedRater(nn.Module):
 
 
 def _rater_cnn_body(row_shape: tuple[int, int], num_classes: int) -> nn.Sequential:
-    trunk, flat = _conv_trunk((8, 16), min(row_shape))
+    trunk, flat = _conv_trunk((8, 16), min(row_shape[:2]), in_ch=image_channels(row_shape))
     return nn.Sequential(trunk, nn.Linear(flat, 24), nn.ReLU(), nn.Linear(24, num_classes))
 
 
@@ -86,6 +110,22 @@ def rater_cnn_classifier_large(row_shape: tuple[int, int], num_classes: int) -> 
     return ClassConditionedRater(inner_cnn(row_shape, num_classes), log_prob=True)
 
 
+def _rater_gap_body(row_shape, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(_gap_trunk((8, 16, 32), row_shape), nn.Linear(32, num_classes))
+
+
+@RATERS.register("cnn_gap")
+def rater_cnn_gap(row_shape, num_classes: int) -> nn.Module:
+    """A class-conditioned CNN with global pooling, for colour or large images (any size)."""
+    return ClassConditionedRater(_rater_gap_body(row_shape, num_classes))
+
+
+@RATERS.register("cnn_gap_classifier")
+def rater_cnn_gap_classifier(row_shape, num_classes: int) -> nn.Module:
+    """The cnn_gap rater scored as the label's log-probability (ClassConditionedRater)."""
+    return ClassConditionedRater(_rater_gap_body(row_shape, num_classes), log_prob=True)
+
+
 @RATERS.register("mlp")
 def rater_mlp(row_shape: tuple[int, int], num_classes: int) -> nn.Module:
-    return ClassConditionedRater(_mlp([row_shape[0] * row_shape[1], 64, num_classes]))
+    return ClassConditionedRater(_mlp([_pixels(row_shape), 64, num_classes]))
