@@ -80,8 +80,8 @@ class RayPopulation:
         return ray.get(self.scheduler.worker_handles.remote())
 
     def close(self) -> None:
-        """Ends the run's actors: the workers and the parameter server go with their owner, the
-        scheduler (the driver's own Ray may run on, e.g. a Tune trial's or a test's)."""
+        """Kills the scheduler; its workers and parameter server die with it. The Ray session is left
+        running (a Tune trial's or a test's)."""
         ray.kill(self.scheduler)
 
     def state_dict(self) -> dict:

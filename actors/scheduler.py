@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from actors.cluster import placement
 from actors.inner_worker import InnerWorker
@@ -64,7 +64,7 @@ class Scheduler:
         # The new parameters travel as a reference: the driver fetches them only if it needs them.
         return {"stats": stats, "replaced": self.replaced, "params": self.loop.params}
 
-    # The OuterLoop's backend. Parameters and gradients go worker -> server -> workers by reference.
+    # The OuterLoop's backend. The parameters go server -> workers by reference.
     def meta_steps(self, eta, resets: dict[int, int], renew):
         pending = {i: self.workers[i].meta_step.remote(eta, resets.get(i)) for i in range(len(self.workers))}
         return self._gather(eta, pending, renew)
@@ -97,8 +97,10 @@ class Scheduler:
             (ready,), _ = ray.wait(list(waiting), num_returns=1)
             i = waiting.pop(ready)
             try:
-                stats[i], grads[i] = ray.get(ready), pending[i][0]
-            except (RayActorError, RayTaskError) as error:
+                # The gradient too, here on the parameter server's node: left in the worker's object
+                # store, it would be lost with that node before the server reads it.
+                stats[i], grads[i] = ray.get(ready), ray.get(pending[i][0])
+            except (RayActorError, RayTaskError, ObjectLostError) as error:
                 failures[i] = one_line(error)
                 if self.cfg.data.stream:
                     # A streaming split starts each epoch for all its shards together: the other workers

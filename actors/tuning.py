@@ -149,21 +149,19 @@ def make_trainable(spec: TuneSpec, base_tree: dict, gpus_per_worker: float):
         from drray.train.loop import meta_train
 
         cfg = trial_config(base_tree, params, str(Path(tune.get_context().get_trial_dir()) / "run"))
+        # A checkpoint at every report: a trial retried after a failure (its node lost) goes on from
+        # its last report, which its files came with.
+        cfg.run.checkpoint_every = spec.report_every
         run_dir = Path(cfg.run.out)
         resumed = restore_run(tune.get_checkpoint(), run_dir)
         metric = _metric_fn(spec, cfg)
-        reported = {"step": resumed}
 
         def report(record, population, prober):
             step = record["step"] + 1
             if step % spec.report_every == 0 or step == cfg.meta.steps:
-                # The run's files go with a report once a newer checkpoint is on disk: a retried trial
-                # (its node lost) continues from there.
-                saved = step if step == cfg.meta.steps else step - step % cfg.run.checkpoint_every
-                checkpoint = tune.Checkpoint.from_directory(str(run_dir)) if saved > reported["step"] else None
-                reported["step"] = max(reported["step"], saved)
                 tune.report({spec.metric: metric(population, prober, record), "step": step,
-                             "outer_loss": record["outer_loss"]}, checkpoint=checkpoint)
+                             "outer_loss": record["outer_loss"], "resumed_from_step": resumed},
+                            checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
 
         meta_train(cfg, resume=resumed > 0, overwrite=resumed == 0, population_factory=RayPopulation,
                    on_record=report)
@@ -232,6 +230,7 @@ def run_search(spec: TuneSpec, base_tree: dict, storage: Path, name: str, gpus_p
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                     num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
     return tuner.fit()

@@ -32,11 +32,10 @@ On --device cpu memory is null (no allocator statistics). --small: synthetic dat
 runs/gpu_check.json) holds every number; a short table, one line per section, ends the output.
 Exit status 1 when a section failed or the gradients disagree.
 
-On the device machine (its python3 has torch, numpy, pyarrow, pyyaml, scikit-learn but no pydantic):
-once, here, in the repository's root, fetch the missing wheels into the git-ignored .whl/ (and,
-optionally, copy MNIST into the git-ignored .mnist/, ~11 MB: ../shared does not travel):
+On a GPU machine whose python3 has torch, numpy, pyarrow and pyyaml but no pydantic: fetch the
+missing wheels where pip works, into a git-ignored .whl/ beside the checkout (and, optionally,
+copy MNIST into a git-ignored .mnist/, ~11 MB), take both along, and install them there first:
 
-    echo /.whl/ >> .git/info/exclude; echo /.mnist/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
@@ -44,11 +43,11 @@ optionally, copy MNIST into the git-ignored .mnist/, ~11 MB: ../shared does not 
         typing-extensions==4.16.0
     mkdir -p .mnist && cp ../shared/data/mnist/*.gz .mnist/
 
-then run it (device tool `run`, carry [".whl", ".mnist"], timeout_s 420):
+    # on the GPU machine
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    timeout 400 python3 -m benchmarks.gpu_check --mnist-dir .mnist --out runs/gpu_check.json
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 timeout 400 python3 -m benchmarks.gpu_check --mnist-dir .mnist --out $OUT/gpu_check.json
-
-($OUT/gpu_check.json comes back; without .mnist the population runs on the synthetic set.)
+(Without .mnist the population runs on the synthetic set.)
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ batch), the loss on one held-out batch shared by the population; then one `backw
 outer loss into the rater, global-norm clipping and an Adam step; the inner models keep their
 new weights. Same data (MNIST, 20,000 training rows), the same `cnn` rater and inner CNN
 architectures, built of torch's own layers as the reference's are (ReLU then nn.MaxPool2d:
-`drray.models.with_torch_layers`), plain SGD (momentum 0) for both. Against it:
+`drray.models.layers.with_torch_layers`), plain SGD (momentum 0) for both. Against it:
 `benchmarks.meta_step --one` children for backprop and both mixflow modes. Each run: one
 warm-up step and 3 timed; the repeats cycle through all four.
 Writes benchmarks/results/reference_step.json.

@@ -227,13 +227,16 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def validate_config(tree: dict, origin: str = "config", overrides: list[str] = ()) -> Config:
+def validate_config(tree: dict, origin: str = "config", overrides: list[str] = (),
+                    typed_as: Optional[dict[str, str]] = None) -> Config:
     """origin: where the tree came from (a file); a bad key that an override set is blamed on it."""
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(f"{_blame(first, origin, overrides)}: {_describe(first, Config)}") from None
+        blamed = _blame(first, origin, overrides)
+        blamed = (typed_as or {}).get(blamed.removeprefix("--set "), blamed)
+        raise ConfigError(f"{blamed}: {_describe(first, Config)}") from None
 
 
 def _blame(error: dict, origin: str, overrides: list[str]) -> str:
@@ -248,7 +251,9 @@ def _blame(error: dict, origin: str, overrides: list[str]) -> str:
     return origin
 
 
-def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
+def load_config(path: Optional[str | Path] = None, overrides: list[str] = (),
+                typed_as: Optional[dict[str, str]] = None) -> Config:
+    """typed_as: override -> how the user typed it (a job's flag that sets one key), for messages."""
     tree: dict = {}
     origin = "config"
     if path is not None:
@@ -264,4 +269,4 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     for text in overrides:
         apply_override(tree, *parse_override(text))
-    return validate_config(tree, origin, overrides)
+    return validate_config(tree, origin, overrides, typed_as)

@@ -1,23 +1,15 @@
 """Local file plumbing every part shares: atomic writes, YAML errors in one line, path checks."""
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Optional
 
-from drray.errors import ConfigError
-
-if TYPE_CHECKING:  # pyarrow is imported where a filesystem is used: a local run never loads it (~30 MB)
-    pass
-import io
-from typing import TYPE_CHECKING, Optional
-
-import torch
 import yaml
 
-if TYPE_CHECKING:
-    pass
+from drray.errors import ConfigError
 
 
 def current_umask() -> int:
@@ -64,6 +56,8 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
+    import torch  # here: the config, which imports this module, loads without torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())

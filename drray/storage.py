@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drray.errors import ConfigError, DataError
+from drray.io import current_umask
 
 if TYPE_CHECKING:  # pyarrow is imported where a filesystem is used: a local run never loads it (~30 MB)
     import pyarrow.fs as pafs
-from drray.io import current_umask
 
 
 def is_uri(location: str) -> bool:

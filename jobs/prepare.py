@@ -64,10 +64,13 @@ def run(args: argparse.Namespace) -> dict:
     from drray.config import load_config
     from drray.data.prepare import write_prepared
 
-    given = {key: getattr(args, key) for key, _ in ALIASES.values() if getattr(args, key) is not None}
-    if "data.corruption" in given:
-        given["data.corruption"] = parse_corruption(given["data.corruption"])
-    cfg = load_config(args.config, args.overrides + [f"{key}={json.dumps(value)}" for key, value in given.items()])
+    typed, given = {}, {}
+    for flag, (key, _) in ALIASES.items():
+        value = getattr(args, key)
+        if value is not None:
+            given[key] = parse_corruption(value) if flag == "--corrupt" else value
+            typed[f"{key}={json.dumps(given[key])}"] = flag if value is True else f"{flag} {value}"
+    cfg = load_config(args.config, args.overrides + list(typed), typed_as=typed)
     return write_prepared(cfg.data, cfg.run.seed, args.output, args.shards, args.overwrite)
 
 

@@ -233,8 +233,10 @@ def test_a_tune_trial_whose_node_is_lost_resumes_from_its_checkpoint(nodes, tmp_
         "asha": {"grace_period": 12}}))  # no early stopping: every trial runs to its last step
     spec, base_tree = load_tune_spec(spec_path)
     storage = tmp_path / "tune"
-    # Once a trial has stored a first checkpoint (step 10 of 120), lose the node of a trial's scheduler.
-    reported = lambda: any(storage.glob("search/*/checkpoint_*"))  # noqa: E731
+    # Once both trials have stored two checkpoints (steps 10 and 20 of 120; Tune has taken in the
+    # first), lose the node of a trial's scheduler.
+    stored = lambda: [len(list(trial.glob("checkpoint_*"))) for trial in storage.glob("search/*/")]  # noqa: E731
+    reported = lambda: len(stored()) == 2 and min(stored()) >= 2  # noqa: E731
     loser = lose_a_node_once(nodes, reported, "Scheduler")
     try:
         results = run_search(spec, base_tree, storage, "search", 0.0)
@@ -245,8 +247,8 @@ def test_a_tune_trial_whose_node_is_lost_resumes_from_its_checkpoint(nodes, tmp_
     finished = [r.metrics for r in results]
     assert len(finished) == 2 and all(r.error is None for r in results)
     assert all(m["step"] == 120 and m["training_iteration"] == 12 for m in finished), finished
-    restored = [m for m in finished if m["iterations_since_restore"] < m["training_iteration"]]
-    assert len(restored) == 1, finished  # the lost trial went on from a checkpoint, not from step 0
+    restored = [m["resumed_from_step"] for m in finished if m["resumed_from_step"] > 0]
+    assert len(restored) == 1 and restored[0] % 10 == 0, finished  # from a checkpoint, not from step 0
 
 
 def test_scoring_survives_a_lost_node_with_every_row_once(nodes, tmp_path):

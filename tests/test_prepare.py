@@ -123,9 +123,9 @@ def test_config_and_set_say_what_is_prepared(tmp_path, capsys):
     (["--corrupt", "label_flip:lots"], "is not a number"),
     (["--corrupt", "label_flip:1.5"], "data.corruption.0.fraction: Input should be less than or equal to 1"),
     (["--corrupt", "label_flip:0.6,pixel_noise:0.6"], "data.corruption: corruption fractions add up to more than 1"),
-    (["--test-fraction", "1.5"], "data.test_fraction: Input should be less than 1"),
+    (["--test-fraction", "1.5"], "error: --test-fraction 1.5: data.test_fraction: Input should be less than 1"),
     (["--heldout-fraction", "0"], "data.heldout_fraction: Input should be greater than 0"),
-    (["--set", "data.test_fraction=0"], "data.test_fraction: Input should be greater than 0"),
+    (["--set", "data.test_fraction=0"], "error: --set data.test_fraction=0: data.test_fraction: Input should be greater than 0"),
     (["--shards", "0"], "--shards must be >= 1"),
     (["--shards", "5000"], "more than the"),
     (["--source", "mnist", "--dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
@@ -133,7 +133,7 @@ def test_config_and_set_say_what_is_prepared(tmp_path, capsys):
     (["--source", "idx", "--dir", "SUB"], "overlaps data.dir"),  # --overwrite would remove the source
     (["--source", "text"], "error: no data.dir given; set data.dir to a folder of"),
     (["--source", "text", "--dir", "SRC", "--pattern", "/abs/*"], "error: data.pattern '/abs/*': "),
-    (["--seq-len", "1"], "data.seq_len: Input should be greater than or equal to 2"),
+    (["--seq-len", "1"], "error: --seq-len 1: data.seq_len: Input should be greater than or equal to 2"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, expected):
     """Even with --overwrite, a refused run leaves an earlier output as it was."""

@@ -175,3 +175,20 @@ def test_heldout_loss_metric_is_a_fresh_model_trained_with_the_trials_rater(tmp_
                            cfg.run.seed, scores, 0.3)
     want = float(np.mean(ev.per_example_losses(model, splits.heldout.rows, splits.heldout.labels)))
     assert spec.mode == "min" and value == pytest.approx(want, rel=1e-5) and 0.0 < value < 10.0
+
+
+@pytest.mark.parametrize("space,expected", [
+    ({"data.source": {"grid": ["digits", "nope"]}}, "space data.source=nope: data.source: unknown source 'nope'"),
+    ({"data.corruption": {"choice": [[{"kind": "blur", "fraction": 0.1}]]}},
+     "data.corruption: unknown corruption 'blur'"),
+    ({"rater.arch": {"grid": ["mlp", "resnet"]}}, "space rater.arch=resnet: rater.arch: unknown arch 'resnet'"),
+])
+def test_unknown_names_in_the_space_are_refused_before_any_trial(tmp_path, space, expected):
+    """The config takes any name (the registries check them where they are looked up): the
+    search looks up every listed value before it starts."""
+    from drray.train.search_space import check_trial_models
+
+    spec, base = load_tune_spec(write_spec(tmp_path / "s.yaml", space=space))
+    with pytest.raises(ConfigError) as info:
+        check_trial_models(spec, base)
+    assert expected in str(info.value) and "\n" not in str(info.value)

@@ -231,7 +231,7 @@ def _finite_or_none(value: float) -> Optional[float]:
 
 def summarize(scores: np.ndarray, kept_mask: np.ndarray, is_corrupted: Optional[np.ndarray] = None) -> dict:
     """rows_in, rows_kept, rows_removed; with ground truth also: auroc (clean above corrupted,
-    drray.metrics.corruption_auroc), corrupted_rows, corrupted_kept, corrupted_removed,
+    drray.train.metrics.corruption_auroc), corrupted_rows, corrupted_kept, corrupted_removed,
     corrupted_removed_fraction (of the corrupted rows, how many were removed), removal_precision
     (of the removed rows, how many were corrupted), and corrupted_fraction_in / _kept. A value
     that is undefined (no corrupted rows, nothing removed) is None."""

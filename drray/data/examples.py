@@ -5,20 +5,14 @@ byte-token sequence [L] (drray.data.tokenizer); `row_shape` is (H, W) or (L,).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from drray.data.modality import modality_of_array
-from drray.data.tokenizer import TOKEN_DTYPE
+from drray.data.tokenizer import TOKEN_DTYPE, encode_batch
 from drray.errors import DataError
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
-from drray.data.tokenizer import encode_batch
 
 
 @dataclass

@@ -7,27 +7,22 @@ A streamed Parquet set (`data.stream`) keeps train on disk (`stream_splits`).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow.dataset as ds
 
+from drray import seeds
 from drray.config import DataConfig
 from drray.data import sources  # noqa: F401  (registers the built-in sources)
 from drray.data.corruption import apply_corruptions
+from drray.data.examples import DataSplits, ExampleSet, as_uint8
 from drray.data.modality import ImageModality, modality_of_array
+from drray.data.parquet import check_clean, examples_from_any_table, read_parquet
+from drray.data.sources.paths import parquet_split_paths
 from drray.data.tokenizer import PAD, TOKEN_DTYPE
 from drray.errors import DataError
 from drray.registry import DATA_SOURCES
 from drray.seeds import seeded_rng
-
-if TYPE_CHECKING:
-    pass
-import pyarrow.dataset as ds
-
-from drray import seeds
-from drray.data.examples import DataSplits, ExampleSet, as_uint8
-from drray.data.parquet import check_clean, examples_from_any_table, read_parquet
-from drray.data.sources.paths import parquet_split_paths
 
 
 def build_splits(cfg: DataConfig, seed: int) -> DataSplits:

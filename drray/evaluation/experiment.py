@@ -223,10 +223,10 @@ def run_one(spec: RunSpec, data: dict, budget: Budget) -> dict:
         method_scores = random_scores(len(data["train_labels"]), spec.seed)
     else:
         method_scores = data["scores"][spec.method]
-    model = train_fresh(budget, data["train_images"], data["train_labels"], data["num_classes"], spec.seed,
+    model = train_fresh(budget, data["train_rows"], data["train_labels"], data["num_classes"], spec.seed,
                         method_scores, spec.discard)
-    heldout_loss = float(per_example_losses(model, data["heldout_images"], data["heldout_labels"]).mean())
-    test_losses, test_accuracies = losses_and_accuracies(model, data["test_images"], data["test_labels"])
+    heldout_loss = float(per_example_losses(model, data["heldout_rows"], data["heldout_labels"]).mean())
+    test_losses, test_accuracies = losses_and_accuracies(model, data["test_rows"], data["test_labels"])
     return {**asdict(spec), "acc": float(test_accuracies.mean()), "test_loss": float(test_losses.mean()),
             "heldout_loss": heldout_loss}
 
@@ -242,9 +242,9 @@ def shared_arrays(splits: DataSplits, scores: dict, max_eval_rows: Optional[int]
     """What every run reads (shipped once to Ray's object store): the training split, the scores,
     and the test and held-out rows each model is measured on."""
     test, heldout = (eval_subset(part, max_eval_rows, seed) for part in (splits.test, splits.heldout))
-    return {"scores": scores, "train_images": splits.train.rows, "train_labels": splits.train.labels,
-            "test_images": test.rows, "test_labels": test.labels,
-            "heldout_images": heldout.rows, "heldout_labels": heldout.labels,
+    return {"scores": scores, "train_rows": splits.train.rows, "train_labels": splits.train.labels,
+            "test_rows": test.rows, "test_labels": test.labels,
+            "heldout_rows": heldout.rows, "heldout_labels": heldout.labels,
             "num_classes": splits.num_classes}
 
 

@@ -2,7 +2,6 @@
 drray.models.image and drray.models.text fill (imported here, so any user of the zoo sees them)."""
 from __future__ import annotations
 
-
 from torch import nn
 
 from drray.data.modality import modality_for

@@ -26,20 +26,20 @@ def check_warm_start(rater: nn.Module, arch: str, steps: int) -> None:
                           "set rater.warm_start_steps=0")
 
 
-def warm_start(rater: nn.Module, images: np.ndarray, labels: np.ndarray, steps: int, lr: float, batch_size: int,
+def warm_start(rater: nn.Module, rows: np.ndarray, labels: np.ndarray, steps: int, lr: float, batch_size: int,
                seed: int) -> float:
-    """Trains rater.body in place for `steps` Adam steps of cross-entropy on (images, labels);
+    """Trains rater.body in place for `steps` Adam steps of cross-entropy on (rows, labels);
     returns the mean loss of the last 10% of steps. Seeded: the same rater in every run of one
     process; on Ray (another thread count) it agrees to float rounding."""
-    modality = modality_of_array(images)
-    rows = torch.from_numpy(np.array(images))  # a copy: object-store arrays are read-only
+    modality = modality_of_array(rows)
+    stored = torch.from_numpy(np.array(rows))  # a copy: object-store arrays are read-only
     targets = torch.from_numpy(np.array(labels, dtype=np.int64))
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(rater.body.parameters(), lr=lr)
     tail = []
     for step in range(steps):
         index = torch.randint(len(targets), (batch_size,), generator=generator)
-        loss = F.cross_entropy(rater.body(modality.inputs(rows[index])), targets[index])
+        loss = F.cross_entropy(rater.body(modality.inputs(stored[index])), targets[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,7 +1,7 @@
 """The meta-training loop: outer steps of a population, metrics, checkpoints, the final report.
 
 The loop is the same for the in-process Population and the Ray one: anything with step(),
-rater_params, state_dict() and load_state_dict().
+step_count, rater_params, state_dict(), load_state_dict() and close().
 """
 from __future__ import annotations
 
@@ -94,38 +94,43 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
     splits = splits or build_splits(cfg.data, cfg.run.seed)  # bad data fails here, before any output
     check_models_fit(cfg, splits)
     with RunDir(cfg.run.out, names=tuple(RUN_FILES)) as run_dir:
-        out = run_dir.local
         population = open_run(cfg, splits, run_dir, resume, overwrite, population_factory)
-        start = population.step_count
-        prober = Prober(cfg, splits)
-        has_truth = bool(splits.probe.is_corrupted.any())
-        log, progress = MetricsLog(out, resume_step=start), Progress(cfg.meta.steps, start, cfg.run.log_every)
         try:
-            for step in range(start, cfg.meta.steps):
-                stats = population.step()
-                if not (math.isfinite(stats.outer_loss) and math.isfinite(stats.meta_grad_norm)):
-                    raise TrainingDiverged(
-                        f"step {step}: outer loss {stats.outer_loss} / meta-gradient norm {stats.meta_grad_norm} is "
-                        f"not finite; the last good checkpoint is kept in {run_dir.display(checkpoint.CHECKPOINT_DIR)}"
-                        " (lower meta.lr or inner.lr, or set meta.clip_norm)")
-                record = {"step": step, "outer_loss": stats.outer_loss, "inner_loss": stats.inner_loss,
-                          "meta_grad_norm": stats.meta_grad_norm, "resets": stats.resets,
-                          "replaced": stats.replaced}
-                if has_truth and ((step + 1) % cfg.run.auroc_every == 0 or step + 1 == cfg.meta.steps):
-                    record["auroc"] = prober.auroc(population.rater_params)
-                log.write(record)
-                progress.update(step, record)
-                if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.meta.steps:
-                    save(out, cfg, population, prober)
-                    run_dir.push()
-                if on_record is not None:  # after the checkpoint: a Tune trial reports it with the step
-                    on_record(record, population, prober)
-            final = prober.summary(population.rater_params)
+            final = train(cfg, splits, run_dir, population, on_record)
         finally:
-            log.close()
-            run_dir.push()
             population.close()  # its actors' resources are free for what runs next, on success or not
     return RunSummary(out=run_dir, steps=population.step_count, **final)
+
+
+def train(cfg: Config, splits: DataSplits, run_dir: RunDir, population, on_record) -> dict:
+    """The outer steps from the population's step to meta.steps; the final summary of the rater."""
+    out, start = run_dir.local, population.step_count
+    prober = Prober(cfg, splits)
+    has_truth = bool(splits.probe.is_corrupted.any())
+    log, progress = MetricsLog(out, resume_step=start), Progress(cfg.meta.steps, start, cfg.run.log_every)
+    try:
+        for step in range(start, cfg.meta.steps):
+            stats = population.step()
+            if not (math.isfinite(stats.outer_loss) and math.isfinite(stats.meta_grad_norm)):
+                raise TrainingDiverged(
+                    f"step {step}: outer loss {stats.outer_loss} / meta-gradient norm {stats.meta_grad_norm} is "
+                    f"not finite; the last good checkpoint is kept in {run_dir.display(checkpoint.CHECKPOINT_DIR)}"
+                    " (lower meta.lr or inner.lr, or set meta.clip_norm)")
+            record = {"step": step, "outer_loss": stats.outer_loss, "inner_loss": stats.inner_loss,
+                      "meta_grad_norm": stats.meta_grad_norm, "resets": stats.resets, "replaced": stats.replaced}
+            if has_truth and ((step + 1) % cfg.run.auroc_every == 0 or step + 1 == cfg.meta.steps):
+                record["auroc"] = prober.auroc(population.rater_params)
+            log.write(record)
+            progress.update(step, record)
+            if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.meta.steps:
+                save(out, cfg, population, prober)
+                run_dir.push()
+            if on_record is not None:  # after the checkpoint: a Tune trial reports it with the step
+                on_record(record, population, prober)
+        return prober.summary(population.rater_params)
+    finally:
+        log.close()
+        run_dir.push()
 
 
 def open_run(cfg: Config, splits: DataSplits, run_dir: RunDir, resume: bool, overwrite: bool, population_factory):
@@ -140,11 +145,16 @@ def open_run(cfg: Config, splits: DataSplits, run_dir: RunDir, resume: bool, ove
             raise ConfigError(f"--resume: the checkpoint in {where} is at step {state['step']}, past "
                               f"meta.steps={cfg.meta.steps}; set meta.steps above {state['step']} to train on")
     population = population_factory(without_warm_start(cfg) if resume else cfg, splits)
-    if replace:
-        clear_run(run_dir)
-    run_dir.local.mkdir(parents=True, exist_ok=True)
+    try:
+        if replace:
+            clear_run(run_dir)
+        run_dir.local.mkdir(parents=True, exist_ok=True)
+        if resume:
+            population.load_state_dict(state["population"])
+    except BaseException:
+        population.close()
+        raise
     if resume:
-        population.load_state_dict(state["population"])
         left = cfg.meta.steps - population.step_count
         print(f"resuming {run_dir.display()} at step {population.step_count}: "
               + (f"{left} of {cfg.meta.steps} outer steps to go" if left else "nothing left to train"), flush=True)

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drray.config import Config, apply_override, load_config, validate_config
-from drray.errors import ConfigError
+from drray.errors import ConfigError, DrrayError
 from drray.io import yaml_error
 from drray.storage import is_uri
 
@@ -199,8 +199,9 @@ def trial_config(base_tree: dict, params: dict, out: str) -> Config:
 
 
 def check_trial_models(spec: TuneSpec, base_tree: dict) -> None:
-    """Load the base config's data once and build every arch a trial may use, so missing data or
-    an arch that does not fit it is one line before any trial starts (not a failure in each)."""
+    """Load the base config's data once and build every arch a trial may use, and load the data of
+    every data.* value in the space (an unknown source or corruption kind is refused at lookup), so
+    missing data or an arch that does not fit it is one line before any trial starts."""
     from drray.data.splits import build_splits
     from drray.train.loop import check_models_fit
 
@@ -208,12 +209,12 @@ def check_trial_models(spec: TuneSpec, base_tree: dict) -> None:
     splits = build_splits(base.data, base.run.seed)
     check_models_fit(base, splits)
     for key, domain in spec.space.items():
-        if key.endswith(".arch"):
-            for value in domain.probes():
-                try:
-                    check_models_fit(trial_config(base_tree, {key: value}, "unused"), splits)
-                except ConfigError as exc:
-                    raise ConfigError(f"space {key}={value}: {exc}") from None
+        for value in domain.probes() if key.endswith(".arch") or key.startswith("data.") else ():
+            try:
+                cfg = trial_config(base_tree, {key: value}, "unused")
+                check_models_fit(cfg, build_splits(cfg.data, cfg.run.seed) if key.startswith("data.") else splits)
+            except DrrayError as exc:
+                raise type(exc)(f"space {key}={value}: {exc}") from None
 
 
 def trial_rows(spec: TuneSpec, results) -> list[dict]:

@@ -59,20 +59,20 @@ def apply_corruptions(examples: "ExampleSet", specs: Sequence["CorruptionSpec"],
             "exist; lower the fractions"
         )
     candidates = seeded_rng(seed, seeds.CORRUPT_SELECT).permutation(clean_rows)
-    images, labels = examples.rows.copy(), examples.labels.copy()
+    data, labels = examples.rows.copy(), examples.labels.copy()
     is_corrupted, corruption = examples.is_corrupted.copy(), examples.corruption.copy()
     level = examples.corruption_level.copy()
     start = 0
     for i, (spec, count) in enumerate(zip(specs, counts)):
-        rows = np.sort(candidates[start : start + count])
+        chosen = np.sort(candidates[start : start + count])
         start += count
         if count == 0:
             continue
         corrupt = CORRUPTIONS.get(spec.kind)
-        images[rows], labels[rows], level[rows] = corrupt(
-            images[rows], labels[rows], examples.num_classes, seeded_rng(seed, seeds.CORRUPT_APPLY, i)
+        data[chosen], labels[chosen], level[chosen] = corrupt(
+            data[chosen], labels[chosen], examples.num_classes, seeded_rng(seed, seeds.CORRUPT_APPLY, i)
         )
-        is_corrupted[rows], corruption[rows] = True, spec.kind
+        is_corrupted[chosen], corruption[chosen] = True, spec.kind
     return dataclasses.replace(
-        examples, rows=images, labels=labels, is_corrupted=is_corrupted, corruption=corruption, corruption_level=level
+        examples, rows=data, labels=labels, is_corrupted=is_corrupted, corruption=corruption, corruption_level=level
     )

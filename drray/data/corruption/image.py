@@ -1,15 +1,10 @@
 """Image corruptions: pixel noise and label flips."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from drray.errors import DataError
 from drray.registry import CORRUPTIONS
-
-if TYPE_CHECKING:  # data.py imports this module; the class is only needed for type hints here
-    pass
 
 
 @CORRUPTIONS.register("pixel_noise")

@@ -1,16 +1,11 @@
 """The `digits` source: scikit-learn's 1,797 8x8 digits (bundled, offline)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from drray.config import DataConfig
-from drray.registry import DATA_SOURCES
-
-if TYPE_CHECKING:
-    pass
 from drray.data.examples import ExampleSet
+from drray.registry import DATA_SOURCES
 
 
 @DATA_SOURCES.register("digits")

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from drray.config import DataConfig
-from drray.errors import DataError
-
-if TYPE_CHECKING:
-    pass
 from drray.data.parquet import SPLITS
+from drray.errors import DataError
 from drray.io import first_existing, not_a_folder
 
 

@@ -15,16 +15,13 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from drray.config import DataConfig
+from drray.data.examples import text_examples
 from drray.data.sources.paths import existing_data_dir
 from drray.errors import DataError
 from drray.registry import DATA_SOURCES
-
-if TYPE_CHECKING:
-    pass
-from drray.data.examples import text_examples
 
 END_SECTIONS = re.compile(r"^==+\s*(References|External links|See also|Notes|Further reading|Bibliography|"
                           r"Sources|Citations)\s*==+\s*$", re.MULTILINE | re.IGNORECASE)
