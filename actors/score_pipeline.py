@@ -42,16 +42,17 @@ class RaterScorer:
         self.device = torch.device("cuda" if _gpus_given() else "cpu")
         self.rater = for_scoring(rater, self.device)
         self.row_shape, self.num_classes = tuple(info["row_shape"]), int(info["num_classes"])
+        self.image_size = info.get("image_size")  # encoded images are resized as in training
         self.on_bad_row, self.where, self.chunk_rows = on_bad_row, where, chunk_rows
         self.reported = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         scored = score_table(self.rater, batch, self.row_shape, self.num_classes, self.on_bad_row,
-                             self.where, self.device, self.chunk_rows)
+                             self.where, self.device, self.chunk_rows, self.image_size)
         dropped = batch.num_rows - scored.num_rows
         if dropped and self.reported < 3:  # the total is reported by the job; a few examples here
             self.reported += 1
-            _, reason = find_bad_rows(batch, self.row_shape, self.num_classes)
+            _, reason = find_bad_rows(batch, self.row_shape, self.num_classes, self.image_size)
             print(f"warning: {self.where}: dropped {dropped} bad rows of a batch ({reason})", file=sys.stderr)
         return scored
 
@@ -101,7 +102,7 @@ def score_dataset(rater: str, input: str, output: str, actors: Optional[int] = N
     blob, info = read_rater(rater)
     in_fs, dataset = open_input(input)
     check_schema(dataset.schema, info, input)  # columns and types first: head() needs the columns
-    check_schema(dataset.schema, info, input, dataset.head(1, columns=input_columns(info)))
+    check_schema(dataset.schema, info, input, dataset.head(1, columns=input_columns(info, dataset.schema)))
     rows_in = dataset.count_rows()  # from the Parquet footers
     if rows_in == 0:
         raise DataError(f"{input}: no rows to score")

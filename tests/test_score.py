@@ -147,7 +147,7 @@ def test_bad_rows_are_found_named_and_dropped(trained):
     rows = table.column("image").to_pylist()
     ragged = with_column(table, "image", pa.array([row[:10] if i == 4 else row for i, row in enumerate(rows)],
                                                   pa.list_(pa.uint8())))
-    with pytest.raises(DataError, match=f"row id {ids[4]}: image does not have 8x8=64 pixels"):
+    with pytest.raises(DataError, match=f"row id {ids[4]}: image does not have 8x8=64 values"):
         score_table(rater, ragged, shape, classes)
     holes = [row[:3] + [None] + row[4:] if i == 3 else row for i, row in enumerate(rows)]
     with pytest.raises(DataError, match=f"row id {ids[3]}: pixel values"):

@@ -5,7 +5,9 @@ out with a float32 `score` column. Both `jobs.score` (Ray Data, a pool of `Rater
 actors.score_pipeline) and a plain single-process loop call it, so the two are the same computation.
 
 `check_schema` refuses, before anything is written, an input the rater cannot read (`open_input`,
-`read_rater`): a missing column, a wrong image size or dtype. Problems of single rows (a null or
+`read_rater`): a missing column, a wrong image size or dtype. Images are raw pixels (image and
+shape) or encoded (PNG/JPEG bytes, drray.data.images), decoded per batch and never rewritten: the
+output keeps the input's columns as they were, plus `score`. Problems of single rows (a null or
 undecodable image, a pixel that is NaN or outside 0..255, a label outside the rater's classes)
 are found per batch: `on_bad_row="fail"` stops with a one-line error naming the row's id;
 `"drop"` removes the rows.
@@ -20,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from drray.data.images import (DecodedImages, check_image_type, decode_image_column, describe_image,
+                               is_encoded_image_type, to_rgb)
 from drray.data.modality import ImageModality, TextModality, describe_rows, is_text
 from drray.data.streams import decode_batch, decode_text_batch, stream_columns
 from drray.errors import ConfigError, DataError
@@ -81,9 +85,16 @@ def check_text_schema(schema: pa.Schema, info: dict, where: str) -> None:
         raise DataError(f"{where}: column text is {kind}, not string; store text as UTF-8 strings")
 
 
-def input_columns(info: dict) -> list[str]:
-    """The columns whose first row check_schema looks at: text, or image and shape."""
-    return ["text"] if is_text(info["row_shape"]) else ["image", "shape"]
+def input_columns(info: dict, schema: Optional[pa.Schema] = None) -> list[str]:
+    """The columns whose first row check_schema looks at: text, image and shape, or image alone
+    for encoded images (which carry their size)."""
+    if is_text(info["row_shape"]):
+        return ["text"]
+    return ["image"] if schema is not None and _is_encoded(schema) else ["image", "shape"]
+
+
+def _is_encoded(schema: pa.Schema) -> bool:
+    return "image" in schema.names and is_encoded_image_type(schema.field("image").type)
 
 
 def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.Table] = None) -> None:
@@ -92,6 +103,10 @@ def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.T
     where the schema alone cannot (variable-length lists)."""
     if is_text(info["row_shape"]):
         return check_text_schema(schema, info, where)
+    if _is_encoded(schema):
+        return check_encoded_schema(schema, info, where, first)
+    if "image" in schema.names:
+        check_image_type(schema.field("image").type, where)
     row_shape = [int(side) for side in info["row_shape"]]
     pixels = int(np.prod(row_shape))
     missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
@@ -121,6 +136,27 @@ def check_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.T
                             f"({pixels} pixels); score data of the rater's image size")
 
 
+def check_encoded_schema(schema: pa.Schema, info: dict, where: str, first: Optional[pa.Table] = None) -> None:
+    """Encoded images need image and label (no shape); the first row's image, when it decodes, must
+    have the rater's size and channel count (an undecodable one is left to the per-row checks)."""
+    missing = [name for name in ("image", "label") if name not in schema.names]
+    if missing:
+        raise DataError(f"{where}: missing column {', '.join(missing)}; {_describe(info)} with an integer label")
+    if not pa.types.is_integer(schema.field("label").type):
+        raise DataError(f"{where}: column label is {schema.field('label').type}, not an integer class; "
+                        "store labels as int64")
+    if first is None or not first.num_rows:
+        return
+    row_shape = tuple(int(side) for side in info["row_shape"])
+    decoded = decode_image_column(first.column("image").slice(0, 1), size=info.get("image_size"))
+    image = decoded.images[0]
+    if info.get("image_size") is not None and len(row_shape) == 3:
+        image = to_rgb(image)  # as training made grayscale images among RGB ones
+    if decoded.ok[0] and image.shape != row_shape:
+        raise DataError(f"{where}: images are {describe_image(image)} (the first row) but {_describe(info)}; "
+                        "score data of the rater's image size and colour mode, or use a rater trained on this data")
+
+
 def _shape_ok(shape: pa.ChunkedArray, row_shape: list[int]) -> np.ndarray:
     """Per row: whether its shape is row_shape ([H, W] or [H, W, C])."""
     if isinstance(shape, pa.ChunkedArray):
@@ -133,10 +169,15 @@ def _shape_ok(shape: pa.ChunkedArray, row_shape: list[int]) -> np.ndarray:
     return ok
 
 
-def find_bad_rows(table: pa.Table, row_shape, num_classes: int) -> tuple[Optional[np.ndarray], str]:
-    """(mask of rows the rater cannot score, or None when every row is fine; why the first is bad)."""
+def find_bad_rows(table: pa.Table, row_shape, num_classes: int,
+                  image_size=None) -> tuple[Optional[np.ndarray], str]:
+    """(mask of rows the rater cannot score, or None when every row is fine; why the first is bad).
+    Encoded images are decoded (resized to image_size, the rater's data.image_size, when given):
+    one that is null, undecodable or not of the rater's size and channel count is bad."""
     if is_text(row_shape):
         return _first_bad(table, _text_checks(table))
+    if _is_encoded(table.schema):
+        return _encoded_bad_rows(table, row_shape, num_classes, image_size)[1:]
     row_shape = [int(side) for side in row_shape]
     pixels, size = int(np.prod(row_shape)), "x".join(map(str, row_shape))
     n = table.num_rows
@@ -149,8 +190,7 @@ def find_bad_rows(table: pa.Table, row_shape, num_classes: int) -> tuple[Optiona
         checks.append((lengths != pixels, f"image does not have {size}={pixels} values"))
     shape_bad = ~_shape_ok(table.column("shape"), row_shape)
     checks.append((shape_bad, f"shape is not {row_shape}"))
-    labels = pc.fill_null(table.column("label"), -1).to_numpy(zero_copy_only=False)
-    checks.append(((labels < 0) | (labels >= num_classes), f"label outside the rater's classes 0..{num_classes - 1}"))
+    checks.append(_label_check(table, num_classes))
     if image.type.value_type != pa.uint8() or pc.list_flatten(image).null_count:
         # NaN, null, fractional or out-of-range pixel values: not a uint8 pixel
         decodable = ~np.logical_or.reduce([mask for mask, _ in checks])
@@ -163,6 +203,19 @@ def find_bad_rows(table: pa.Table, row_shape, num_classes: int) -> tuple[Optiona
             bad_pixels[decodable] = wrong.any(axis=1)
             checks.append((bad_pixels, "pixel values must be whole numbers 0..255 (NaN, null or out of range)"))
     return _first_bad(table, checks)
+
+
+def _encoded_bad_rows(table: pa.Table, row_shape, num_classes: int, image_size=None):
+    """(the decoded images, mask of bad rows or None, why the first is bad)."""
+    decoded = decode_image_column(table.column("image"), tuple(int(side) for side in row_shape), image_size)
+    first_image_problem = decoded.problems[min(decoded.problems)] if decoded.problems else ""
+    checks = [(~decoded.ok, first_image_problem), _label_check(table, num_classes)]
+    return (decoded, *_first_bad(table, checks))
+
+
+def _label_check(table: pa.Table, num_classes: int) -> tuple[np.ndarray, str]:
+    labels = pc.fill_null(table.column("label"), -1).to_numpy(zero_copy_only=False)
+    return (labels < 0) | (labels >= num_classes), f"label outside the rater's classes 0..{num_classes - 1}"
 
 
 def _text_checks(table: pa.Table) -> list[tuple[np.ndarray, str]]:
@@ -189,18 +242,48 @@ def _row_name(table: pa.Table, row: int) -> str:
 
 def score_table(rater: torch.nn.Module, table: pa.Table, row_shape, num_classes: int,
                 on_bad_row: str = "fail", where: str = "input", device: str | torch.device = "cpu",
-                chunk_rows: int = CHUNK_ROWS) -> pa.Table:
+                chunk_rows: int = CHUNK_ROWS, image_size=None) -> pa.Table:
     """`table` with a float32 `score` column (replacing one already there), every other column
-    kept as it is. Rows the rater cannot score raise a DataError (fail) or are removed (drop);
-    the caller counts them as rows in minus rows out."""
+    kept as it is (encoded images too: they are decoded for the rater, not rewritten). Rows the
+    rater cannot score raise a DataError (fail) or are removed (drop); the caller counts them as
+    rows in minus rows out. image_size: the rater's data.image_size, to resize encoded images."""
     if on_bad_row not in BAD_ROW_MODES:
         raise ConfigError(f"on_bad_row={on_bad_row!r}: choose one of {', '.join(BAD_ROW_MODES)}")
-    bad, reason = find_bad_rows(table, row_shape, num_classes)
+    decoded = None
+    if not is_text(row_shape) and _is_encoded(table.schema):
+        decoded, bad, reason = _encoded_bad_rows(table, row_shape, num_classes, image_size)
+    else:
+        bad, reason = find_bad_rows(table, row_shape, num_classes)
     if bad is not None:
         if on_bad_row == "fail":
             raise DataError(f"{where}: {reason} ({int(bad.sum())} bad rows in this batch); fix those rows "
                             "or pass --on-bad-row drop to leave them out")
         table = table.filter(pa.array(~bad))
+    scores = _score_decoded(rater, decoded, bad, table, device, chunk_rows) if decoded is not None else \
+        _score_stored(rater, table, row_shape, num_classes, where, device, chunk_rows)
+    column = pa.array(scores, type=pa.float32())
+    if SCORE in table.column_names:
+        return table.set_column(table.column_names.index(SCORE), SCORE, column)
+    return table.append_column(SCORE, column)
+
+
+def _score_decoded(rater: torch.nn.Module, decoded: DecodedImages, bad: Optional[np.ndarray], table: pa.Table,
+                   device, chunk_rows: int) -> np.ndarray:
+    """Scores of decoded images (the bad rows already out of `table`) in chunks of chunk_rows."""
+    images = decoded.images if bad is None else decoded.images[~bad]
+    labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
+    scores = np.empty(table.num_rows, dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, table.num_rows, chunk_rows):
+            x = ImageModality.inputs(torch.from_numpy(images[start:start + chunk_rows]).to(device))
+            y = labels[start:start + chunk_rows].to(device)
+            scores[start:start + len(y)] = rater(x, y).float().cpu().numpy()
+    return scores
+
+
+def _score_stored(rater: torch.nn.Module, table: pa.Table, row_shape, num_classes: int, where: str, device,
+                  chunk_rows: int) -> np.ndarray:
+    """Scores of raw pixel or text rows, read from the Arrow batches in chunks of chunk_rows."""
     scores = np.empty(table.num_rows, dtype=np.float32)
     start = 0
     read = _text_inputs if is_text(row_shape) else _image_inputs
@@ -210,10 +293,7 @@ def score_table(rater: torch.nn.Module, table: pa.Table, row_shape, num_classes:
             x, y = read(batch, row_shape, num_classes, where, torch.device(device))
             scores[start:start + len(y)] = rater(x, y).float().cpu().numpy()
             start += len(y)
-    column = pa.array(scores, type=pa.float32())
-    if SCORE in table.column_names:
-        return table.set_column(table.column_names.index(SCORE), SCORE, column)
-    return table.append_column(SCORE, column)
+    return scores
 
 
 def _image_inputs(batch: pa.RecordBatch, row_shape, num_classes: int, where: str, device: torch.device):

@@ -1,7 +1,8 @@
 """drray's Parquet schema (docs/design.md, Data): one split as a table and back.
 
-Images: id, image (list<uint8>, H*W), shape ([H, W]), label; text: id, text (string),
-optional label. Both may carry the ground truth of an experiment: is_corrupted, corruption,
+Images: id, image (list<uint8>, H*W*C), shape ([H, W] or [H, W, C]), label; or id, image encoded
+(PNG/JPEG bytes: binary, or Hugging Face's struct<bytes, path>; drray.data.images), label, with no
+shape column needed. Text: id, text (string), optional label. Both may carry the ground truth of an experiment: is_corrupted, corruption,
 corruption_level.
 """
 from __future__ import annotations
@@ -19,14 +20,17 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 from drray.data.examples import ExampleSet, as_uint8, text_examples
+from drray.data.images import check_image_type, decode_every_image, is_encoded_image_type, row_namer
 from drray.data.tokenizer import decode
 
 PARQUET_COLUMNS, SPLITS = ("id", "image", "shape", "label"), ("train", "test", "heldout")
+ENCODED_COLUMNS = ("id", "image", "label")  # encoded images carry their own size
 
 
-def read_parquet(path: Path, seq_len: int = 128) -> ExampleSet:
+def read_parquet(path: Path, seq_len: int = 128, image_size=None) -> ExampleSet:
     """One split from a .parquet file or a folder of shards; num_classes is max label + 1.
-    A table with a `text` column holds text: tokenized into sequences of `seq_len` bytes."""
+    A table with a `text` column holds text: tokenized into sequences of `seq_len` bytes.
+    Encoded images are decoded, resized to image_size = (H, W) when given."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
@@ -34,7 +38,7 @@ def read_parquet(path: Path, seq_len: int = 128) -> ExampleSet:
         table = ds.dataset(str(path), format="parquet").to_table()
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
-    return examples_from_any_table(table, path, seq_len)
+    return examples_from_any_table(table, path, seq_len, image_size)
 
 
 def check_clean(part: "ExampleSet | None", name: str, where) -> None:
@@ -45,18 +49,21 @@ def check_clean(part: "ExampleSet | None", name: str, where) -> None:
                         f"split must be clean; drop them, or leave the {name} split out and drray splits one off train")
 
 
-def examples_from_any_table(table: pa.Table, path, seq_len: int = 128) -> ExampleSet:
+def examples_from_any_table(table: pa.Table, path, seq_len: int = 128, image_size=None) -> ExampleSet:
     """Images (the image schema above) or, for a table with a `text` column, token sequences."""
     if "text" in table.column_names and "image" not in table.column_names:
-
         return examples_from_text_table(table, path, seq_len)
-    return examples_from_table(table, path)
+    return examples_from_table(table, path, image_size)
 
 
-def examples_from_table(table: pa.Table, path) -> ExampleSet:
-    """Rows of the image schema as an ExampleSet (checked: columns, nulls, shapes, labels)."""
-    import pyarrow as pa
-
+def examples_from_table(table: pa.Table, path, image_size=None) -> ExampleSet:
+    """Rows of the image schema as an ExampleSet (checked: columns, nulls, shapes, labels).
+    Encoded images are decoded (resized to image_size = (H, W) when given); raw pixels are taken
+    as they are (data.image_size resizes them later, in build_splits)."""
+    if "image" in table.column_names:
+        check_image_type(table.schema.field("image").type, path)
+        if is_encoded_image_type(table.schema.field("image").type):
+            return examples_from_encoded_table(table, path, image_size)
     missing = [c for c in PARQUET_COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing columns {', '.join(missing)}; needs {', '.join(PARQUET_COLUMNS)}")
@@ -73,15 +80,37 @@ def examples_from_table(table: pa.Table, path) -> ExampleSet:
     if pixels.size != n * int(np.prod(row_shape)):
         raise DataError(f"{path}: image sizes do not match shape {row_shape}; rewrite the image column")
     pixels = as_uint8(pixels, path)
+    return _image_examples(table, pixels.reshape(n, *row_shape), path)
+
+
+def examples_from_encoded_table(table: pa.Table, path, image_size=None) -> ExampleSet:
+    """Rows with encoded images (id, image, label): each image decoded, the first that is null,
+    undecodable or of another size or channel count than the rest a one-line DataError naming its id.
+    A Hugging Face row without bytes reads its path, relative to the Parquet file's folder."""
+    missing = [c for c in ENCODED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {', '.join(missing)}; encoded images need {', '.join(ENCODED_COLUMNS)}")
+    if table.column("id").null_count or table.column("label").null_count:
+        raise DataError(f"{path}: nulls in id or label; fill or drop those rows")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows; write the examples there")
+    base_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    ids = table.column("id").to_numpy()
+    images = decode_every_image(table.column("image"), row_namer(ids, path), image_size, base_dir)
+    return _image_examples(table, images, path)
+
+
+def _image_examples(table: pa.Table, rows: np.ndarray, path) -> ExampleSet:
+    """An ExampleSet of decoded rows and the table's id, label and ground-truth columns."""
+    import pyarrow as pa
+
     if not pa.types.is_integer(table.schema.field("label").type):
         raise DataError(f"{path}: column label is {table.schema.field('label').type}, not an integer class; "
                         "store labels as int64")
     labels = table.column("label").to_numpy().astype(np.int64)
     if (labels < 0).any():
         raise DataError(f"{path}: negative label {labels[labels < 0][0]}; labels must be 0..num_classes-1")
-    examples = ExampleSet.clean(
-        table.column("id").to_numpy(), pixels.reshape(n, *row_shape), labels, int(labels.max(initial=-1)) + 1
-    )
+    examples = ExampleSet.clean(table.column("id").to_numpy(), rows, labels, int(labels.max(initial=-1)) + 1)
     read_ground_truth(table, examples)
     return examples
 
@@ -117,7 +146,6 @@ def read_ground_truth(table: pa.Table, examples: ExampleSet) -> None:
 def write_parquet(examples: ExampleSet, path: Path) -> None:
     """One split as Parquet in drray's schema, ground-truth columns included."""
     if examples.rows.ndim == 2:
-
         return write_text_parquet(examples, path)
     import pyarrow as pa
     import pyarrow.parquet as pq

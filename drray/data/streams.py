@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import torch
 
+from drray.data.images import decode_image_column, is_encoded_image_type
 from drray.data.modality import is_text, modality_for, modality_of_array
 from drray.data.tokenizer import encode_batch
 from drray.errors import DataError
@@ -57,16 +58,38 @@ def decode_batch(batch, row_shape, num_classes: int, where: str):
     shape, (H, W) or (H, W, C)."""
     row_shape = tuple(int(side) for side in row_shape)
     pixels = batch.column("image")
+    if is_encoded_image_type(pixels.type):
+        return _decode_encoded_batch(batch, row_shape, num_classes, where)
     if isinstance(pixels, pa.ChunkedArray):
         pixels = pixels.combine_chunks()
     pixels = pixels.flatten().to_numpy(zero_copy_only=False)
     labels = batch.column("label").to_numpy().astype(np.int64)
     if pixels.size != len(labels) * int(np.prod(row_shape)):
         raise DataError(f"{where}: a batch's images are not {'x'.join(map(str, row_shape))}; rewrite the image column")
+    _check_labels(labels, num_classes, where)
+    return pixels.astype(np.uint8, copy=False).reshape(-1, *row_shape), labels
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{where}: label {labels[(labels < 0) | (labels >= num_classes)][0]} outside "
                         f"0..{num_classes - 1} (the classes of heldout/test); fix the labels")
-    return pixels.astype(np.uint8, copy=False).reshape(-1, *row_shape), labels
+
+
+def _decode_encoded_batch(batch, row_shape: tuple, num_classes: int, where: str):
+    """Encoded images (PNG/JPEG bytes) decoded to row_shape; the first that is not one is a
+    DataError. (Hugging Face rows without bytes read their path as given: relative to the working
+    directory here, as a batch does not know its file.)"""
+    decoded = decode_image_column(batch.column("image"), row_shape)
+    if not decoded.ok.all():
+        row = int(np.flatnonzero(~decoded.ok)[0])
+        ids = batch.column("id") if "id" in batch.schema.names else None
+        name = f"row id {ids[row].as_py()}" if ids is not None else f"row {row} of a batch"
+        raise DataError(f"{where}: {name}: {decoded.problems[row]}; fix or drop that row (or set data.image_size "
+                        "when preparing, for images of mixed sizes)")
+    labels = batch.column("label").to_numpy().astype(np.int64)
+    _check_labels(labels, num_classes, where)
+    return decoded.images, labels
 
 
 def decode_text_batch(batch, seq_len: int, where: str):

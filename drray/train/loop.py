@@ -41,6 +41,7 @@ class Prober:
 
     def __init__(self, cfg: Config, splits: DataSplits):
         self.arch = choose_arch(cfg.rater.arch, splits.row_shape)
+        self.image_size = cfg.data.image_size  # scoring resizes encoded images as training did
         self.row_shape, self.num_classes = tuple(splits.row_shape), splits.num_classes
         self.rater = build_rater(self.arch, self.row_shape, self.num_classes)
         self.x, self.y = to_tensors(splits.probe)
@@ -71,7 +72,7 @@ class Prober:
     def rater_checkpoint(self, params) -> dict:
         weights = {name: value.detach().clone() for (name, _), value in zip(self.rater.named_parameters(), params)}
         return {"rater": weights, "arch": self.arch, "row_shape": list(self.row_shape),
-                "num_classes": self.num_classes}
+                "num_classes": self.num_classes, "image_size": None if self.image_size is None else list(self.image_size)}
 
 
 def make_population(cfg: Config, splits: DataSplits) -> Population:
