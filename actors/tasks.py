@@ -15,9 +15,10 @@ def _call(fn: Callable, item, shared: dict, *args):
 
 
 def map_tasks(fn: Callable, items: list, args: tuple, shared: dict, num_cpus: float = 1.0,
-              describe: Callable[[Any, Any], str] = lambda item, result: str(item), stream=sys.stdout) -> list:
+              describe: Callable[[Any, Any], str] = lambda item, result: str(item), stream=None) -> list:
     """[fn(item, shared, *args) for item in items], each call a Ray task asking for num_cpus;
-    results in the order of items."""
+    results in the order of items. Progress goes to `stream`, by default sys.stdout as it is when
+    called (a default bound at import would outlive a redirected stdout)."""
     shared_ref = ray.put(shared)
     task = _call.options(num_cpus=num_cpus)
     pending = {task.remote(fn, item, shared_ref, *args): i for i, item in enumerate(items)}
@@ -29,5 +30,5 @@ def map_tasks(fn: Callable, items: list, args: tuple, shared: dict, num_cpus: fl
         results[index] = ray.get(done[0])
         finished = len(items) - len(pending)
         print(f"  {finished:>3}/{len(items)} done ({time.monotonic() - start:6.0f} s)  "
-              f"{describe(items[index], results[index])}", file=stream, flush=True)
+              f"{describe(items[index], results[index])}", file=stream or sys.stdout, flush=True)
     return results

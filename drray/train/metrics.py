@@ -79,8 +79,8 @@ class Progress:
     """A line every `every` steps: step, loss, AUROC, steps/s and ETA. The rate leaves out the
     first step (Ray actors starting, torch's lazy imports and caches), once there are later ones."""
 
-    def __init__(self, total: int, start: int, every: int, stream=sys.stdout):
-        self.total, self.start, self.every, self.stream = total, start, every, stream
+    def __init__(self, total: int, start: int, every: int, stream=None):
+        self.total, self.start, self.every, self.stream = total, start, every, stream or sys.stdout
         self.t0 = time.perf_counter()
         self.after_first: float | None = None  # when the first step ended
 
