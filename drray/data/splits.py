@@ -16,6 +16,7 @@ from drray.config import DataConfig
 from drray.data import sources  # noqa: F401  (registers the built-in sources)
 from drray.data.corruption import apply_corruptions
 from drray.data.examples import DataSplits, ExampleSet, as_uint8
+from drray.data.images import resize
 from drray.data.modality import ImageModality, modality_of_array
 from drray.data.parquet import check_clean, examples_from_any_table, read_parquet
 from drray.data.sources.paths import parquet_split_paths
@@ -93,14 +94,10 @@ def _validated(part: ExampleSet, where: str) -> ExampleSet:
 
 
 def resized(part: ExampleSet, size) -> ExampleSet:
-    """Images resized to size = (H, W) with Pillow (bilinear); token sequences as they are."""
-    from PIL import Image
-
+    """Images resized to size = (H, W) (drray.data.images.resize); token sequences as they are."""
     if modality_of_array(part.rows) is not ImageModality or part.rows.shape[1:3] == tuple(size):
         return part
-    height, width = size
-    rows = np.stack([np.asarray(Image.fromarray(row).resize((width, height), Image.BILINEAR)) for row in part.rows])
-    return dataclasses.replace(part, rows=rows)
+    return dataclasses.replace(part, rows=np.stack([resize(row, size) for row in part.rows]))
 
 
 def _validated_tokens(part: ExampleSet, where: str) -> ExampleSet:
