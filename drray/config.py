@@ -43,6 +43,12 @@ class DataConfig(_Section):
     text_field: str = "text"  # text: the field of a JSON-lines record that holds its text
     # images: resize every image to [H, W] when loaded (Pillow, bilinear), so sets of mixed sizes load
     image_size: Optional[tuple[int, int]] = None
+    # The held-out split of the outer loss: `clean` (drawn from clean rows, before corruption) or
+    # `same` (drawn from the pool after corruption, at the same rate: the paper's regime, and what a
+    # user's own data is). The test split is always clean: it is the judge.
+    heldout: Literal["clean", "same"] = "clean"
+    # The held-out split's size in rows (instead of heldout_fraction), e.g. 1000: a small clean set.
+    heldout_size: Optional[int] = Field(None, gt=0)
 
     @field_validator("image_size")
     @classmethod
@@ -128,17 +134,24 @@ class RunConfig(_Section):
     learner_threads: Optional[int] = Field(None, ge=1)
 
 
+EVALUATE_METHODS = ("baseline", "datarater", "random", "loss", "loss_mid", "loss_high", "cleanlab", "oracle")
+
+
 class EvaluateConfig(_Section):
-    """jobs.evaluate: fresh models trained with the inner section's arch, optimizer, lr and batch size."""
+    """jobs.evaluate: fresh models trained with the inner section's optimizer, lr and batch size."""
     steps: int = Field(1000, ge=1)  # training steps of every fresh model, whatever the method
+    arch: Optional[str] = None  # the fresh models' arch (null: inner.arch), e.g. a larger one for transfer
+    # label: every selection keeps each class's share of what it draws (none: the top scores, whatever
+    # their class). Data without labels (text) is never stratified.
+    stratify: Literal["label", "none"] = "label"
+    folds: int = Field(5, ge=2)  # cleanlab: K of the K-fold cross-validation for out-of-sample probabilities
     seeds: int = Field(5, ge=1)
     # Measure each model on at most this many rows of the test and held-out splits (a fixed seeded
     # subset, the same for every run); null: all. A language model's forward pass is costly.
     max_eval_rows: Optional[int] = Field(None, ge=1)
     discard: list[float] = [0.1, 0.25, 0.5]
     # `oracle` (opt-in: needs ground truth) keeps the uncorrupted rows first: the upper bound of any score.
-    methods: list[Literal["baseline", "datarater", "random", "loss", "oracle"]] = ["baseline", "datarater", "random",
-                                                                                   "loss"]
+    methods: list[Literal[EVALUATE_METHODS]] = ["baseline", "datarater", "random", "loss"]
 
     @field_validator("methods")
     @classmethod

@@ -14,7 +14,8 @@ from drray.curation.filtering import batch_draw_size, round_half_up
 
 # torch is imported only by BatchFilter (see __getattr__ below), so importing this module is cheap.
 
-__all__ = ["BatchFilter", "batch_draw_size", "filter_stream_batches", "top_b_indices"]  # noqa: F822 (lazy)
+__all__ = ["BatchFilter", "batch_draw_size", "class_quotas", "filter_stream_batches", "select_top",
+           "stratified_top_b_indices", "top_b_indices"]  # noqa: F822 (lazy)
 
 
 def top_b_indices(scores: np.ndarray, b: int) -> np.ndarray:
@@ -24,6 +25,42 @@ def top_b_indices(scores: np.ndarray, b: int) -> np.ndarray:
     b = max(0, min(int(b), len(scores)))
     order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
     return np.sort(order[:b])
+
+
+def class_quotas(counts: np.ndarray, b: int) -> np.ndarray:
+    """How many of b kept rows each class gets when its share of the kept rows is its share of
+    the rows (counts): the largest-remainder apportionment of b * counts / counts.sum(); the
+    remainders' ties go to the lower class. Sums to min(b, counts.sum()); never above counts."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    b = max(0, min(int(b), total))
+    if total == 0:
+        return np.zeros_like(counts)
+    exact = counts * b / total
+    quotas = np.floor(exact + 1e-9).astype(np.int64)
+    remainders = exact - quotas
+    extra = b - int(quotas.sum())
+    quotas[np.argsort(-remainders, kind="stable")[:extra]] += 1
+    return quotas
+
+
+def stratified_top_b_indices(scores: np.ndarray, labels: np.ndarray, b: int) -> np.ndarray:
+    """Indices of b rows, in their original order: each class keeps its share of the rows
+    (class_quotas), and within a class the highest scores (top_b_indices' ties and NaN rule).
+    So a score that is higher for one class than another cannot starve a class."""
+    scores, labels = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(labels).reshape(-1)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    kept = []
+    for c, quota in enumerate(class_quotas(counts, b)):
+        rows = np.flatnonzero(inverse == c)
+        kept.append(rows[top_b_indices(scores[rows], quota)])
+    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+
+
+def select_top(scores: np.ndarray, b: int, labels: Optional[np.ndarray] = None) -> np.ndarray:
+    """The top b rows: stratified by class when labels are given (stratified_top_b_indices), else
+    the top b whatever their class (top_b_indices)."""
+    return top_b_indices(scores, b) if labels is None else stratified_top_b_indices(scores, labels, b)
 
 
 def _is_tensor(value) -> bool:
