@@ -100,17 +100,28 @@ class PopulationConfig(_Section):
     lifetime: int = Field(150, ge=1)  # outer steps between reinitialisations of one model
 
 
+# meta.method auto: backprop up to this T, mixflow above. On CPU backprop is faster at every T
+# measured (mixflow takes 1.17-1.70x its time), but its memory grows 10.9 MB per inner step against
+# mixflow's 3.6 (BENCHMARKS.md, "backprop and mixflow as T grows").
+AUTO_BACKPROP_MAX_T = 8
+
+
 class MetaConfig(_Section):
-    method: Literal["mixflow", "backprop"] = "mixflow"
+    # auto: resolved when the config is loaded (AUTO_BACKPROP_MAX_T); the run's config.yaml says which.
+    method: Literal["auto", "mixflow", "backprop"] = "auto"
     lr: float = Field(3e-4, gt=0.0)
-    clip_norm: Optional[float] = Field(5.0, gt=0.0)  # null: no clipping
+    clip_norm: Optional[float] = Field(5.0, gt=0.0)  # null: no clipping (the global norm of each meta-gradient)
+    weight_decay: float = Field(0.0, ge=0.0)  # decoupled, as AdamW (the paper: 0.1)
+    warmup_steps: int = Field(0, ge=0)  # the meta lr rises linearly over this many outer steps (the paper: 100)
     steps: int = Field(1000, ge=1)
     outer_batch_size: int = Field(128, ge=1)
     # mixflow: run the backward (JVP or double backward) over this many examples at a time (null: all).
     # Lowers the one transient that does not grow with T, at some speed (BENCHMARKS.md).
     mixflow_chunk: Optional[int] = Field(None, ge=1)
     # mixflow's backward: the paper's JVP, or a double backward (same gradient; less memory on CPU).
-    mixflow_mode: Literal["forward_over_reverse", "reverse_over_reverse"] = "forward_over_reverse"
+    # The double backward is the default: 1.08x backprop's time at T=16 on CPU against the JVP's 1.21x,
+    # and less memory (BENCHMARKS.md, "mixflow's two backward modes").
+    mixflow_mode: Literal["forward_over_reverse", "reverse_over_reverse"] = "reverse_over_reverse"
 
 
 class ResourcesConfig(_Section):
@@ -183,6 +194,12 @@ class Config(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _resolve_auto_method(self) -> "Config":
+        if self.meta.method == "auto":
+            self.meta.method = "backprop" if self.inner.T <= AUTO_BACKPROP_MAX_T else "mixflow"
+        return self
 
     @model_validator(mode="after")
     def _threads_need_reverse_mode(self) -> "Config":

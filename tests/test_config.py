@@ -9,8 +9,19 @@ def test_every_field_has_a_default_and_source_only_config_runs(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: {source: mnist}\n")
     cfg = load_config(path)
-    assert cfg.data.source == "mnist" and cfg.inner.arch == "auto" and cfg.meta.method == "mixflow"
+    assert cfg.data.source == "mnist" and cfg.inner.arch == "auto" and cfg.meta.method == "backprop"
     assert Config().model_dump() == load_config(None).model_dump()
+
+
+def test_auto_method_resolves_by_T():
+    """meta.method auto is backprop up to AUTO_BACKPROP_MAX_T inner steps, mixflow above; a method
+    given explicitly is kept."""
+    from drray.config import AUTO_BACKPROP_MAX_T
+
+    assert load_config(None, [f"inner.T={AUTO_BACKPROP_MAX_T}"]).meta.method == "backprop"
+    assert load_config(None, [f"inner.T={AUTO_BACKPROP_MAX_T + 1}"]).meta.method == "mixflow"
+    assert load_config(None, ["meta.method=mixflow", "inner.T=1"]).meta.method == "mixflow"
+    assert load_config(None, ["meta.method=backprop", "inner.T=32"]).meta.method == "backprop"
 
 
 def test_issue_keys_work_as_written(tmp_path):

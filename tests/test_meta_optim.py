@@ -41,3 +41,27 @@ def test_clip_by_global_norm():
     assert math.hypot(clipped[0].item(), clipped[1].item()) == pytest.approx(1.0, rel=1e-6)
     same, _ = clip_by_global_norm(grad, 10.0)
     assert same[0].item() == 3.0
+
+
+def test_weight_decay_and_warmup_match_torch_adamw():
+    """One proposal: AveragedAdam with weight decay and a linear warm-up is torch's AdamW under a
+    LambdaLR of the same warm-up (an independent implementation)."""
+    torch.manual_seed(1)
+    p = torch.randn(4, 3)
+    ours = AveragedAdam((p,), lr=0.05, weight_decay=0.1, warmup_steps=3)
+    ref_param = p.clone().requires_grad_()
+    ref = torch.optim.AdamW([ref_param], lr=0.05, weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(ref, lambda step: min(1.0, (step + 1) / 3))
+    for _ in range(6):
+        g = torch.randn(4, 3)
+        ours.apply([(g,)])
+        ref_param.grad = g.clone()
+        ref.step()
+        schedule.step()
+    torch.testing.assert_close(ours.params[0], ref_param.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_schedule_hand_worked():
+    opt = AveragedAdam((torch.zeros(1),), lr=0.1, warmup_steps=4)
+    assert [opt.lr_at(c) for c in (1, 2, 4, 5, 100)] == pytest.approx([0.025, 0.05, 0.1, 0.1, 0.1])
+    assert AveragedAdam((torch.zeros(1),), lr=0.1).lr_at(1) == 0.1

@@ -105,17 +105,19 @@ def test_learner_threads_default_to_the_cpu_threads_and_to_one_where_they_cannot
     assert learner_threads(load_config(None, backprop)) == (8, 1)
     assert learner_threads(load_config(None, backprop + ["population.size=3"])) == (3, 2)  # the cores shared
     assert learner_threads(load_config(None, backprop + ["run.device=cuda"])) == (1, 8)  # one device: memory only
-    assert learner_threads(load_config(None, ["population.size=8"])) == (1, 8)  # mixflow's JVP
-    assert learner_threads(load_config(None, ["population.size=8", "run.learner_threads=4"])) == (1, 8)
+    jvp = ["meta.method=mixflow", "meta.mixflow_mode=forward_over_reverse", "population.size=8"]
+    assert learner_threads(load_config(None, jvp)) == (1, 8)  # mixflow's JVP
+    assert learner_threads(load_config(None, jvp + ["run.learner_threads=4"])) == (1, 8)
     assert learner_threads(load_config(None, backprop + ["run.learner_threads=2"])) == (2, 4)
 
 
 def test_learner_threads_refuse_forward_mode_ad(tmp_path):
     config = tmp_path / "local.yaml"
     config.write_text("run: {backend: local}\n")
+    jvp = ["meta.method=mixflow", "meta.mixflow_mode=forward_over_reverse"]
     with pytest.raises(ConfigError, match=r"^--set run.learner_threads=2: .*forward-mode AD.*not thread-safe"):
-        load_config(config, ["run.learner_threads=2"])  # the default meta-gradient: mixflow's JVP
-    assert load_config(config, ["run.learner_threads=2", "meta.method=backprop"]).run.learner_threads == 2
+        load_config(config, jvp + ["run.learner_threads=2"])
+    assert load_config(config, ["run.learner_threads=2"]).run.learner_threads == 2  # the default: backprop
     assert load_config(None, ["run.learner_threads=2"]).run.backend == "ray"  # unused on Ray: not refused
 
 
@@ -294,4 +296,4 @@ def test_mixflow_settings_reach_the_meta_problem(tmp_path):
     cfg = tiny_config(tmp_path, "meta.mixflow_mode=reverse_over_reverse", "meta.mixflow_chunk=7")
     problem = build_problem(cfg, (8, 8), 10)
     assert (problem.mixflow_mode, problem.mixflow_chunk) == ("reverse_over_reverse", 7)
-    assert build_problem(tiny_config(tmp_path), (8, 8), 10).mixflow_mode == "forward_over_reverse"  # the default
+    assert build_problem(tiny_config(tmp_path), (8, 8), 10).mixflow_mode == "reverse_over_reverse"  # the default

@@ -129,7 +129,8 @@ def initial_rater(cfg: Config, row_shape, num_classes: int, heldout: tuple[np.nd
 def new_meta_optimizer(cfg: Config, row_shape, num_classes: int,
                        heldout: tuple[np.ndarray, np.ndarray]) -> AveragedAdam:
     eta = initial_rater(cfg, row_shape, num_classes, heldout)
-    return AveragedAdam(eta, lr=cfg.meta.lr, clip_norm=cfg.meta.clip_norm)
+    return AveragedAdam(eta, lr=cfg.meta.lr, clip_norm=cfg.meta.clip_norm, weight_decay=cfg.meta.weight_decay,
+                        warmup_steps=cfg.meta.warmup_steps)
 
 
 @dataclass
