@@ -14,27 +14,31 @@ import ray
 from ray.data.datasource import FilenameProvider
 
 from actors.cluster import ray_session
-from drray.curation.filtering import check_settings, keep_rows, make_rule, open_scored, read_narrow, summarize
+from drray.curation.filtering import (check_settings, keep_mask, keep_rows, make_rule, open_scored, read_narrow,
+                                     resolve_stratify, summarize)
 from drray.storage import check_output, check_separate, replacing_output
 
 
 def filter_dataset(input: str, output: str, discard: float, mode: str = "quantile", batch_size: int = 128,
                    cdf_sample: int = 100_000, seed: int = 0, overwrite: bool = False,
-                   address: Optional[str] = None) -> dict:
+                   address: Optional[str] = None, stratify: Optional[str] = None) -> dict:
     """Keep the rows of `input` that the `mode` rule keeps at this discard fraction, into `output`
-    (Parquet parts and summary.json); returns the summary. Everything is checked before Ray starts;
-    a local output is written beside its destination and renamed into place at the end."""
-    check_settings(discard, batch_size, cdf_sample)
-    fs, files, schema = open_scored(input, mode)
+    (Parquet parts and summary.json); returns the summary. stratify `label` applies the rule within
+    each class; None: `label` where the rows have labels of more than one class. Everything is
+    checked before Ray starts; a local output is written beside its destination and renamed into
+    place at the end."""
+    check_settings(discard, batch_size, cdf_sample, stratify)
+    fs, files, schema = open_scored(input, mode, stratify)
     check_separate(output, input)
     out_fs, out_path = check_output(output, overwrite)
-    narrow = read_narrow(fs, files, schema, input)
-    rule, info = make_rule(mode, discard, narrow, batch_size, cdf_sample, seed)
-    kept = rule.keep(narrow["score"], narrow.get("id"))
-    summary = {"mode": mode, "discard": discard, "input": input, "output": output,
-               **summarize(narrow["score"], kept, narrow.get("is_corrupted")), **info}
-    print(f"{input}: {summary['rows_in']} rows in {len(files)} file(s); {mode} keeps {summary['rows_kept']}",
-          flush=True)
+    narrow = read_narrow(fs, files, schema, input, stratify)
+    stratify = resolve_stratify(stratify, narrow)
+    rule, info = make_rule(mode, discard, narrow, batch_size, cdf_sample, seed, stratify)
+    kept = keep_mask(rule, narrow["score"], narrow.get("id"), narrow.get("label"))
+    summary = {"mode": mode, "discard": discard, "stratify": stratify, "input": input, "output": output,
+               **summarize(narrow["score"], kept, narrow.get("is_corrupted"), narrow.get("label")), **info}
+    print(f"{input}: {summary['rows_in']} rows in {len(files)} file(s); {mode} (stratify {stratify}) keeps "
+          f"{summary['rows_kept']}", flush=True)
     with ray_session(address), replacing_output(out_fs, out_path) as target:  # Ray Data creates it
         stream_filter(fs, files, rule, out_fs, target)
         written = count_rows(out_fs, target)

@@ -1,10 +1,13 @@
 """The paper's batch rule for training-time filtering (drray.curation.batch_rule): draw N = B / (1 - discard),
-keep the top B, over torch datasets and arrow/numpy batch streams, against a plain reference."""
+keep the top B, over torch datasets and arrow/numpy batch streams, against a plain reference; and its
+stratified form (each class keeps its share: class_quotas, stratified_top_b_indices), hand-worked."""
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
-from drray.curation.batch_rule import BatchFilter, filter_stream_batches, top_b_indices
+from drray.curation.batch_rule import (BatchFilter, class_quotas, filter_stream_batches, select_top,
+                                       stratified_top_b_indices, top_b_indices)
 from drray.curation.filtering import batch_draw_size, round_half_up
 
 
@@ -66,3 +69,78 @@ def test_filter_stream_batches_over_arrow_batches():
     as_numpy = [{"score": table.column("score").to_numpy()}]
     numpy_out = list(filter_stream_batches(as_numpy, lambda b: b["score"], 0.25, 6))
     assert sum(len(b["score"]) for b in numpy_out) == len(ids)
+
+
+# --------------------------------------------------------------------------------------------- stratified
+
+
+def test_class_quotas_hand_worked():
+    # exact shares 2.5, 1.5, 1.0: floors 2, 1, 1 and the one left over to the lower of the tied .5 remainders
+    assert class_quotas(np.array([5, 3, 2]), 5).tolist() == [3, 1, 1]
+    # shares .5, .5, .5, 3.5: floors 0, 0, 0, 3; the two left over to the two lowest classes
+    assert class_quotas(np.array([1, 1, 1, 7]), 5).tolist() == [1, 1, 0, 3]
+    assert class_quotas(np.array([6, 4]), 5).tolist() == [3, 2]
+    assert class_quotas(np.array([2, 3]), 9).tolist() == [2, 3]  # b above the rows: every row
+    assert class_quotas(np.array([4, 0, 2]), 3).tolist() == [2, 0, 1]
+    assert class_quotas(np.array([3, 3]), 0).tolist() == [0, 0]
+
+
+def test_class_quotas_sum_to_b_and_never_exceed_counts():
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        counts = rng.integers(0, 50, size=rng.integers(1, 12))
+        b = int(rng.integers(0, counts.sum() + 5))
+        quotas = class_quotas(counts, b)
+        assert quotas.sum() == min(b, counts.sum())
+        assert np.all(quotas <= counts) and np.all(quotas >= 0)
+        if counts.sum():
+            assert np.all(np.abs(quotas - counts * min(b, counts.sum()) / counts.sum()) < 1)  # within one of its share
+
+
+def test_stratified_top_b_indices_hand_worked():
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    assert top_b_indices(scores, 2).tolist() == [0, 2]  # class 1 starved
+    assert stratified_top_b_indices(scores, labels, 2).tolist() == [0, 5]  # one of each: the best of each
+    assert stratified_top_b_indices(scores, labels, 4).tolist() == [0, 2, 3, 5]
+    # classes of 2 and 1 keep 1 and 1 of b = 2 (shares 4/3, 2/3); NaN is the lowest, so row 1 beats row 0
+    assert stratified_top_b_indices(np.array([np.nan, 0.5, 0.1]), np.array([0, 0, 1]), 2).tolist() == [1, 2]
+    assert stratified_top_b_indices(np.array([1.0, 1.0, 1.0, 0.0]), np.array([7, 7, 7, 3]), 2).tolist() == [0, 3]
+    assert select_top(scores, 2).tolist() == [0, 2] and select_top(scores, 2, labels).tolist() == [0, 5]
+
+
+def _reference_stratified(scores, labels, discard, batch_size):
+    """Kept row indices of the stratified batch rule, pools of N whose classes each hold half of it."""
+    draw, kept = batch_draw_size(discard, batch_size), []
+    for start in range(0, len(scores), draw):
+        for label in (0, 1):  # each pool is half and half, so each class keeps B / 2
+            rows = [start + i for i in range(draw) if labels[start + i] == label]
+            kept += sorted(rows, key=lambda r: (-scores[r], r))[: batch_size // 2]
+    return sorted(kept)
+
+
+def test_batch_filter_with_labels_keeps_each_class_share():
+    rng = np.random.default_rng(6)
+    n, discard, batch_size = 160, 0.5, 4  # N = 8: 20 pools of four rows of each class
+    labels = torch.arange(n) % 2
+    scores = torch.from_numpy(rng.normal(size=n).astype(np.float32)) + 10.0 * (labels == 0)  # class 0 scores higher
+    features = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    source = [(features[a : a + 16], labels[a : a + 16]) for a in range(0, n, 16)]
+
+    def score_fn(batch):
+        return scores[batch[0][:, 0].long()]
+
+    plain = torch.cat([y for _, y in BatchFilter(source, score_fn, discard, batch_size)])
+    assert plain.sum() == 0  # without labels the top 4 of every pool are all class 0
+    out = list(BatchFilter(source, score_fn, discard, batch_size, labels_fn=lambda batch: batch[1]))
+    assert [len(y) for _, y in out] == [4] * 20 and all(int(y.sum()) == 2 for _, y in out)  # 2 of each class
+    rows = torch.cat([x for x, _ in out])[:, 0].long().tolist()
+    assert rows == _reference_stratified(scores.numpy(), labels.numpy(), discard, batch_size)
+
+    table = pa.table({"row": np.arange(n), "label": labels.numpy(), "score": scores.numpy()})
+    stream = filter_stream_batches(table.to_batches(max_chunksize=5), lambda t: t.column("score"), discard,
+                                   batch_size, labels_fn=lambda t: t.column("label"))
+    assert np.concatenate([t.column("row").to_numpy() for t in stream]).tolist() == rows
+    with pytest.raises(ValueError, match="labels_fn gave 1 values"):
+        list(filter_stream_batches([table], lambda t: t.column("score"), discard, batch_size,
+                                   labels_fn=lambda t: [0]))

@@ -1,6 +1,6 @@
 """Filtering: the maths of drray.curation.filtering (hand-worked thresholds, P_accept against a simulation of
-the batch rule, the CDF; the batch rule itself in test_batch_rule.py), and jobs.filter on a small
-scored Parquet on a local Ray."""
+the batch rule, the CDF, the rules within each class; the batch rule itself in test_batch_rule.py), and
+jobs.filter on a small scored Parquet on a local Ray."""
 import json
 import re
 import subprocess
@@ -17,12 +17,18 @@ from drray.curation.filtering import (
     SampleRule,
     batch_draw_size,
     empirical_cdf,
+    format_summary,
+    keep_mask,
     kept_count,
+    make_rule,
     p_accept,
     quantile_cut,
+    quantile_cut_by_class,
     quantile_threshold,
+    resolve_stratify,
     round_half_up,
     row_uniforms,
+    sample_rule_by_class,
     summarize,
 )
 
@@ -160,6 +166,14 @@ def test_sample_rule_tabulation_matches_the_formula():
     assert scores[keep].mean() > scores[~keep].mean()
 
 
+def test_summarize_kept_fraction_by_class_hand_worked():
+    scores = np.array([0.9, 0.8, 0.1, 0.2, 0.7])
+    kept = np.array([True, False, True, True, False])
+    summary = summarize(scores, kept, labels=np.array([4, 4, 1, 1, 1]))
+    assert summary["kept_fraction_by_class"] == {"1": 2 / 3, "4": 0.5}
+    assert list(summary["kept_fraction_by_class"]) == ["1", "4"]  # by label
+
+
 def test_summarize_hand_worked():
     scores = np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.3])
     kept = np.array([True, True, False, False, True, True])
@@ -175,18 +189,103 @@ def test_summarize_hand_worked():
     assert set(summarize(scores, kept)) == {"rows_in", "rows_kept", "rows_removed"}
 
 
+# --------------------------------------------------------------------------------------------- by class
+
+
+def test_stratify_label_keeps_class_shares_where_none_starves_a_class():
+    # class 0 (6 rows) scores above class 1 (4 rows); discard 0.5 keeps 5
+    scores = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    ids = np.arange(10)
+    narrow = {"score": scores, "id": ids, "label": labels}
+    none, _ = make_rule("quantile", 0.5, narrow, stratify="none")
+    kept = keep_mask(none, scores, ids, labels)
+    assert kept.tolist() == [True] * 5 + [False] * 5  # class 1 keeps nothing
+    assert summarize(scores, kept, labels=labels)["kept_fraction_by_class"] == {"0": 5 / 6, "1": 0.0}
+    by_class, info = make_rule("quantile", 0.5, narrow, stratify="label")
+    kept = keep_mask(by_class, scores, ids, labels)
+    # shares 5 * 6/10 = 3 and 5 * 4/10 = 2: the best 3 of class 0, the best 2 of class 1
+    assert kept.tolist() == [True, True, True, False, False, False, True, True, False, False]
+    assert summarize(scores, kept, labels=labels)["kept_fraction_by_class"] == {"0": 0.5, "1": 0.5}
+    assert info == {"threshold_by_class": {"0": 7.0, "1": 2.0}}
+    with pytest.raises(ValueError, match="pass the labels"):
+        keep_mask(by_class, scores, ids)
+
+
+def test_quantile_by_class_breaks_ties_by_id_hand_worked():
+    scores = np.array([2.0, 2.0, 2.0, 1.0, 5.0, 5.0])
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    ids = np.array([13, 12, 11, 14, 1, 0])
+    rule = quantile_cut_by_class(scores, labels, 0.5, ids)  # keep 3: class 0 two (share 2), class 1 one (share 1)
+    assert rule.keep(scores, ids, labels).tolist() == [False, True, True, False, False, True]  # ids 12, 11; id 0
+    assert (rule.rules[0].tie_id, rule.rules[1].tie_id) == (12, 0)
+    loose = quantile_cut_by_class(scores, labels, 0.5)  # no ids: every tie is kept
+    assert loose.keep(scores, None, labels).tolist() == [True, True, True, False, True, True]
+
+
+def test_quantile_by_class_keeps_exact_total_and_each_class_its_best():
+    rng = np.random.default_rng(8)
+    n = 1003
+    labels = rng.choice([3, 5, 9], size=n, p=[0.6, 0.3, 0.1])
+    scores = (rng.integers(0, 6, size=n) + 3 * (labels == 3)).astype(np.float32)  # heavy ties; class 3 higher
+    ids = rng.permutation(10 * n)[:n]
+    for discard in (0.0, 0.1, 0.25, 0.5, 0.9, 0.999):
+        keep = quantile_cut_by_class(scores, labels, discard, ids).keep(scores, ids, labels)
+        total = kept_count(n, discard)
+        assert keep.sum() == total
+        for label in (3, 5, 9):
+            mine = labels == label
+            share = total * mine.sum() / n
+            assert abs(keep[mine].sum() - share) < 1  # its share, rounded one way or the other
+            order = np.lexsort((ids[mine], -scores[mine]))  # by score descending, then id ascending
+            assert set(ids[mine][order[: keep[mine].sum()]]) == set(ids[mine][keep[mine]])
+
+
+def test_sample_by_class_keeps_each_class_its_expected_fraction():
+    rng = np.random.default_rng(9)
+    n, discard, batch_size, seed = 30_000, 0.4, 12, 3  # N = 20: B / N = 0.6
+    labels = rng.integers(0, 3, n)
+    scores = rng.normal(size=n) - 3.0 * (labels == 2)  # class 2 scores far lower
+    ids = rng.permutation(10 * n)[:n]
+    rule = sample_rule_by_class(scores, labels, discard, batch_size, seed)
+    keep = rule.keep(scores, ids, labels)
+    expected = np.zeros(n, dtype=bool)  # the same draws, each class's CDF from its own scores
+    for label in range(3):
+        mine = labels == label
+        p = p_accept(empirical_cdf(scores[mine])(scores[mine]), discard, batch_size)
+        expected[mine] = row_uniforms(ids[mine], seed) < p
+        se = np.sqrt(0.6 * 0.4 / mine.sum())  # binomial standard error of the kept fraction
+        assert abs(keep[mine].mean() - 0.6) < 4 * se
+    np.testing.assert_array_equal(keep, expected)
+    plain = SampleRule(scores, discard, batch_size, seed).keep(scores, ids)
+    assert plain[labels == 2].mean() < 0.1  # one CDF for all: class 2 is starved
+
+
+def test_resolve_stratify_and_the_summary_line():
+    assert resolve_stratify(None, {"label": np.array([0, 1, 0])}) == "label"
+    assert resolve_stratify(None, {"label": np.zeros(5, dtype=np.int64)}) == "none"  # text: labels all 0
+    assert resolve_stratify(None, {"score": np.zeros(2)}) == "none"
+    assert resolve_stratify("none", {"label": np.array([0, 1])}) == "none"
+    summary = {"rows_kept": 5, "rows_in": 10, "mode": "quantile", "discard": 0.5, "output": "out",
+               "stratify": "none", "kept_fraction_by_class": {"0": 5 / 6, "1": 0.0, "2": 0.0}}
+    lines = format_summary(summary).splitlines()
+    assert lines[1] == "lowest kept fraction of a class: 0.0% (label 1, of 3 classes; stratify none)"
+
+
 # --------------------------------------------------------------------------------------------- jobs.filter
 
 
-def write_scored(directory: Path, n: int, seed: int = 0, files: int = 3, with_id: bool = True) -> dict:
-    """A small scored data set in drray's Parquet schema plus score; corrupted rows score lower."""
+def write_scored(directory: Path, n: int, seed: int = 0, files: int = 3, with_id: bool = True,
+                 with_label: bool = True, label_shift: float = 0.0) -> dict:
+    """A small scored data set in drray's Parquet schema plus score; corrupted rows score lower, and a
+    row's score rises by label_shift per label."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True)
     bad = rng.random(n) < 0.3
-    score = (rng.normal(size=n) - 1.5 * bad).astype(np.float32)
+    labels = rng.integers(0, 10, n)
+    score = (rng.normal(size=n) - 1.5 * bad + label_shift * labels).astype(np.float32)
     score[rng.choice(n, 40, replace=False)] = np.float32(-0.25)  # a block of ties near the middle
     ids = rng.permutation(10 * n)[:n].astype(np.int64)
-    labels = rng.integers(0, 10, n)
     images = rng.integers(0, 256, (n, 16), dtype=np.uint8)
     bounds = np.linspace(0, n, files + 1).astype(int)
     for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
@@ -201,6 +300,8 @@ def write_scored(directory: Path, n: int, seed: int = 0, files: int = 3, with_id
         }
         if not with_id:
             del columns["id"]
+        if not with_label:
+            del columns["label"]
         pq.write_table(pa.table(columns), directory / f"part-{i:05d}.parquet")
     (directory / "summary.json").write_text("{}")  # a non-Parquet file beside the data is skipped
     return {"id": ids, "score": score, "is_corrupted": bad, "label": labels}
@@ -217,6 +318,15 @@ def assert_kept_rows(table: pa.Table, truth: dict, want: np.ndarray) -> None:
     order = np.argsort(truth["id"][want], kind="stable")
     for name in ("id", "score", "label", "is_corrupted"):
         assert got.column(name).to_numpy().tolist() == truth[name][want][order].tolist(), name
+
+
+def kept_by_class(truth: dict, want: np.ndarray) -> dict:
+    """{str(label): fraction of its rows in `want`}, counted row by row."""
+    counts = {}
+    for label, kept in zip(truth["label"].tolist(), want.tolist()):
+        total, hits = counts.get(label, (0, 0))
+        counts[label] = (total + 1, hits + kept)
+    return {str(label): hits / total for label, (total, hits) in sorted(counts.items())}
 
 
 def auroc_by_pairs(scores, bad):
@@ -238,7 +348,7 @@ def test_filter_quantile_end_to_end(ray_cluster, tmp_path, capsys):
     truth = write_scored(tmp_path / "scored", 600)
     out = tmp_path / "curated"
     code, stdout, err = run_filter(capsys, "--input", tmp_path / "scored", "--discard", 0.25, "--mode", "quantile",
-                                   "--output", out)
+                                   "--stratify", "none", "--output", out)
     assert code == 0, err
     table = read_output(out)
     k = kept_count(600, 0.25)
@@ -251,6 +361,7 @@ def test_filter_quantile_end_to_end(ray_cluster, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     bad = truth["is_corrupted"]
     assert summary["rows_in"] == 600 and summary["rows_kept"] == 450 and summary["mode"] == "quantile"
+    assert summary["stratify"] == "none" and summary["kept_fraction_by_class"] == kept_by_class(truth, want)
     assert summary["threshold"] == float(truth["score"][want].min())
     assert summary["auroc"] == pytest.approx(auroc_by_pairs(truth["score"].astype(np.float64), bad), abs=1e-12)
     assert summary["corrupted_removed_fraction"] == pytest.approx((bad & ~want).sum() / bad.sum())
@@ -268,7 +379,8 @@ def test_filter_sample_end_to_end(ray_cluster, tmp_path, capsys):
     out.mkdir()
     (out / "old.txt").write_text("replaced")
     code, _, err = run_filter(capsys, "--input", tmp_path / "scored", "--discard", discard, "--mode", "sample",
-                              "--batch-size", batch_size, "--seed", 5, "--output", out, "--overwrite")
+                              "--stratify", "none", "--batch-size", batch_size, "--seed", 5, "--output", out,
+                              "--overwrite")
     assert code == 0, err
     assert not (out / "old.txt").exists()
     table = read_output(out)
@@ -287,6 +399,50 @@ def test_filter_sample_end_to_end(ray_cluster, tmp_path, capsys):
     assert summary["corrupted_removed"] == int((bad & ~want).sum())
 
 
+def test_filter_stratified_quantile_end_to_end(ray_cluster, tmp_path, capsys):
+    n, discard = 800, 0.5
+    truth = write_scored(tmp_path / "scored", n, seed=2, label_shift=0.5)  # higher labels score higher
+    out = tmp_path / "curated"
+    code, stdout, err = run_filter(capsys, "--input", tmp_path / "scored", "--discard", discard, "--output", out)
+    assert code == 0, err  # no --stratify: label, as the input has ten classes
+    table = read_output(out)
+    labels, counts = np.unique(truth["label"], return_counts=True)
+    exact = counts * kept_count(n, discard) / n
+    quotas = np.floor(exact).astype(int)  # largest remainders, worked out here
+    quotas[np.argsort(-(exact - quotas), kind="stable")[: kept_count(n, discard) - quotas.sum()]] += 1
+    want = np.zeros(n, dtype=bool)
+    for label, quota in zip(labels, quotas):
+        mine = np.flatnonzero(truth["label"] == label)
+        want[mine[np.lexsort((truth["id"][mine], -truth["score"][mine]))[:quota]]] = True
+    assert table.num_rows == kept_count(n, discard) == 400
+    assert_kept_rows(table, truth, want)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stratify"] == "label" and summary["kept_fraction_by_class"] == kept_by_class(truth, want)
+    assert min(summary["kept_fraction_by_class"].values()) > 0.45  # every class keeps about half
+    global_order = np.lexsort((truth["id"], -truth["score"]))[:400]
+    assert np.mean(truth["label"][global_order] == 0) < 0.02  # where the global cut starves label 0
+    assert "threshold" not in summary and set(summary["threshold_by_class"]) == {str(x) for x in labels}
+    assert "lowest kept fraction of a class" in stdout and "stratify label" in stdout
+
+
+def test_filter_stratified_sample_end_to_end(ray_cluster, tmp_path, capsys):
+    n, discard, batch_size = 1500, 0.4, 12  # N = 20
+    truth = write_scored(tmp_path / "scored", n, seed=3, label_shift=0.5)
+    out = tmp_path / "curated"
+    code, _, err = run_filter(capsys, "--input", tmp_path / "scored", "--discard", discard, "--mode", "sample",
+                              "--stratify", "label", "--batch-size", batch_size, "--seed", 4, "--output", out)
+    assert code == 0, err
+    want = np.zeros(n, dtype=bool)  # each class's CDF from all its own scores (fewer than --cdf-sample)
+    for label in np.unique(truth["label"]):
+        mine = truth["label"] == label
+        p = p_accept(empirical_cdf(truth["score"][mine])(truth["score"][mine]), discard, batch_size)
+        want[mine] = row_uniforms(truth["id"][mine], 4) < p
+    assert_kept_rows(read_output(out), truth, want)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_kept"] == want.sum() and summary["cdf_sample_size"] == n
+    assert summary["kept_fraction_by_class"] == pytest.approx(kept_by_class(truth, want))
+
+
 @pytest.mark.parametrize("case,expected", [
     ("no_score", "no score column"),
     ("missing_input", "no such file or folder"),
@@ -297,6 +453,8 @@ def test_filter_sample_end_to_end(ray_cluster, tmp_path, capsys):
     ("output_under_a_file", "is a file, not a folder; choose another --output"),
     ("sample_without_id", "needs an integer id"),
     ("nan_score", "NaN score"),
+    ("stratify_without_label", "--stratify label: "),
+    ("null_label", "rows have no label (null)"),
 ])  # fmt: skip
 def test_filter_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, expected):
     scored, out = tmp_path / "scored", tmp_path / "curated"
@@ -314,9 +472,18 @@ def test_filter_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case,
         values = table.column("score").to_numpy().copy()
         values[3] = np.nan
         pq.write_table(table.set_column(6, "score", pa.array(values)), scored / "part-00000.parquet")
+    elif case == "stratify_without_label":
+        write_scored(scored, 50, with_label=False)
+    elif case == "null_label":
+        write_scored(scored, 50, files=1)
+        table = pq.read_table(scored / "part-00000.parquet")
+        labels = pa.array([None] + table.column("label").to_pylist()[1:], pa.int64())
+        pq.write_table(table.set_column(3, "label", labels), scored / "part-00000.parquet")
     elif case != "missing_input":
         write_scored(scored, 50)
     args = ["--input", scored, "--discard", 0.25, "--output", out]
+    if case in ("stratify_without_label", "null_label"):
+        args += ["--stratify", "label"]
     if case == "discard_one":
         args[3] = 1.0
     elif case == "discard_negative":

@@ -1,7 +1,9 @@
 """The paper's training-time filter, the batch rule: draw N = round_half_up(B / (1 - rho))
 examples, score them, keep the top B. Over any stream of batches (`filter_stream_batches`, e.g.
-a Ray Data iterator) or as a torch IterableDataset (`BatchFilter`). `drray.curation.filtering` holds the
-rules for filtering a whole scored data set (quantile, sample) and its summary.
+a Ray Data iterator) or as a torch IterableDataset (`BatchFilter`). Given each row's label, the top B
+are stratified: each class keeps its share of the pool (`select_top`), so a score that runs higher
+for some classes cannot starve the others. `drray.curation.filtering` holds the rules for filtering a
+whole scored data set (quantile, sample), `class_quotas`, and the summary.
 """
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from drray.curation.filtering import batch_draw_size, round_half_up
+from drray.curation.filtering import batch_draw_size, class_quotas, round_half_up
 
 # torch is imported only by BatchFilter (see __getattr__ below), so importing this module is cheap.
 
-__all__ = ["BatchFilter", "batch_draw_size", "class_quotas", "filter_stream_batches", "select_top",
-           "stratified_top_b_indices", "top_b_indices"]  # noqa: F822 (lazy)
+__all__ = ["BatchFilter", "batch_draw_size", "class_quotas", "filter_stream_batches",  # noqa: F822 (lazy)
+           "select_top", "stratified_top_b_indices", "top_b_indices"]
 
 
 def top_b_indices(scores: np.ndarray, b: int) -> np.ndarray:
@@ -25,23 +27,6 @@ def top_b_indices(scores: np.ndarray, b: int) -> np.ndarray:
     b = max(0, min(int(b), len(scores)))
     order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
     return np.sort(order[:b])
-
-
-def class_quotas(counts: np.ndarray, b: int) -> np.ndarray:
-    """How many of b kept rows each class gets when its share of the kept rows is its share of
-    the rows (counts): the largest-remainder apportionment of b * counts / counts.sum(); the
-    remainders' ties go to the lower class. Sums to min(b, counts.sum()); never above counts."""
-    counts = np.asarray(counts, dtype=np.int64)
-    total = int(counts.sum())
-    b = max(0, min(int(b), total))
-    if total == 0:
-        return np.zeros_like(counts)
-    exact = counts * b / total
-    quotas = np.floor(exact + 1e-9).astype(np.int64)
-    remainders = exact - quotas
-    extra = b - int(quotas.sum())
-    quotas[np.argsort(-remainders, kind="stable")[:extra]] += 1
-    return quotas
 
 
 def stratified_top_b_indices(scores: np.ndarray, labels: np.ndarray, b: int) -> np.ndarray:
@@ -131,20 +116,33 @@ def _rebatch(batches: Iterable, size: int) -> Iterator:
         yield _concat(pending)
 
 
-def _scores_array(scores) -> np.ndarray:
-    if _is_tensor(scores):
-        scores = scores.detach().float().cpu().numpy()
-    elif hasattr(scores, "to_numpy"):  # pyarrow
-        scores = scores.to_numpy(zero_copy_only=False)
-    return np.asarray(scores, dtype=np.float64).reshape(-1)
+def _as_numpy(values) -> np.ndarray:
+    """One value per row from numpy, torch or pyarrow, as a flat numpy array."""
+    if _is_tensor(values):
+        values = values.detach().cpu()
+        values = (values.float() if values.is_floating_point() else values).numpy()  # numpy has no bfloat16
+    elif hasattr(values, "to_numpy"):  # pyarrow
+        values = values.to_numpy(zero_copy_only=False)
+    return np.asarray(values).reshape(-1)
+
+
+def _per_row(fn: Callable[[Any], Any], pool, n: int, what: str) -> np.ndarray:
+    values = _as_numpy(fn(pool))
+    if len(values) != n:
+        raise ValueError(f"{what} gave {len(values)} values for a pool of {n} rows")
+    return values
 
 
 def filter_stream_batches(
-    batches: Iterable, score_fn: Callable[[Any], Any], discard: float, batch_size: int, drop_last: bool = False
+    batches: Iterable, score_fn: Callable[[Any], Any], discard: float, batch_size: int, drop_last: bool = False,
+    labels_fn: Optional[Callable[[Any], Any]] = None,
 ) -> Iterator:
     """The paper's batch rule over a stream: regroup `batches` into pools of N =
     batch_draw_size(discard, batch_size) rows, score each pool with `score_fn(pool)` (one score
     per row: numpy, torch or pyarrow), and yield its top B rows (original order kept).
+
+    With `labels_fn(pool)` (one label per row, likewise), the top B are stratified: each class of
+    the pool keeps its share of the B (class_quotas), its highest-scored rows (`select_top`).
 
     Batches may be pyarrow Tables/RecordBatches, numpy arrays, torch tensors, or dicts/tuples of
     them, of any size: e.g. `ray.data.Dataset.iter_batches(batch_size=N, batch_format="pyarrow")`.
@@ -156,10 +154,9 @@ def filter_stream_batches(
         keep = batch_size if n == draw else (0 if drop_last else round_half_up(n * batch_size / draw))
         if keep == 0:
             continue
-        scores = _scores_array(score_fn(pool))
-        if len(scores) != n:
-            raise ValueError(f"score_fn gave {len(scores)} scores for a pool of {n} rows")
-        yield _take(pool, top_b_indices(scores, keep))
+        scores = _per_row(score_fn, pool, n, "score_fn").astype(np.float64)
+        labels = None if labels_fn is None else _per_row(labels_fn, pool, n, "labels_fn")
+        yield _take(pool, select_top(scores, keep, labels))
 
 
 def _define_batch_filter():
@@ -172,13 +169,15 @@ def _define_batch_filter():
         source: an iterable of batches (`batched=True`: tensors, arrays, dicts/tuples of them, or
         pyarrow), or of single examples (`batched=False`: each collated with `collate_fn`, torch's
         default_collate unless given). Use it with `DataLoader(BatchFilter(...), batch_size=None)`.
-        With DataLoader workers, give each worker its own shard of `source`."""
+        With DataLoader workers, give each worker its own shard of `source`. `labels_fn(pool)` (one
+        label per row) stratifies the top B by class, as in `filter_stream_batches`."""
 
         def __init__(self, source: Iterable, score_fn: Callable[[Any], Any], discard: float, batch_size: int,
-                     batched: bool = True, collate_fn: Optional[Callable] = None, drop_last: bool = False):
+                     batched: bool = True, collate_fn: Optional[Callable] = None, drop_last: bool = False,
+                     labels_fn: Optional[Callable[[Any], Any]] = None):
             super().__init__()
             self.source, self.score_fn, self.discard, self.batch_size = source, score_fn, discard, int(batch_size)
-            self.batched, self.drop_last = batched, drop_last
+            self.batched, self.drop_last, self.labels_fn = batched, drop_last, labels_fn
             self.collate_fn = collate_fn or torch.utils.data.default_collate
             self.draw_size = batch_draw_size(discard, batch_size)
 
@@ -198,7 +197,7 @@ def _define_batch_filter():
         def __iter__(self) -> Iterator:
             with torch.no_grad():
                 yield from filter_stream_batches(self._batches(), self.score_fn, self.discard, self.batch_size,
-                                                 self.drop_last)
+                                                 self.drop_last, self.labels_fn)
 
     BatchFilter.__module__, BatchFilter.__qualname__ = __name__, "BatchFilter"
     return BatchFilter

@@ -10,11 +10,16 @@ Three rules, no Ray (the jobs and the evaluation wire them to Ray Data):
   the batch rule keeps an example at that quantile; so it matches `batch` in expectation
   (`SampleRule`). The CDF is estimated from a sample of scores (`empirical_cdf`).
 
+Stratified by class (`ByClass`: one rule per label), each class keeps its share, so a score that
+runs higher for one class cannot starve another: `quantile_cut_by_class` keeps
+`class_quotas(class counts, kept_count(n, rho))` rows of each class, its highest; and
+`sample_rule_by_class` takes each class's CDF from its own scores.
+
 `summarize` turns scores and a keep mask into the numbers of a filter's `summary.json`.
 
 For jobs.filter (its streaming pass is actors.filter_pipeline): `open_scored` checks a scored
-input, `read_narrow` reads its narrow columns, `make_rule` builds the keep rule from them,
-`keep_rows` applies it to a batch and `format_summary` reports the result.
+input, `read_narrow` reads its narrow columns, `resolve_stratify` settles --stratify, `make_rule`
+builds the keep rule from them, `keep_rows` applies it to a batch and `format_summary` reports the result.
 
 Rounding is half-up everywhere (`round_half_up`), never Python's round-half-to-even.
 """
@@ -35,9 +40,10 @@ from drray.train.metrics import corruption_auroc
 # (seconds and some hundred MB per worker).
 
 __all__ = [
-    "QuantileCut", "SampleRule", "batch_draw_size", "empirical_cdf", "kept_count", "p_accept", "quantile_cut", "quantile_threshold",
-    "round_half_up", "row_uniforms", "summarize", "check_settings", "open_scored", "read_narrow", "make_rule",
-    "keep_rows", "format_summary", "MODES",
+    "ByClass", "QuantileCut", "SampleRule", "batch_draw_size", "class_quotas", "cut_keeping", "empirical_cdf",
+    "kept_count", "keep_mask", "p_accept", "quantile_cut", "quantile_cut_by_class", "quantile_threshold",
+    "round_half_up", "row_uniforms", "sample_rule_by_class", "summarize", "check_settings", "open_scored",
+    "read_narrow", "resolve_stratify", "make_rule", "keep_rows", "format_summary", "MODES", "STRATIFY",
 ]  # fmt: skip
 
 
@@ -87,28 +93,33 @@ class QuantileCut:
         return above | (tied & (np.asarray(ids) <= self.tie_id))
 
 
-def quantile_threshold(scores: np.ndarray, discard: float) -> float:
-    """The lowest score that the quantile rule keeps: the k-th largest score with
-    k = kept_count(n, discard); +inf when k = 0. Keeping `score >= threshold` keeps exactly k rows
-    when no other row ties with the threshold, and every tied row otherwise (see `quantile_cut`
-    for an exact count). NaN scores are not allowed."""
+def _kth_largest(scores: np.ndarray, k: int) -> float:
+    """The k-th largest score; +inf when k = 0. NaN scores are not allowed."""
     scores = np.asarray(scores).reshape(-1)
     if scores.dtype.kind != "f":
         scores = scores.astype(np.float64)
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN; a threshold over them is undefined")
-    k = kept_count(len(scores), discard)
     if k == 0:
         return math.inf
     # the k-th largest is the (n - k)-th smallest (0-based)
     return float(np.partition(scores, len(scores) - k)[len(scores) - k])
 
 
-def quantile_cut(scores: np.ndarray, discard: float, ids: Optional[np.ndarray] = None) -> QuantileCut:
-    """The quantile rule as a cut; with (unique) ids it keeps exactly kept_count(n, discard) rows."""
+def quantile_threshold(scores: np.ndarray, discard: float) -> float:
+    """The lowest score that the quantile rule keeps: the k-th largest score with
+    k = kept_count(n, discard); +inf when k = 0. Keeping `score >= threshold` keeps exactly k rows
+    when no other row ties with the threshold, and every tied row otherwise (see `quantile_cut`
+    for an exact count). NaN scores are not allowed."""
+    return _kth_largest(scores, kept_count(np.size(scores), discard))
+
+
+def cut_keeping(scores: np.ndarray, k: int, ids: Optional[np.ndarray] = None) -> QuantileCut:
+    """The cut that keeps the k highest scores; with (unique) ids exactly k rows, ties at the
+    threshold kept smallest id first."""
     scores = np.asarray(scores).reshape(-1)
-    threshold = quantile_threshold(scores, discard)
-    k = kept_count(len(scores), discard)
+    k = max(0, min(int(k), len(scores)))
+    threshold = _kth_largest(scores, k)
     if ids is None or k == 0:
         return QuantileCut(threshold, None, k)
     ids = np.asarray(ids).reshape(-1)
@@ -116,6 +127,66 @@ def quantile_cut(scores: np.ndarray, discard: float, ids: Optional[np.ndarray] =
     tied_ids = ids[scores == threshold]
     tie_id = np.partition(tied_ids, need - 1)[need - 1]
     return QuantileCut(threshold, int(tie_id), k)
+
+
+def quantile_cut(scores: np.ndarray, discard: float, ids: Optional[np.ndarray] = None) -> QuantileCut:
+    """The quantile rule as a cut; with (unique) ids it keeps exactly kept_count(n, discard) rows."""
+    return cut_keeping(scores, kept_count(np.size(scores), discard), ids)
+
+
+def class_quotas(counts: np.ndarray, b: int) -> np.ndarray:
+    """How many of b kept rows each class gets when its share of the kept rows is its share of
+    the rows (counts): the largest-remainder apportionment of b * counts / counts.sum(); the
+    remainders' ties go to the lower class. Sums to min(b, counts.sum()); never above counts."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    b = max(0, min(int(b), total))
+    if total == 0:
+        return np.zeros_like(counts)
+    exact = counts * b / total
+    quotas = np.floor(exact + 1e-9).astype(np.int64)
+    remainders = exact - quotas
+    extra = b - int(quotas.sum())
+    quotas[np.argsort(-remainders, kind="stable")[:extra]] += 1
+    return quotas
+
+
+class ByClass:
+    """One keep rule per class (label -> rule with `.keep(scores, ids)`), each applied to its own
+    class's rows. Picklable, for Ray tasks."""
+
+    def __init__(self, rules: dict):
+        self.rules = rules
+
+    def keep(self, scores: np.ndarray, ids: Optional[np.ndarray], labels: Optional[np.ndarray]) -> np.ndarray:
+        if labels is None:
+            raise ValueError("this rule keeps rows by class; pass the labels")
+        scores = np.asarray(scores).reshape(-1)
+        kept = np.zeros(len(scores), dtype=bool)
+        for label, rows in zip(*_classes(labels)):
+            if label not in self.rules:
+                raise ValueError(f"label {label!r} is not among the classes this rule was made for")
+            kept[rows] = self.rules[label].keep(scores[rows], None if ids is None else np.asarray(ids)[rows])
+        return kept
+
+
+def _classes(labels: np.ndarray) -> tuple[list, list[np.ndarray]]:
+    """The distinct labels (sorted, as Python values) and the row indices of each (ascending)."""
+    classes, inverse, counts = np.unique(np.asarray(labels).reshape(-1), return_inverse=True, return_counts=True)
+    order = np.argsort(inverse.reshape(-1), kind="stable")  # one sort, not a pass over the rows per class
+    return classes.tolist(), np.split(order, np.cumsum(counts)[:-1])
+
+
+def quantile_cut_by_class(scores: np.ndarray, labels: np.ndarray, discard: float,
+                          ids: Optional[np.ndarray] = None) -> ByClass:
+    """The quantile rule within each class: class_quotas(class counts, kept_count(n, discard)) rows
+    of each, its highest scores (ties by id as in `quantile_cut`); with ids exactly
+    kept_count(n, discard) rows in all."""
+    scores = np.asarray(scores).reshape(-1)
+    classes, rows = _classes(labels)
+    quotas = class_quotas([len(r) for r in rows], kept_count(len(scores), discard))
+    return ByClass({label: cut_keeping(scores[r], quota, None if ids is None else np.asarray(ids)[r])
+                    for label, r, quota in zip(classes, rows, quotas)})
 
 
 def batch_draw_size(discard: float, batch_size: int) -> int:
@@ -221,6 +292,22 @@ class SampleRule:
         return row_uniforms(ids, self.seed) < self.probability(scores)
 
 
+def cdf_sample_rows(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """min(size, n) distinct row indices out of n, sorted: the rows a CDF is estimated from."""
+    return np.sort(rng.choice(n, min(size, n), replace=False))
+
+
+def sample_rule_by_class(scores: np.ndarray, labels: np.ndarray, discard: float, batch_size: int, seed: int,
+                         cdf_sample: int = 100_000) -> ByClass:
+    """The sample rule within each class: each class's CDF from a seeded sample of up to
+    cdf_sample of its own scores, so each class keeps B / N of itself in expectation."""
+    scores = np.asarray(scores).reshape(-1)
+    rng = seeded_rng(seed, seeds.FILTER_CDF_SAMPLE)
+    classes, rows = _classes(labels)
+    return ByClass({label: SampleRule(scores[r[cdf_sample_rows(rng, len(r), cdf_sample)]], discard, batch_size, seed)
+                    for label, r in zip(classes, rows)})
+
+
 # ---------------------------------------------------------------------------------------------
 # summary
 
@@ -229,8 +316,10 @@ def _finite_or_none(value: float) -> Optional[float]:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def summarize(scores: np.ndarray, kept_mask: np.ndarray, is_corrupted: Optional[np.ndarray] = None) -> dict:
-    """rows_in, rows_kept, rows_removed; with ground truth also: auroc (clean above corrupted,
+def summarize(scores: np.ndarray, kept_mask: np.ndarray, is_corrupted: Optional[np.ndarray] = None,
+              labels: Optional[np.ndarray] = None) -> dict:
+    """rows_in, rows_kept, rows_removed; with labels also kept_fraction_by_class ({str(label):
+    fraction of its rows kept}, by label); with ground truth also: auroc (clean above corrupted,
     drray.train.metrics.corruption_auroc), corrupted_rows, corrupted_kept, corrupted_removed,
     corrupted_removed_fraction (of the corrupted rows, how many were removed), removal_precision
     (of the removed rows, how many were corrupted), and corrupted_fraction_in / _kept. A value
@@ -241,6 +330,9 @@ def summarize(scores: np.ndarray, kept_mask: np.ndarray, is_corrupted: Optional[
         raise ValueError(f"{len(kept)} keep flags for {len(scores)} scores")
     n, n_kept = len(scores), int(kept.sum())
     summary: dict[str, Any] = {"rows_in": n, "rows_kept": n_kept, "rows_removed": n - n_kept}
+    if labels is not None:
+        classes, rows = _classes(labels)
+        summary["kept_fraction_by_class"] = {str(label): float(kept[r].mean()) for label, r in zip(classes, rows)}
     if is_corrupted is None:
         return summary
     bad = np.asarray(is_corrupted, dtype=bool).reshape(-1)
@@ -262,18 +354,31 @@ def summarize(scores: np.ndarray, kept_mask: np.ndarray, is_corrupted: Optional[
 # a scored data set, for jobs.filter (the messages name its flags)
 
 MODES = ("quantile", "sample")
+STRATIFY = ("label", "none")
 
 
-def check_settings(discard: float, batch_size: int, cdf_sample: int) -> None:
+def check_settings(discard: float, batch_size: int, cdf_sample: int, stratify: Optional[str] = None) -> None:
     if not (math.isfinite(discard) and 0.0 <= discard < 1.0):
         raise ConfigError(f"--discard must be in [0, 1), got {discard:g}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if cdf_sample < 1:
         raise ConfigError(f"--cdf-sample must be >= 1, got {cdf_sample}")
+    if stratify is not None and stratify not in STRATIFY:
+        raise ConfigError(f"--stratify must be one of {', '.join(STRATIFY)} (or left out), got {stratify!r}")
 
 
-def open_scored(location: str, mode: str):
+def _stratifiable_label(schema) -> bool:
+    """Whether the input has a label column that rows can be grouped by (integers or strings)."""
+    import pyarrow as pa
+
+    if "label" not in schema.names:
+        return False
+    kind = schema.field("label").type
+    return pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def open_scored(location: str, mode: str, stratify: Optional[str] = None):
     """(fs, files, schema) of a scored input (a Parquet file or folder, path or URI), its columns checked."""
     import pyarrow as pa
     import pyarrow.dataset as pads
@@ -294,11 +399,18 @@ def open_scored(location: str, mode: str):
     if mode == "sample" and not has_id:
         raise DataError(f"{location}: sample mode draws each row's fate from its id; needs an integer id "
                         "column (drray's Parquet schema, docs/design.md)")
+    if stratify == "label" and "label" not in schema.names:
+        raise ConfigError(f"--stratify label: {location} has no label column to keep each class's share of; "
+                          "pass --stratify none (the lowest scores go, whatever their class)")
+    if stratify == "label" and not _stratifiable_label(schema):
+        raise DataError(f"{location}: --stratify label needs an integer or string label column, got "
+                        f"{schema.field('label').type}; pass --stratify none")
     return fs, files, schema
 
 
-def read_narrow(fs, files, schema, location: str) -> dict:
-    """score (and id, is_corrupted where present) of every row, as numpy."""
+def read_narrow(fs, files, schema, location: str, stratify: Optional[str] = None) -> dict:
+    """score (and id, is_corrupted, label where present) of every row, as numpy. A label column with
+    nulls is an error under --stratify label, and left out otherwise."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
@@ -306,6 +418,8 @@ def read_narrow(fs, files, schema, location: str) -> dict:
     columns = ["score"] + [c for c in ("id", "is_corrupted") if c in schema.names]
     if "id" in columns and not pa.types.is_integer(schema.field("id").type):
         columns.remove("id")
+    if _stratifiable_label(schema):
+        columns.append("label")
     table = pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
     if table.num_rows == 0:
         raise DataError(f"{location}: no rows to filter")
@@ -322,25 +436,55 @@ def read_narrow(fs, files, schema, location: str) -> dict:
             raise DataError(f"{location}: ids repeat; every row needs a unique id (drray's Parquet schema, docs/design.md)")
     if "is_corrupted" in columns:
         narrow["is_corrupted"] = np.asarray(pc.fill_null(table.column("is_corrupted"), False), dtype=bool)
+    if "label" in columns:
+        label = table.column("label")
+        if label.null_count and stratify == "label":
+            raise DataError(f"{location}: {label.null_count} rows have no label (null); give them one, or "
+                            "pass --stratify none")
+        if not label.null_count:
+            narrow["label"] = label.to_numpy()
     return narrow
 
 
+def resolve_stratify(stratify: Optional[str], narrow: dict) -> str:
+    """--stratify as given; left out: `label` when the rows have labels of more than one class
+    (images), else `none` (text, whose label is absent or always 0)."""
+    if stratify is not None:
+        return stratify
+    return "label" if "label" in narrow and len(np.unique(narrow["label"])) > 1 else "none"
+
+
 def make_rule(mode: str, discard: float, narrow: dict, batch_size: int = 128, cdf_sample: int = 100_000,
-              seed: int = 0):
-    """The keep rule of `mode` (picklable, `.keep(scores, ids)`) and what the summary says about it.
-    batch_size, cdf_sample and seed are the sample mode's."""
-    scores = narrow["score"]
+              seed: int = 0, stratify: str = "none"):
+    """The keep rule of `mode` (picklable; apply it with `keep_mask`) and what the summary says about
+    it. stratify `label`: one rule per class of narrow["label"] (`ByClass`). batch_size, cdf_sample
+    (per class when stratified) and seed are the sample mode's."""
+    scores, ids = narrow["score"], narrow.get("id")
+    labels = narrow["label"] if stratify == "label" else None
+    if mode == "quantile" and labels is None:
+        cut = quantile_cut(scores, discard, ids)
+        return cut, {"threshold": _finite_or_none(cut.threshold), "tie_id": cut.tie_id,
+                     "ties_at_threshold": int((scores == cut.threshold).sum())}
     if mode == "quantile":
-        cut = quantile_cut(scores, discard, narrow.get("id"))
-        info = {"threshold": cut.threshold if math.isfinite(cut.threshold) else None, "tie_id": cut.tie_id,
-                "ties_at_threshold": int((scores == cut.threshold).sum())}
-        return cut, info
-    count = min(cdf_sample, len(scores))
-    rows = np.sort(seeded_rng(seed, seeds.FILTER_CDF_SAMPLE).choice(len(scores), count, replace=False))
-    rule = SampleRule(scores[rows], discard, batch_size, seed)
-    info = {"cdf_sample_size": count, "batch_size": batch_size, "draw_size": rule.draw_size,
-            "seed": seed, "expected_rows_kept": float(rule.probability(scores).sum())}
+        by_class = quantile_cut_by_class(scores, labels, discard, ids)
+        return by_class, {"threshold_by_class": {str(label): _finite_or_none(cut.threshold)
+                                                 for label, cut in by_class.rules.items()}}
+    if labels is None:
+        rows = cdf_sample_rows(seeded_rng(seed, seeds.FILTER_CDF_SAMPLE), len(scores), cdf_sample)
+        rule = SampleRule(scores[rows], discard, batch_size, seed)
+        sampled, expected = len(rows), float(rule.probability(scores).sum())
+    else:
+        rule = sample_rule_by_class(scores, labels, discard, batch_size, seed, cdf_sample)
+        sampled = sum(len(r.sorted_sample) for r in rule.rules.values())
+        expected = float(sum(rule.rules[label].probability(scores[r]).sum() for label, r in zip(*_classes(labels))))
+    info = {"cdf_sample_size": sampled, "batch_size": batch_size, "draw_size": batch_draw_size(discard, batch_size),
+            "seed": seed, "expected_rows_kept": expected}
     return rule, info
+
+
+def keep_mask(rule, scores: np.ndarray, ids: Optional[np.ndarray], labels: Optional[np.ndarray] = None) -> np.ndarray:
+    """Which rows `rule` (from make_rule) keeps; labels are needed when it is by class."""
+    return rule.keep(scores, ids, labels) if isinstance(rule, ByClass) else rule.keep(scores, ids)
 
 
 def keep_rows(table, rule):
@@ -349,7 +493,8 @@ def keep_rows(table, rule):
 
     scores = table.column("score").to_numpy()
     ids = table.column("id").to_numpy() if "id" in table.column_names else None
-    return table.filter(pa.array(rule.keep(scores, ids), type=pa.bool_()))
+    labels = table.column("label").to_numpy() if isinstance(rule, ByClass) else None
+    return table.filter(pa.array(keep_mask(rule, scores, ids, labels), type=pa.bool_()))
 
 
 def format_summary(summary: dict) -> str:
@@ -360,6 +505,11 @@ def format_summary(summary: dict) -> str:
         ties = summary["ties_at_threshold"]
         lines.append(f"threshold {summary['threshold']:.6g}" + (f" ({ties} rows tie at it; kept smallest id first)"
                                                                 if ties > 1 else ""))
+    by_class = summary.get("kept_fraction_by_class")
+    if by_class:  # the class the filter spared least, where a score that favours some classes shows
+        label, fraction = min(by_class.items(), key=lambda item: item[1])
+        lines.append(f"lowest kept fraction of a class: {fraction:.1%} (label {label}, of {len(by_class)} classes; "
+                     f"stratify {summary.get('stratify', 'none')})")
     if summary.get("corrupted_rows") is not None:
         def show(value, fmt="{:.3f}"):
             return "n/a" if value is None else fmt.format(value)
