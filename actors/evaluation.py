@@ -1,6 +1,7 @@
 """The evaluation study on Ray (jobs.evaluate): `evaluate_rater` checks everything, computes the
-methods' scores once, trains the fresh models as Ray tasks (actors.tasks.map_tasks) and writes
-results.json, results.md and the plots. The study itself is drray.evaluation.experiment.
+methods' scores once (cleanlab's cross-validation folds as Ray tasks), trains the fresh models as
+Ray tasks (actors.tasks.map_tasks) and writes results.json, results.md and the plots. The study
+itself is drray.evaluation.experiment.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def evaluate_rater(cfg: Config, out: str, rater_dir: Optional[str] = None, overw
 def _evaluate(cfg: Config, splits, rater, out: RunDir) -> str:
     budget, settings = ev.Budget.from_config(cfg), cfg.evaluate
     metric = ev.metric_for(splits.train.rows)
-    scores = ev.method_scores(cfg, splits, rater)
+    scores = ev.method_scores(cfg, splits, rater, _map_folds)
     specs = ev.run_specs(settings.methods, settings.discard, settings.seeds, cfg.run.seed)
     print(f"evaluate: {len(specs)} runs of {budget.steps} steps ({len(splits.train)} training examples)", flush=True)
     started = time.monotonic()
@@ -63,3 +64,9 @@ def _evaluate(cfg: Config, splits, rater, out: RunDir) -> str:
     table = results_markdown(rows, verdicts, meta, metric)
     return f"{table}\nwritten: {out.display('results.json')}, results.md, {metric.plot}" + (
         ", scores.png" if learned else "") + f"  ({math.ceil(time.monotonic() - started)} s)"
+
+
+def _map_folds(fn, folds: list, args: tuple, shared: dict) -> list:
+    """cleanlab's cross-validation folds (ev.train_fold) as Ray tasks."""
+    return map_tasks(fn, folds, args, shared,
+                     describe=lambda fold, r: f"cleanlab fold {fold}: {len(r['index'])} rows predicted")

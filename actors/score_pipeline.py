@@ -1,6 +1,10 @@
 """Scoring a Parquet data set on Ray (jobs.score): `score_dataset` checks the input against the
 rater and the output, then streams read_parquet -> a pool of RaterScorer actors -> write_parquet.
 Each actor scores blocks with drray.curation.scoring.score_table.
+
+An input whose rows must say where they come from (no id column; local Hugging Face images, whose
+relative paths are read from their file's folder) is read file by file instead
+(`positioned_batches`): each row gets its position as id, and its file's folder.
 """
 from __future__ import annotations
 
@@ -8,13 +12,17 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import pyarrow as pa
 import torch
 
-from drray.curation.scoring import (CHUNK_ROWS, check_schema, find_bad_rows, for_scoring, input_columns, open_input,
-                                    read_rater, score_table)
+from drray.curation.scoring import (CHUNK_ROWS, check_class_names, check_schema, find_bad_rows, for_scoring,
+                                    input_columns, needs_positions, open_input, positioned_batches, read_rater,
+                                    score_table)
+from drray.data.images import has_image_paths, with_image_dir
+from drray.data.parquet import class_names_from_schema, with_class_names
 from drray.errors import ConfigError, DataError, DrrayError
 from drray.train.checkpoint import rater_from_bytes
 
@@ -34,8 +42,9 @@ class RaterScorer:
     scores pyarrow batches with `score_table`. On the GPU when the actor was given one."""
 
     def __init__(self, rater_blob: bytes, on_bad_row: str = "fail", threads: Optional[int] = None,
-                 where: str = "input", chunk_rows: int = CHUNK_ROWS):
-        """rater_blob: the bytes of a rater.pt (the actors may not see the run directory)."""
+                 where: str = "input", chunk_rows: int = CHUNK_ROWS, class_names=None):
+        """rater_blob: the bytes of a rater.pt (the actors may not see the run directory);
+        class_names: written into each scored block's schema metadata (None: none written)."""
         if threads:
             torch.set_num_threads(int(threads))  # Ray leaves one thread to an actor of num_cpus <= 1
         rater, info = rater_from_bytes(rater_blob)
@@ -44,6 +53,7 @@ class RaterScorer:
         self.row_shape, self.num_classes = tuple(info["row_shape"]), int(info["num_classes"])
         self.image_size = info.get("image_size")  # encoded images are resized as in training
         self.on_bad_row, self.where, self.chunk_rows = on_bad_row, where, chunk_rows
+        self.class_names = class_names
         self.reported = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -54,7 +64,7 @@ class RaterScorer:
             self.reported += 1
             _, reason = find_bad_rows(batch, self.row_shape, self.num_classes, self.image_size)
             print(f"warning: {self.where}: dropped {dropped} bad rows of a batch ({reason})", file=sys.stderr)
-        return scored
+        return with_class_names(scored, self.class_names)
 
 
 @dataclass
@@ -102,7 +112,13 @@ def score_dataset(rater: str, input: str, output: str, actors: Optional[int] = N
     blob, info = read_rater(rater)
     in_fs, dataset = open_input(input)
     check_schema(dataset.schema, info, input)  # columns and types first: head() needs the columns
-    check_schema(dataset.schema, info, input, dataset.head(1, columns=input_columns(info, dataset.schema)))
+    positions = input_positions(dataset, in_fs, batch_size)
+    first = dataset.head(1, columns=input_columns(info, dataset.schema))
+    if positions is not None and positions.folders[0] is not None:
+        first = with_image_dir(first, positions.folders[0])
+    check_schema(dataset.schema, info, input, first)
+    check_class_names(dataset.schema, info, input, rater)
+    class_names = info.get("class_names") or class_names_from_schema(dataset.schema)
     rows_in = dataset.count_rows()  # from the Parquet footers
     if rows_in == 0:
         raise DataError(f"{input}: no rows to score")
@@ -116,7 +132,8 @@ def score_dataset(rater: str, input: str, output: str, actors: Optional[int] = N
         begin = time.perf_counter()
         try:
             with replacing_output(out_fs, out_path) as target:
-                pipeline((dataset.files, in_fs), (target, out_fs), (blob, on_bad_row, input), plan, block_bytes)
+                pipeline((dataset.files, in_fs, positions), (target, out_fs), (blob, on_bad_row, input, class_names),
+                         plan, block_bytes)
         except Exception as exc:
             error = _drray_error(exc)
             if error is not None:  # Ray Data appends lines about retries to the message: keep ours
@@ -126,6 +143,35 @@ def score_dataset(rater: str, input: str, output: str, actors: Optional[int] = N
     rows_out = pads.dataset(out_path, filesystem=out_fs, format="parquet").count_rows()
     device = "GPU" if plan.actor_gpus else f"CPU, {plan.threads} thread{'s' if plan.threads != 1 else ''} each"
     return ScoreSummary(rows_in, rows_out, seconds, output, plan.actors, device)
+
+
+@dataclass
+class Positions:
+    """Where each input file's rows come from, for an input read file by file (needs_positions)."""
+    first_ids: list[int]  # per file: the id of its first row (used where the input has no id column)
+    folders: list[Optional[str]]  # per file: its folder, for relative image paths (None: not read)
+    rows_per_batch: int
+
+
+def input_positions(dataset, filesystem, rows_per_batch: int) -> Optional[Positions]:
+    """Positions of the input's files (ids from the footers' row counts, files in sorted order), or
+    None where its rows need none. Relative image paths are read from local folders only."""
+    import pyarrow.fs as pafs
+
+    local = isinstance(filesystem, pafs.LocalFileSystem)
+    if not needs_positions(dataset.schema, local):
+        return None
+    counts = [fragment.count_rows() for fragment in dataset.get_fragments()]  # in dataset.files' order
+    first_ids = [sum(counts[:i]) for i in range(len(counts))]
+    folders = [str(Path(file).parent) if local and has_image_paths(dataset.schema) else None for file in dataset.files]
+    return Positions(first_ids, folders, rows_per_batch)
+
+
+def read_positioned(files: pa.Table, filesystem, rows_per_batch: int):
+    """Ray Data map_batches: rows (file, first_id, folder) -> the files' rows with their ids and
+    folders (drray.curation.scoring.positioned_batches)."""
+    for file, first_id, folder in zip(*(files.column(name).to_pylist() for name in ("file", "first_id", "folder"))):
+        yield from positioned_batches(file, filesystem, first_id, rows_per_batch, folder or None)
 
 
 @dataclass
@@ -183,8 +229,9 @@ QUIET_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_
 
 
 def pipeline(source, sink, scorer_args: tuple, plan: Plan, block_bytes: int) -> None:
-    """read_parquet -> a pool of RaterScorer actors -> write_parquet, streaming. scorer_args:
-    (rater.pt bytes, on_bad_row, the input's name for messages).
+    """read_parquet -> a pool of RaterScorer actors -> write_parquet, streaming. source: (files,
+    their filesystem, Positions or None: read_input); scorer_args: (rater.pt bytes, on_bad_row, the
+    input's name for messages, the class names the output's schema metadata records).
 
     Tuned for throughput (BENCHMARKS.md): the read is fused into the actors (Read->MapBatches runs
     in the actor: no read tasks, no copy of the input through the object store), which needs
@@ -195,8 +242,8 @@ def pipeline(source, sink, scorer_args: tuple, plan: Plan, block_bytes: int) -> 
     needs no file-listing task."""
     import ray
 
-    (files, in_fs), (out_path, out_fs) = source, sink
-    blob, on_bad_row, where = scorer_args
+    (files, in_fs, positions), (out_path, out_fs) = source, sink
+    blob, on_bad_row, where, class_names = scorer_args
     context = ray.data.DataContext.get_current()
     settings = {
         "raise_original_map_exception": True,  # an actor's DataError, not Ray Data's UserCodeException
@@ -210,11 +257,11 @@ def pipeline(source, sink, scorer_args: tuple, plan: Plan, block_bytes: int) -> 
     try:
         for name, value in settings.items():
             setattr(context, name, value)
-        dataset = ray.data.read_parquet(files, filesystem=in_fs, num_cpus=plan.actor_cpus,
-                                        override_num_blocks=len(files))
+        dataset = read_input(files, in_fs, positions, plan)
         scored = dataset.map_batches(
             RaterScorer,
             fn_constructor_args=(blob, on_bad_row, plan.threads, where),
+            fn_constructor_kwargs={"class_names": class_names},
             compute=ray.data.ActorPoolStrategy(size=plan.actors),
             batch_format="pyarrow",
             batch_size=None,  # whole blocks: lets the read fuse into the actors
@@ -229,6 +276,19 @@ def pipeline(source, sink, scorer_args: tuple, plan: Plan, block_bytes: int) -> 
             setattr(context, name, value)
         for name in QUIET_LOGGERS:
             logging.getLogger(name).removeFilter(quiet)
+
+
+def read_input(files: list[str], in_fs, positions: Optional[Positions], plan: Plan):
+    """The input as a Ray Dataset: read_parquet, or file by file with positions (read_positioned)."""
+    import ray
+
+    if positions is None:
+        return ray.data.read_parquet(files, filesystem=in_fs, num_cpus=plan.actor_cpus, override_num_blocks=len(files))
+    items = [{"file": file, "first_id": first_id, "folder": folder or ""}
+             for file, first_id, folder in zip(files, positions.first_ids, positions.folders)]
+    return ray.data.from_items(items, override_num_blocks=len(files)).map_batches(
+        read_positioned, fn_kwargs={"filesystem": in_fs, "rows_per_batch": positions.rows_per_batch},
+        batch_format="pyarrow", batch_size=None, num_cpus=plan.actor_cpus)
 
 
 def _drray_error(exc: BaseException):

@@ -13,9 +13,13 @@ import numpy as np
 
 # seeded_rng streams
 TEST_SPLIT, HELDOUT_SPLIT, TRAIN_CAP, PROBE_ROWS = 1, 2, 3, 4  # drray.data.splits
+# drray.data.splits, data.heldout=same: held-out rows from the corrupted pool; data.heldout_size: of a
+# held-out split the data supplies
+HELDOUT_SAME_SPLIT, HELDOUT_SUBSET = 5, 6
 CORRUPT_SELECT, CORRUPT_APPLY = 101, 102  # drray.data.corruption: which rows, then how (per spec)
 FILTER_CDF_SAMPLE = 201  # curation: the scores a sample-mode filter estimates its CDF from
 EVAL_RANDOM_SCORES, EVAL_LOSS_MODEL, EVAL_ROWS = 301, 302, 303  # evaluation
+EVAL_CLEANLAB_FOLDS = 304  # the cleanlab rival: its folds and their models
 
 # derive_seed parts, after the run seed
 FRESH_MODEL_BATCHES = 1  # evaluation: a fresh model's batch order, after its weights' seed

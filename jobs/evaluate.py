@@ -2,15 +2,19 @@
 
     python -m jobs.evaluate --config configs/mnist.yaml --rater RUN_DIR --discard 0.1,0.25,0.5 --seeds 5 --out DIR
 
-Fresh inner models (the config's inner arch, optimizer, lr and batch size; --steps steps each)
-are trained from scratch on the config's training split: on all of it (baseline), and with the
-paper's batch rule driven by the rater's score (datarater), by a random score (random drop) and by
-minus the loss under a model trained on the held-out split (loss heuristic), at every --discard
-fraction; opt-in, the ground truth as the score (oracle, the bound of any selection). The runs
-are Ray tasks (a local Ray is started when there is no cluster address). OUT gets results.json
-(per method and fraction: test accuracy and loss as mean, std, standard error; n and, with ground
-truth, AUROC and precision of removal), results.md, accuracy.png (test_loss.png on text: language
-models, judged by test loss) and scores.png.
+Fresh inner models (--arch, by default the config's inner arch; the inner optimizer, lr and batch
+size; --steps steps each) are trained from scratch on the config's training split: on all of it
+(baseline), and with the paper's batch rule driven by the rater's score (datarater), by a random
+score (random drop), by the loss under a reference model trained on the held-out split (loss keeps
+the lowest losses, loss_mid the middle, loss_high the highest) and by cleanlab's label quality from
+cross-validation on the training split (cleanlab, labelled data), at every --discard fraction;
+opt-in, the ground truth as the score (oracle, the bound of any selection). Each selection keeps
+every class's share of its draw (evaluate.stratify=label; none to turn it off). The runs and
+cleanlab's folds are Ray tasks (a local Ray is started when there is no cluster address). OUT gets
+results.json (per method and fraction: test accuracy and loss as mean, std, standard error; n; the
+kept fraction per class and its minimum; with ground truth, AUROC and precision of removal),
+results.md, accuracy.png (test_loss.png on text: language models, judged by test loss) and
+scores.png.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import json
 import re
 import sys
 
-from drray.config import load_config
+from drray.config import EVALUATE_METHODS, load_config
 from drray.errors import ConfigError
 from jobs.common import add_address_arg, add_config_args, job_parser, run_job
 
@@ -31,15 +35,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--discard", help="comma-separated fractions in [0, 1) (default: evaluate.discard, 0.1,0.25,0.5)")
     parser.add_argument("--seeds", type=int, help="seeds per method and fraction (default: evaluate.seeds, 5)")
     parser.add_argument("--steps", type=int, help="training steps of every fresh model (default: evaluate.steps, 1000)")
-    parser.add_argument("--methods", help="comma-separated subset of baseline,datarater,random,loss,oracle "
-                                          "(default: all but oracle, the ground-truth upper bound)")
+    parser.add_argument("--methods", help="comma-separated subset of " + ",".join(EVALUATE_METHODS) +
+                                          " (default: baseline,datarater,random,loss; oracle is the "
+                                          "ground-truth upper bound)")
+    parser.add_argument("--arch", help="arch of the fresh models, e.g. cnn_large or transformer_large to measure "
+                                       "transfer to a larger model (default: evaluate.arch, else inner.arch)")
     parser.add_argument("--out", required=True, help="output directory (local path or URI)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in OUT")
     add_address_arg(parser)
     return parser.parse_args(argv)
 
 
-EVALUATE_FLAGS = ("discard", "seeds", "steps", "methods")  # each sets evaluate.<same name>
+EVALUATE_FLAGS = ("discard", "seeds", "steps", "methods", "arch")  # each sets evaluate.<same name>
 
 
 def config_from_args(args: argparse.Namespace):

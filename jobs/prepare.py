@@ -8,7 +8,8 @@ The config's data section and run.seed say what is prepared (its defaults: DataC
 flags each set one key, after --set. OUTPUT/train/part-NNNNN.parquet (row order kept),
 OUTPUT/heldout.parquet and OUTPUT/test.parquet (clean) and OUTPUT/prepare.json are the splits and
 corruption a meta-training run with the same data settings and seed builds, usable as
-`data: {source: parquet, dir: OUTPUT}`, streamed or not. OUTPUT is a local path or a URI; a
+`data: {source: parquet, dir: OUTPUT}`, streamed or not. Class names (an image folder's class
+folders) are in prepare.json and each file's schema metadata. OUTPUT is a local path or a URI; a
 failure leaves nothing half-written.
 """
 from __future__ import annotations

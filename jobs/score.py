@@ -7,7 +7,10 @@ Ray Data reads the Parquet (a file or a folder of shards; local or any pyarrow f
 a pool of rater actors scores it block by block (on GPUs where the cluster has them) and the
 result is written as Parquet files under --output, streaming: memory stays bounded whatever the
 input's size. The input is checked against the rater, and --output, before any work.
-A `score` column already in the input is replaced. Row order is not kept; `id` identifies rows.
+A `score` column already in the input is replaced. Row order is not kept; `id` identifies rows
+(an input without one gets it: each row's position, its files sorted by path). The class names
+(the rater's, else the input's) go into the output's schema metadata; an input that names its
+classes otherwise than the rater is refused.
 """
 from __future__ import annotations
 

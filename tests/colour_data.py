@@ -1,12 +1,14 @@
 """Test data in the forms users keep images: "coloured digits" (scikit-learn's 8x8 digits, each
 tinted with its own random hue, optionally upscaled, a fraction of labels flipped for ground truth),
 written as a class-folder tree of PNG files, as Hugging Face-style Parquet (image struct<bytes, path>)
-or as Parquet of plain PNG bytes. Offline, seeded and small (1,797 images at most).
+or as Parquet of plain PNG bytes, or as a Hugging Face export (no id column, ClassLabel names in the
+schema metadata, images as files beside the Parquet). Offline, seeded and small (1,797 images at most).
 """
 from __future__ import annotations
 
 import colorsys
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -142,3 +144,32 @@ def split_index(count: int, heldout: int, test: int, seed: int = 0) -> dict[str,
     order = np.random.default_rng(seed).permutation(count)
     return {"heldout": np.sort(order[:heldout]), "test": np.sort(order[heldout:heldout + test]),
             "train": np.sort(order[heldout + test:])}
+
+
+def hf_metadata(names) -> dict:
+    """Schema metadata as Hugging Face datasets writes it (Features.arrow_schema) for an Image
+    column and a ClassLabel label column naming the classes."""
+    features = {"image": {"_type": "Image"}, "label": {"names": list(names), "_type": "ClassLabel"}}
+    return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+
+
+def write_hf_export(file: Path, data: TintedDigits, names=None, as_files=(), missing=()) -> Path:
+    """A Hugging Face-style export at `file`: image struct<bytes, path> and label, no id column, the
+    class names (when given) in the schema metadata. Rows in `as_files` are PNG files
+    pics/<row>.png beside the Parquet file, named by relative path with null bytes; rows in
+    `missing` name such a file without writing it."""
+    file = Path(file)
+    (file.parent / "pics").mkdir(parents=True, exist_ok=True)
+    data_bytes, paths = [], []
+    for row, image in enumerate(data.images):
+        relative = f"pics/{row}.png"
+        if row in as_files:
+            (file.parent / relative).write_bytes(png_bytes(image))
+        on_disk = row in as_files or row in missing
+        data_bytes.append(None if on_disk else png_bytes(image))
+        paths.append(relative if on_disk else None)
+    image = pa.StructArray.from_arrays([pa.array(data_bytes, pa.binary()), pa.array(paths, pa.string())],
+                                       names=["bytes", "path"])
+    table = pa.table({"image": image, "label": pa.array(data.labels, pa.int64())})
+    pq.write_table(table.replace_schema_metadata(hf_metadata(names) if names is not None else None), str(file))
+    return file

@@ -144,3 +144,18 @@ def test_batch_filter_with_labels_keeps_each_class_share():
     with pytest.raises(ValueError, match="labels_fn gave 1 values"):
         list(filter_stream_batches([table], lambda t: t.column("score"), discard, batch_size,
                                    labels_fn=lambda t: [0]))
+
+
+def test_class_quotas_random_ties_favour_no_class():
+    """Ten classes of 3 rows, keep 15: every class's exact share is 1.5, so five get 2. Ties to the
+    lower class give classes 0-4 two each every time; with tie_rng each class gets the extra row
+    about half the time."""
+    counts = np.full(10, 3)
+    assert class_quotas(counts, 15).tolist() == [2] * 5 + [1] * 5
+    rng = np.random.default_rng(0)
+    extras = np.zeros(10)
+    for _ in range(2000):
+        quotas = class_quotas(counts, 15, rng)
+        assert quotas.sum() == 15 and set(quotas.tolist()) <= {1, 2}
+        extras += quotas - 1
+    assert np.all(np.abs(extras / 2000 - 0.5) < 4 * np.sqrt(0.25 / 2000))

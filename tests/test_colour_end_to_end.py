@@ -19,7 +19,8 @@ from jobs.evaluate import main as evaluate_main
 from jobs.filter import main as filter_main
 from jobs.prepare import main as prepare_main
 from jobs.score import main as score_main
-from tests.colour_data import split_index, tinted_digits, write_class_tree, write_encoded_parquet
+from tests.colour_data import (DIGIT_NAMES, WORD_NAMES, split_index, tinted_digits, write_class_tree,
+                               write_encoded_parquet, write_hf_export)
 
 # ~35 s on 2 shared cores; probe AUROC 0.92, 0.94, 0.93 for seeds 0, 1, 2 (measured). The
 # class-conditioned CNN rater needs the inner models to learn fast (inner.lr 5e-3, long lives)
@@ -134,8 +135,58 @@ def test_prepare_turns_an_image_folder_into_parquet(tinted, tmp_path, capsys):
         "--output", tmp_path / "prepared")
     record = json.loads((tmp_path / "prepared" / "prepare.json").read_text())
     assert record["row_shape"] == [16, 16, 3] and record["num_classes"] == 10 and sum(record["rows"].values()) == 1797
+    assert record["class_names"] == list(DIGIT_NAMES)
     train = read_parquet(tmp_path / "prepared" / "train")
+    assert train.class_names == DIGIT_NAMES
+    assert read_parquet(tmp_path / "prepared" / "test.parquet").class_names == DIGIT_NAMES
     assert train.rows.shape[1:] == (16, 16, 3) and train.is_corrupted.mean() == pytest.approx(0.2, abs=0.01)
     cfg = load_config(None, QUICK + ["data.source=parquet", f"data.dir={tmp_path / 'prepared'}",
                                      f"run.out={tmp_path / 'run'}"])
     assert meta_train(cfg).steps == 4
+
+
+@pytest.mark.slow
+def test_class_names_go_with_the_rater_and_guard_score_and_evaluate(ray_cluster, tmp_path, capsys):
+    """A tree named zero..nine (sorted: eight, five, ...) -> rater.pt names its classes -> a Hugging
+    Face export without ids, some images as files beside it, scores when it names the classes alike
+    and is refused (score and evaluate) when it names them otherwise."""
+    import torch
+
+    from drray.data.examples import ExampleSet, to_tensors
+    from drray.data.parquet import class_names_from_schema
+
+    data = tinted_digits(count=300, side=8)
+    write_class_tree(tmp_path / "tree", data, names=WORD_NAMES)
+    names = tuple(sorted(WORD_NAMES))
+    cfg = load_config(None, QUICK + ["data.source=imagefolder", f"data.dir={tmp_path / 'tree'}",
+                                     f"run.out={tmp_path / 'run'}"])
+    meta_train(cfg)
+    rater, info = load_rater(tmp_path / "run")
+    assert info["class_names"] == names
+    export = data.subset(np.arange(40))
+    export.labels = np.array([names.index(WORD_NAMES[digit]) for digit in export.labels])  # the rater's label ids
+    write_hf_export(tmp_path / "words" / "train.parquet", export, names=names, as_files={0, 1, 2}, missing={3})
+    write_hf_export(tmp_path / "digits" / "train.parquet", export, names=DIGIT_NAMES)
+
+    args = ["--rater", tmp_path / "run", "--input", tmp_path / "digits", "--output", tmp_path / "refused"]
+    assert score_main([str(a) for a in args]) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "names its classes [0, 1, 2, 3, 4, 5, ... (10 in all)" in error[0]
+    assert "label 0 is '0' there but 'eight' for the rater" in error[0] and not (tmp_path / "refused").exists()
+    assert evaluate_main(["--set", "data.source=parquet", "--set", f"data.dir={tmp_path / 'digits'}", "--rater",
+                          str(tmp_path / "run"), "--seeds", "1", "--steps", "2", "--out", str(tmp_path / "eval")]) == 2
+    assert "names its classes [0, 1" in capsys.readouterr().err and not (tmp_path / "eval").exists()
+
+    out = run(score_main, capsys, "--rater", tmp_path / "run", "--input", tmp_path / "words", "--output",
+              tmp_path / "scored", "--on-bad-row", "drop")
+    assert "scored 39 rows" in out and "dropped 1 bad rows" in out  # row 3's file is missing
+    files = sorted((tmp_path / "scored").glob("*.parquet"))
+    assert all(class_names_from_schema(pq.read_schema(file)) == names for file in files)
+    scored = pads.dataset([str(file) for file in files], format="parquet").to_table().sort_by("id")
+    kept = np.array([row for row in range(40) if row != 3])
+    assert scored.column("id").to_pylist() == kept.tolist()  # ids: the rows' positions
+    original = pq.read_table(tmp_path / "words" / "train.parquet")
+    assert scored.column("image").to_pylist() == original.column("image").take(kept).to_pylist()  # paths kept
+    with torch.no_grad():
+        expected = rater(*to_tensors(ExampleSet.clean(kept, export.images[kept], export.labels[kept], 10))).numpy()
+    np.testing.assert_allclose(scored.column("score").to_numpy(), expected, atol=1e-5)

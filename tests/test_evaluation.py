@@ -1,5 +1,7 @@
-"""The evaluation study: the selection rule, the statistics (hand-worked), curation with an oracle
-score beating all the data, and the job end to end with its bad-input errors."""
+"""The evaluation study: the selection rule (stratified by class or not) and the kept fractions per
+class, the statistics (hand-worked), the rivals' scores (loss, loss_mid, loss_high by hand;
+cleanlab from out-of-fold models only), the fresh models' arch, curation with an oracle score
+beating all the data, and the job end to end with its bad-input errors."""
 import dataclasses
 import json
 import math
@@ -10,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drray import seeds
 from drray.config import load_config
 from drray.data.splits import build_splits
 from drray.evaluation import experiment as ev
+from drray.errors import ConfigError
+from drray.seeds import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,12 +32,212 @@ def test_draw_batch_keeps_the_top_b_of_n():
     assert len(ev.draw_batch(np.random.default_rng(0), 1000, 32)) == 32
 
 
+class FixedDraws:
+    """A generator stand-in whose draws are given: draw_batch's rows, by hand."""
+
+    def __init__(self, drawn, ties=None):
+        self.drawn, self.ties = np.asarray(drawn), ties
+
+    def integers(self, n, size):
+        assert size == len(self.drawn) and self.drawn.max() < n
+        return self.drawn
+
+    def random(self, size):
+        """The tie-break keys of the class quotas: all equal (the lower class first) unless given."""
+        return np.zeros(size) if self.ties is None else np.asarray(self.ties)
+
+
+def test_stratified_draw_batch_keeps_each_class_share_by_hand():
+    """B = 4 of N = 8 drawn rows (discard 0.5): six of class 0, two of class 1, whose scores are
+    the lowest. Stratified, class 1 keeps its quarter (its better row, 7); unstratified, none."""
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2])
+    scores = np.array([0.9, 0.5, 0.8, 0.6, 0.7, 0.95, 0.1, 0.2, 1.0])
+    drawn = [0, 1, 2, 3, 4, 5, 6, 7]
+    kept = ev.draw_batch(FixedDraws(drawn), 9, 4, scores, 0.5, labels)
+    assert sorted(kept.tolist()) == [0, 2, 5, 7]  # class 0: its 3 best (0.95, 0.9, 0.8); class 1: 0.2
+    assert sorted(ev.draw_batch(FixedDraws(drawn), 9, 4, scores, 0.5).tolist()) == [0, 2, 4, 5]
+    # 3 of class 0, 3 of class 1, 2 of class 2 drawn, keep 4: shares 1.5, 1.5, 1 -> 2, 1, 1
+    # (largest remainder, the tie to the class with the lower tie key: equal keys, the lower class)
+    drawn = [0, 1, 2, 6, 7, 6, 8, 8]
+    kept = ev.draw_batch(FixedDraws(drawn), 9, 4, scores, 0.5, labels)
+    assert np.bincount(labels[kept], minlength=3).tolist() == [2, 1, 1]
+    assert sorted(kept.tolist()) == [0, 2, 7, 8]
+    kept = ev.draw_batch(FixedDraws(drawn, ties=[0.9, 0.1, 0.5]), 9, 4, scores, 0.5, labels)
+    assert np.bincount(labels[kept], minlength=3).tolist() == [1, 2, 1]
+    assert sorted(kept.tolist()) == [0, 6, 7, 8]
+
+
+def test_text_and_stratify_none_are_not_stratified():
+    cfg = load_config(None, ["data.source=digits"])
+    assert ev.Budget.from_config(cfg).stratifies(10)
+    assert not ev.Budget.from_config(cfg).stratifies(1)  # text: one class
+    assert not ev.Budget.from_config(load_config(None, ["evaluate.stratify=none"])).stratifies(10)
+
+
+def independent_kept_counts(spec, labels, scores, budget, num_classes):
+    """The batches of a run replayed by hand: the same draws, the top B by a plain sort (scores
+    without ties), per class the drawn and kept counts."""
+    rng = np.random.default_rng(derive_seed(spec.seed, seeds.FRESH_MODEL_BATCHES))
+    drawn_count, kept_count = np.zeros(num_classes), np.zeros(num_classes)
+    for _ in range(budget.steps):
+        drawn = rng.integers(len(labels), size=int(round(budget.batch_size / (1 - spec.discard))))
+        kept = drawn[np.argsort(-scores[drawn])[:budget.batch_size]]
+        drawn_count += np.bincount(labels[drawn], minlength=num_classes)
+        kept_count += np.bincount(labels[kept], minlength=num_classes)
+    return drawn_count, kept_count
+
+
+def test_kept_fractions_per_class_match_an_independent_count():
+    """A score that grows with the label: unstratified, the low classes are starved, and the
+    fractions in the results are those of a hand replay of the draws; stratified, every class
+    keeps about half of its draws (discard 0.5; rounding: within one row a batch)."""
+    cfg = load_config(None, ["data.source=digits", "evaluate.stratify=none"])
+    splits = build_splits(cfg.data, 0)
+    labels = splits.train.labels
+    scores = labels + np.random.default_rng(0).random(len(labels))  # no ties
+    data = ev.shared_arrays(splits, {"datarater": scores}, max_eval_rows=50)
+    budget = dataclasses.replace(ev.Budget.from_config(cfg), arch="mlp", steps=6, batch_size=32)
+    specs = [ev.RunSpec("datarater", 0.5, s) for s in (0, 1)]
+    runs = [ev.run_one(spec, data, budget) for spec in specs]
+    expected = []
+    for spec, run in zip(specs, runs):
+        drawn, kept = independent_kept_counts(spec, labels, scores, budget, 10)
+        expected.append(kept / drawn)
+        assert run["kept_fraction_by_class"] == pytest.approx((kept / drawn).tolist())
+    (row,) = ev.aggregate(runs)
+    assert row["kept_fraction_by_class"] == pytest.approx(np.mean(expected, axis=0).tolist())
+    assert row["min_class_kept_fraction"] == pytest.approx(np.mean(expected, axis=0).min())
+    assert row["min_class_kept_fraction"] < 0.05  # the low classes starved
+    stratified = [ev.run_one(spec, data, dataclasses.replace(budget, stratify=True)) for spec in specs]
+    for spec, run in zip(specs, stratified):
+        drawn, _ = independent_kept_counts(spec, labels, scores, budget, 10)
+        assert np.all(np.abs(np.array(run["kept_fraction_by_class"]) * drawn - drawn / 2) <= budget.steps)
+    assert ev.aggregate(stratified)[0]["min_class_kept_fraction"] > 0.4
+
+
+def test_kept_fractions_skip_a_class_never_drawn():
+    per_seed = ([0.2, 0.6, math.nan], [0.4, 0.8, math.nan])  # class 2 never drawn
+    runs = [{"method": "datarater", "discard": 0.5, "seed": s, "acc": 0.5, "test_loss": 1.0, "heldout_loss": 1.0,
+             "kept_fraction_by_class": fractions} for s, fractions in enumerate(per_seed)]
+    (row,) = ev.aggregate(runs)
+    assert row["kept_fraction_by_class"][:2] == pytest.approx([0.3, 0.7])
+    assert math.isnan(row["kept_fraction_by_class"][2])
+    assert row["min_class_kept_fraction"] == pytest.approx(0.3)
+
+
+def test_loss_scores_rank_by_hand():
+    """losses 0.3, 2.0, 0.1, 0.9, 5.0: rank quantiles 0.25, 0.75, 0, 0.5, 1. loss keeps the
+    easy rows, loss_high the hard ones, loss_mid the rows nearest the median (0.9), then the
+    quartiles, then the extremes."""
+    losses = np.array([0.3, 2.0, 0.1, 0.9, 5.0])
+    assert ev.loss_rank_quantiles(losses).tolist() == [0.25, 0.75, 0.0, 0.5, 1.0]
+    scores = ev.loss_scores(losses, ["loss", "loss_mid", "loss_high"])
+    assert scores["loss_mid"].tolist() == [-0.25, -0.25, -0.5, 0.0, -0.5]
+    order = {m: np.argsort(-s, kind="stable").tolist() for m, s in scores.items()}
+    assert order["loss"] == [2, 0, 3, 1, 4] and order["loss_high"] == [4, 1, 3, 0, 2]
+    assert order["loss_mid"][0] == 3 and set(order["loss_mid"][1:3]) == {0, 1} and set(order["loss_mid"][3:]) == {2, 4}
+    assert list(ev.loss_scores(losses, ["baseline", "loss_high"])) == ["loss_high"]
+
+
+def test_one_reference_model_scores_loss_loss_mid_and_loss_high(monkeypatch):
+    cfg = load_config(None, ["data.source=digits", "evaluate.steps=3",
+                             'evaluate.methods=["baseline", "loss", "loss_mid", "loss_high"]'])
+    splits = build_splits(cfg.data, 0)
+    trained = []
+    real = ev.train_fresh
+    monkeypatch.setattr(ev, "train_fresh", lambda *a, **k: trained.append(real(*a, **k)) or trained[-1])
+    scores = ev.method_scores(cfg, splits)
+    assert len(trained) == 1 and set(scores) == {"loss", "loss_mid", "loss_high"}
+    losses = ev.per_example_losses(trained[0], splits.train.rows, splits.train.labels)
+    assert np.allclose(scores["loss"], -losses) and np.allclose(scores["loss_high"], losses)
+    q = (np.argsort(np.argsort(losses, kind="stable"), kind="stable")) / (len(losses) - 1)
+    assert np.allclose(scores["loss_mid"], -np.abs(q - 0.5))
+
+
+def test_cleanlab_scores_come_only_from_models_that_never_saw_the_row(monkeypatch):
+    """Every fold model's training rows and predicted rows are disjoint, each training row is
+    predicted once, the folds are stratified, and the scores are cleanlab's on the recorded
+    out-of-fold probabilities."""
+    from cleanlab.rank import get_label_quality_scores
+
+    cfg = load_config(None, ["data.source=digits", "evaluate.steps=3", "evaluate.folds=3"])
+    splits = build_splits(cfg.data, 0)
+    rows = splits.train.rows
+    where = {row.tobytes(): i for i, row in enumerate(rows)}
+    assert len(where) == len(rows)  # unique rows: a row's bytes name its index
+    trained_on, predicted = [], []
+    real_train, real_predict = ev.train_fresh, ev.class_probabilities
+
+    def recording_train(budget, train_rows, *args, **kwargs):
+        trained_on.append({where[row.tobytes()] for row in train_rows})
+        return real_train(budget, train_rows, *args, **kwargs)
+
+    def recording_predict(model, predict_rows):
+        probabilities = real_predict(model, predict_rows)
+        predicted.append(([where[row.tobytes()] for row in predict_rows], probabilities))
+        return probabilities
+
+    monkeypatch.setattr(ev, "train_fresh", recording_train)
+    monkeypatch.setattr(ev, "class_probabilities", recording_predict)
+    scores = ev.cleanlab_scores(ev.Budget.from_config(cfg), splits, 3, 0)
+    assert len(trained_on) == len(predicted) == 3
+    out_of_fold = np.full((len(rows), 10), np.nan)
+    for seen, (index, probabilities) in zip(trained_on, predicted):
+        assert not seen & set(index) and len(seen) + len(index) == len(rows)
+        assert np.isnan(out_of_fold[index]).all()  # predicted once
+        out_of_fold[index] = probabilities
+        shares = np.bincount(splits.train.labels[index], minlength=10) / np.bincount(splits.train.labels)
+        assert np.all(np.abs(shares - 1 / 3) < 0.02)  # stratified: a third of every class
+    assert not np.isnan(out_of_fold).any()
+    assert np.allclose(scores, get_label_quality_scores(splits.train.labels, out_of_fold))
+    assert np.allclose(scores, out_of_fold[np.arange(len(rows)), splits.train.labels])  # self-confidence
+
+
+def test_stratified_folds_by_hand():
+    labels = np.array([0] * 7 + [1] * 5)
+    folds = ev.stratified_folds(labels, 3, seed=4)
+    assert [np.bincount(labels[folds == f], minlength=2).tolist() for f in range(3)] == [[3, 1], [2, 2], [2, 2]]
+    assert not np.array_equal(folds, ev.stratified_folds(labels, 3, seed=5))
+
+
+def test_cleanlab_bad_input_is_one_line():
+    text = load_config("configs/text-tiny.yaml", ['evaluate.methods=["baseline", "cleanlab"]'])
+    with pytest.raises(ConfigError, match=r"^the cleanlab method scores labels, but the training set of data text "
+                                          r"has 1 class \(text has no labels\); leave cleanlab out of --methods$"):
+        ev.check_setup(text, build_splits(text.data, 0))
+    with pytest.raises(ConfigError, match=r"^the cleanlab method: class 1 has 1 training rows, fewer than "
+                                          r"evaluate.folds=2; leave cleanlab out of --methods$"):
+        ev.check_cleanlab_fits(np.array([0, 0, 0, 1]), 2, "x")
+
+
+def test_evaluate_arch_builds_the_fresh_models(monkeypatch):
+    """evaluate.arch replaces inner.arch (auto: mlp on digits) for the fresh models and the
+    reference model, and is recorded in the meta; an unknown one is refused under its own key."""
+    cfg = load_config(None, ["data.source=digits", "evaluate.arch=cnn_large", "evaluate.steps=1"])
+    splits = build_splits(cfg.data, 0)
+    budget = ev.Budget.from_config(cfg)
+    built = []
+    real = ev.build_inner
+    monkeypatch.setattr(ev, "build_inner", lambda *a: built.append(real(*a)) or built[-1])
+    ev.run_one(ev.RunSpec("baseline", 0.0, 0), ev.shared_arrays(splits, {}, max_eval_rows=20), budget)
+    ev.method_scores(cfg, splits)  # the loss method's reference model
+    large = sum(p.numel() for p in real("cnn_large", (8, 8), 10).parameters())
+    assert [sum(p.numel() for p in model.parameters()) for model in built] == [large, large] and large > 900_000
+    assert ev.describe_setup(cfg, budget, splits, 0.0)["arch"] == "cnn_large"
+    default = load_config(None, ["data.source=digits"])
+    assert ev.describe_setup(default, ev.Budget.from_config(default), splits, 0.0)["arch"] == "mlp"
+    bad = load_config(None, ["data.source=digits", "evaluate.arch=nope", 'evaluate.methods=["baseline"]'])
+    with pytest.raises(ConfigError, match=r"^evaluate.arch: unknown arch 'nope'; allowed: auto, "):
+        ev.check_setup(bad, splits)
+
+
 ACCURACY, TEST_LOSS = ev.METRICS["image"], ev.METRICS["text"]
 
 
 def hand_runs(baseline: list, datarater: list, key: str) -> list[dict]:
     other = "test_loss" if key == "acc" else "acc"
-    return [{"method": m, "discard": d, "seed": s, key: v, other: 0.0, "heldout_loss": 1.0}
+    return [{"method": m, "discard": d, "seed": s, key: v, other: 0.0, "heldout_loss": 1.0,
+             "kept_fraction_by_class": [1.0]}
             for m, d, values in (("baseline", 0.0, baseline), ("datarater", 0.5, datarater))
             for s, v in enumerate(values)]
 
@@ -140,6 +345,31 @@ def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
     assert again.returncode == 2 and "already holds an evaluation" in again.stderr
 
 
+def test_evaluate_job_with_the_rivals_and_a_larger_arch(tmp_path, digits_rater, ray_cluster):
+    """loss_mid, loss_high and cleanlab (its folds Ray tasks) against the rater, fresh models of
+    --arch cnn_large, selections stratified by class (every class keeps ~70% at discard 0.3)."""
+    out = tmp_path / "eval"
+    result = run_job("--config", "configs/digits.yaml", "--rater", str(digits_rater), "--methods",
+                     "baseline,datarater,loss_mid,loss_high,cleanlab", "--arch", "cnn_large", "--discard", "0.3",
+                     "--seeds", "2", "--steps", "4", "--set", "evaluate.folds=3", "--out", str(out),
+                     "--address", ray_cluster)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("cleanlab fold") == 3 and "10/10 done" in result.stdout
+    payload = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["n"]) for r in payload["rows"]] == [
+        (m, 2) for m in ("baseline", "datarater", "loss_mid", "loss_high", "cleanlab")]
+    assert payload["meta"]["arch"] == "cnn_large" and payload["meta"]["stratify"] is True
+    assert payload["meta"]["config"]["evaluate"]["arch"] == "cnn_large"
+    for row in payload["rows"]:
+        assert len(row["kept_fraction_by_class"]) == 10
+        low, high = (1.0, 1.0) if row["method"] == "baseline" else (0.65, 0.75)
+        assert row["min_class_kept_fraction"] == pytest.approx(min(row["kept_fraction_by_class"]))
+        assert low <= row["min_class_kept_fraction"] <= high
+        assert (row.get("auroc") is None) == (row["method"] == "baseline")
+    assert {v["rival"] for v in payload["verdicts"]} == {"baseline", "loss_mid", "loss_high", "cleanlab"}
+    assert "| min class kept |" in (out / "results.md").read_text()
+
+
 @pytest.mark.parametrize("args,expected", [
     (["--discard", "0.1,1.0"], "error: --discard: each discard fraction must be in [0, 1); 1.0 is not (got [0.1, 1.0])"),
     (["--discard", "-0.2"], "must be in [0, 1); -0.2 is not (got [-0.2])"),
@@ -150,6 +380,8 @@ def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
     (["--methods", "baseline,oracle", "--set", "data.corruption=[]"], "the oracle method needs ground truth"),
     (["--set", "data.source=idx", "--set", "data.dir=../shared/data/mnist"], "was trained on 8x8 images"),
     (["--set", "inner.arch=nope"], "inner.arch: unknown arch 'nope'; allowed: auto,"),  # before any Ray task
+    (["--methods", "baseline,cleanlab", "--set", "evaluate.folds=200"],
+     "training rows, fewer than evaluate.folds=200; set evaluate.folds to at most"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, digits_rater, args, expected):
     out = tmp_path / "eval"

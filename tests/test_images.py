@@ -339,8 +339,8 @@ def test_encoded_parquet_errors_name_the_row(tmp_path):
         one_line_error(lambda: read_parquet(tmp_path / "t.parquet"), "t.parquet", expected)
     pq.write_table(pa.table({"id": [0], "image": ["a.png"], "label": [0]}), tmp_path / "s.parquet")
     one_line_error(lambda: read_parquet(tmp_path / "s.parquet"), "s.parquet", "column image is string", "binary")
-    pq.write_table(pa.table({"image": pa.array([good], pa.binary()), "label": [0]}), tmp_path / "n.parquet")
-    one_line_error(lambda: read_parquet(tmp_path / "n.parquet"), "missing columns id", "id, image, label")
+    pq.write_table(pa.table({"id": [0], "image": pa.array([good], pa.binary())}), tmp_path / "n.parquet")
+    one_line_error(lambda: read_parquet(tmp_path / "n.parquet"), "missing columns label", "id, image, label")
 
 
 def test_hf_paths_are_read_relative_to_the_parquet_file(tmp_path):
@@ -441,3 +441,147 @@ def test_streamed_batches_decode_encoded_images(tmp_path):
     assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
     wrong = BatchStream(epochs, (8, 8, 3), 10, "cpu", "train.parquet")
     one_line_error(lambda: wrong.sample(5), "train.parquet: row 0 of a batch: image is 16x16 RGB, not 8x8 RGB")
+
+
+# ---------------------------------------------------------------------------------------- class names
+
+
+def test_class_names_travel_from_the_tree_through_splits_and_parquet(tmp_path):
+    from drray.data.parquet import read_parquet, write_parquet
+
+    small_tree(tmp_path / "tree", per_class=10, classes=4)
+    names = tuple(sorted(WORD_NAMES[:4]))  # one, three, two, zero: label id i is names[i]
+    splits = imagefolder_splits(tmp_path / "tree")
+    assert splits.class_names == names and splits.train.class_names == names and splits.probe.class_names == names
+    write_parquet(splits.test, tmp_path / "test.parquet")
+    back = read_parquet(tmp_path / "test.parquet")
+    assert back.class_names == names and back.num_classes == 4
+
+
+def test_class_names_from_schema_metadata():
+    import json
+
+    from drray.data.parquet import CLASS_NAMES_KEY, class_names_from_schema
+    from tests.colour_data import hf_metadata
+
+    def names(metadata):
+        return class_names_from_schema(pa.schema([("label", pa.int64())], metadata=metadata))
+
+    assert names(hf_metadata(["cat", "dog"])) == ("cat", "dog")
+    assert names({**hf_metadata(["cat", "dog"]), CLASS_NAMES_KEY: b'{"class_names": ["a", "b"]}'}) == ("a", "b")
+    as_value = {b"huggingface": json.dumps({"info": {"features": {"label": {"dtype": "int64", "_type": "Value"}}}})}
+    odd = [None, {}, {b"huggingface": b"{not json"}, {b"huggingface": b"[]"}, as_value, hf_metadata([]),
+           hf_metadata(["cat", "cat"]), {b"huggingface": json.dumps({"info": {"features": {"label": {
+               "names": [1, 2], "_type": "ClassLabel"}}}})}, {CLASS_NAMES_KEY: b'{"class_names": "ab"}'}]
+    assert [names(metadata) for metadata in odd] == [None] * len(odd)
+
+
+def test_hugging_face_names_set_the_class_count_unless_labels_go_beyond(tmp_path):
+    import pyarrow.parquet as pq
+
+    from drray.data.parquet import read_parquet
+    from tests.colour_data import encoded_table, hf_metadata
+
+    data = tinted_digits(count=20, side=8)
+    data.labels[:] = np.arange(20) % 3  # classes 0..2 present
+    table = encoded_table(data, truth=False)
+    pq.write_table(table.replace_schema_metadata(hf_metadata(["a", "b", "c", "d", "e"])), tmp_path / "named.parquet")
+    named = read_parquet(tmp_path / "named.parquet")
+    assert named.class_names == ("a", "b", "c", "d", "e") and named.num_classes == 5
+    pq.write_table(table.replace_schema_metadata(hf_metadata(["a", "b"])), tmp_path / "short.parquet")
+    short = read_parquet(tmp_path / "short.parquet")
+    assert short.class_names is None and short.num_classes == 3
+
+
+def test_differing_class_names_are_refused_in_one_line():
+    from drray.data.examples import check_same_class_names
+    from drray.errors import ConfigError
+
+    check_same_class_names(("a", "b"), ("a", "b"), "data", "run")
+    check_same_class_names(None, ("a", "b"), "data", "run")  # unknown on one side: no check
+    check_same_class_names(("a", "b"), None, "data", "run")
+    one_line_error(lambda: check_same_class_names(("a", "x"), ("a", "b"), "in.parquet", "runs/r"),
+                   "in.parquet names its classes [a, x] but rater runs/r was trained on [a, b]",
+                   "label 1 is 'x' there but 'b' for the rater")
+    with pytest.raises(ConfigError, match="3 classes against the rater's 2"):
+        check_same_class_names(("a", "b", "c"), ("a", "b"), "data", "run", ConfigError)
+
+
+# ---------------------------------------------------------------------------------------- Hugging Face exports
+
+
+def test_parquet_without_ids_numbers_rows_by_position(tmp_path):
+    from drray.data.parquet import read_parquet
+    from tests.colour_data import write_hf_export
+
+    data = tinted_digits(count=50, side=8)
+    # shards named out of order on disk: positions follow the sorted paths (a.parquet, then sub/b.parquet)
+    write_hf_export(tmp_path / "train" / "sub" / "b.parquet", data.subset(np.arange(20, 50)))
+    write_hf_export(tmp_path / "train" / "a.parquet", data.subset(np.arange(20)))
+    train = read_parquet(tmp_path / "train", first_id=7)
+    assert train.ids.tolist() == list(range(7, 57)) and np.array_equal(train.rows, data.images)
+    head = read_parquet(tmp_path / "train", limit=25)
+    assert head.ids.tolist() == list(range(25)) and np.array_equal(head.rows, data.images[:25])
+    # the parquet source: train first, then heldout, then test, so ids are unique over the splits
+    write_hf_export(tmp_path / "heldout.parquet", data.cleaned().subset(np.arange(10)))
+    write_hf_export(tmp_path / "test.parquet", data.cleaned().subset(np.arange(10, 22)))
+    for stream in ("false", "true"):
+        splits = build_splits(load_config(None, ["data.source=parquet", f"data.dir={tmp_path}",
+                                                 f"data.stream={stream}", "data.probe_size=30"]).data, 0)
+        assert splits.heldout.ids.tolist() == list(range(50, 60)) and splits.test.ids.tolist() == list(range(60, 72))
+        assert np.array_equal(splits.test.rows, data.images[10:22])
+    assert sorted(splits.probe.ids.tolist()) == list(range(30))  # streamed: the first rows of train
+
+
+def test_relative_paths_are_read_beside_each_file_in_memory_and_streamed(tmp_path, monkeypatch):
+    from drray.data.examples import to_tensors
+    from drray.data.parquet import read_parquet
+    from drray.data.streams import BatchStream, local_parquet_epochs
+    from tests.colour_data import write_hf_export
+
+    data = tinted_digits(count=30, side=8)
+    write_hf_export(tmp_path / "train" / "a.parquet", data.subset(np.arange(12)), as_files={0, 5, 11})
+    write_hf_export(tmp_path / "train" / "deeper" / "b.parquet", data.subset(np.arange(12, 30)), as_files={1, 2})
+    monkeypatch.chdir(tmp_path / "train" / "deeper")  # the working directory holds other pics/0.png ...
+    train = read_parquet(tmp_path / "train")
+    assert np.array_equal(train.rows, data.images)
+    epochs = local_parquet_epochs(str(tmp_path / "train"), 7, (8, 8, 3))
+    x, y = BatchStream(epochs, (8, 8, 3), 10, "cpu", "train").sample(30)
+    assert torch_equal(x, to_tensors(train)[0]) and np.array_equal(y.numpy(), data.labels)
+    # a missing file: in memory and streamed, a one-line error naming it
+    write_hf_export(tmp_path / "gone" / "t.parquet", data.subset(np.arange(4)), as_files={0}, missing={2})
+    one_line_error(lambda: read_parquet(tmp_path / "gone"), "row id 2", str(tmp_path / "gone" / "pics" / "2.png"),
+                   "cannot be read")
+    stream = BatchStream(local_parquet_epochs(str(tmp_path / "gone"), 4, (8, 8, 3)), (8, 8, 3), 10, "cpu", "gone")
+    one_line_error(lambda: stream.sample(4), "row 2 of a batch", str(tmp_path / "gone" / "pics" / "2.png"))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_scored_batches_read_relative_paths_from_their_file_and_number_rows(tmp_path):
+    import pyarrow.fs as pafs
+
+    from drray.curation.scoring import SCORE, find_bad_rows, positioned_batches, score_table
+    from drray.data.images import IMAGE_DIR_COLUMN
+    from tests.colour_data import write_hf_export
+
+    data, rater = scoring_fixture(10)
+    file = write_hf_export(tmp_path / "in" / "t.parquet", data, as_files={1, 4}, missing={6})
+    batches = list(positioned_batches(str(file), pafs.LocalFileSystem(), 100, 4, str(file.parent)))
+    assert [b.num_rows for b in batches] == [4, 4, 2] and batches[1].column("id").to_pylist() == [104, 105, 106, 107]
+    mask, reason = find_bad_rows(batches[1], (16, 16, 3), 10)
+    assert mask.tolist() == [False, False, True, False]
+    assert reason.startswith("row id 106: image bytes are null and its path")
+    assert str(file.parent / "pics" / "6.png") in reason
+    one_line_error(lambda: score_table(rater, batches[1], (16, 16, 3), 10), "row id 106", "pics/6.png", "1 bad rows")
+    scored = [score_table(rater, batch, (16, 16, 3), 10, on_bad_row="drop") for batch in batches]
+    assert all(IMAGE_DIR_COLUMN not in t.column_names for t in scored)
+    assert [i for t in scored for i in t.column("id").to_pylist()] == [100 + i for i in range(10) if i != 6]
+    assert scored[0].column("image").equals(batches[0].column("image"))  # the path rows written back as they were
+    expected = score_table(rater, raw_table(data), (16, 16, 3), 10).column(SCORE).to_numpy()
+    got = np.concatenate([t.column(SCORE).to_numpy() for t in scored])
+    np.testing.assert_allclose(got, np.delete(expected, 6), atol=1e-6)

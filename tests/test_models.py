@@ -143,3 +143,32 @@ def test_models_score_the_same_with_and_without_autograd(side):
         with torch.no_grad():
             fast = model(*args)
         assert torch.allclose(fast, model(*args).detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("row_shape", [(28, 28), (8, 8), (32, 32, 3), (20, 24, 3)])
+def test_cnn_large_has_about_a_million_parameters_for_any_image(row_shape):
+    """Gray 28x28 and 8x8, colour of any size: the same ~1M-parameter model (global pooling), ~9x
+    the cnn inner model at 28x28, with one logit per class."""
+    model = build_inner("cnn_large", row_shape, 10)
+    count = sum(p.numel() for p in model.parameters())
+    channels = row_shape[2] if len(row_shape) == 3 else 1
+    # convs 3x3 (c -> 64 -> 128 -> 256 -> 256) with biases, and a 256 -> 10 head
+    convs = (9 * channels * 64 + 64) + (9 * 64 * 128 + 128) + (9 * 128 * 256 + 256) + (9 * 256 * 256 + 256)
+    assert count == convs + 256 * 10 + 10
+    assert 700_000 < count < 1_500_000
+    assert count > 8 * sum(p.numel() for p in build_inner("cnn", (28, 28), 10).parameters())
+    x = torch.rand(3, channels, *row_shape[:2])
+    assert model(x).shape == (3, 10)
+
+
+def test_transformer_large_is_d_model_128_with_4_layers():
+    from drray.models.text import TransformerLM
+
+    model = build_inner("transformer_large", (32,), 1)
+    assert isinstance(model, TransformerLM) and len(model.trunk.blocks) == 4
+    assert model.trunk.tokens.embedding_dim == 128 and model.trunk.blocks[0].attention.heads == 4
+    count = sum(p.numel() for p in model.parameters())
+    base = sum(p.numel() for p in build_inner("transformer", (32,), 1).parameters())
+    assert 800_000 < count < 900_000 and count > 6 * base
+    tokens = torch.randint(0, 256, (2, 32))
+    assert model(tokens).shape == (2, 32, 256)

@@ -175,7 +175,7 @@ def test_outputs_and_refusal_to_clobber(tmp_path, umask_022):
     weights = checkpoint.load_rater_weights(out)
     assert weights["step"] == 6 and set(weights["rater"]) == {"body.1.weight", "body.1.bias", "body.3.weight", "body.3.bias"}
     rater, info = checkpoint.load_rater(out)
-    assert info == {"step": 6, "arch": "mlp", "row_shape": [8, 8], "num_classes": 10, "image_size": None}
+    assert info == {"step": 6, "arch": "mlp", "row_shape": [8, 8], "num_classes": 10, "image_size": None, "class_names": None}
     final = checkpoint.load_state(out)["population"]["meta"]["params"]
     assert all(torch.equal(p, q) for p, q in zip(rater.parameters(), final))
     assert {stat.S_IMODE(f.stat().st_mode) for f in (out / "checkpoint").iterdir()} == {0o644}  # umask 022

@@ -29,23 +29,25 @@ def top_b_indices(scores: np.ndarray, b: int) -> np.ndarray:
     return np.sort(order[:b])
 
 
-def stratified_top_b_indices(scores: np.ndarray, labels: np.ndarray, b: int) -> np.ndarray:
+def stratified_top_b_indices(scores: np.ndarray, labels: np.ndarray, b: int,
+                             tie_rng: Optional[np.random.Generator] = None) -> np.ndarray:
     """Indices of b rows, in their original order: each class keeps its share of the rows
-    (class_quotas), and within a class the highest scores (top_b_indices' ties and NaN rule).
-    So a score that is higher for one class than another cannot starve a class."""
+    (class_quotas, tie_rng), and within a class the highest scores (top_b_indices' ties and NaN
+    rule). So a score that is higher for one class than another cannot starve a class."""
     scores, labels = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(labels).reshape(-1)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     kept = []
-    for c, quota in enumerate(class_quotas(counts, b)):
+    for c, quota in enumerate(class_quotas(counts, b, tie_rng)):
         rows = np.flatnonzero(inverse == c)
         kept.append(rows[top_b_indices(scores[rows], quota)])
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
 
 
-def select_top(scores: np.ndarray, b: int, labels: Optional[np.ndarray] = None) -> np.ndarray:
+def select_top(scores: np.ndarray, b: int, labels: Optional[np.ndarray] = None,
+               tie_rng: Optional[np.random.Generator] = None) -> np.ndarray:
     """The top b rows: stratified by class when labels are given (stratified_top_b_indices), else
     the top b whatever their class (top_b_indices)."""
-    return top_b_indices(scores, b) if labels is None else stratified_top_b_indices(scores, labels, b)
+    return top_b_indices(scores, b) if labels is None else stratified_top_b_indices(scores, labels, b, tie_rng)
 
 
 def _is_tensor(value) -> bool:

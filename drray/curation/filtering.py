@@ -134,20 +134,20 @@ def quantile_cut(scores: np.ndarray, discard: float, ids: Optional[np.ndarray] =
     return cut_keeping(scores, kept_count(np.size(scores), discard), ids)
 
 
-def class_quotas(counts: np.ndarray, b: int) -> np.ndarray:
+def class_quotas(counts: np.ndarray, b: int, tie_rng: Optional[np.random.Generator] = None) -> np.ndarray:
     """How many of b kept rows each class gets when its share of the kept rows is its share of
-    the rows (counts): the largest-remainder apportionment of b * counts / counts.sum(); the
-    remainders' ties go to the lower class. Sums to min(b, counts.sum()); never above counts."""
+    the rows (counts): the largest-remainder apportionment of b * counts / counts.sum(), in
+    integers. Ties of the remainders go to the lower class, or at random with tie_rng: a rule
+    applied batch after batch must not favour the lower classes every time. Sums to
+    min(b, counts.sum()); never above counts."""
     counts = np.asarray(counts, dtype=np.int64)
     total = int(counts.sum())
     b = max(0, min(int(b), total))
     if total == 0:
         return np.zeros_like(counts)
-    exact = counts * b / total
-    quotas = np.floor(exact + 1e-9).astype(np.int64)
-    remainders = exact - quotas
-    extra = b - int(quotas.sum())
-    quotas[np.argsort(-remainders, kind="stable")[:extra]] += 1
+    quotas, remainders = np.divmod(counts * b, total)
+    ties = tie_rng.random(len(counts)) if tie_rng is not None else np.arange(len(counts))
+    quotas[np.lexsort((ties, -remainders))[: b - int(quotas.sum())]] += 1
     return quotas
 
 

@@ -11,6 +11,12 @@ output keeps the input's columns as they were, plus `score`. Problems of single 
 undecodable image, a pixel that is NaN or outside 0..255, a label outside the rater's classes)
 are found per batch: `on_bad_row="fail"` stops with a one-line error naming the row's id;
 `"drop"` removes the rows.
+
+A Hugging Face image without bytes is read from its path: a relative one from the folder in the
+batch's IMAGE_DIR_COLUMN (`positioned_batches` adds it, with the Parquet file's folder), an
+unreadable one a bad row. An input without an `id` column is given one by `positioned_batches`:
+the row's position in the input (files sorted, rows in order), from the Parquet footers' row counts.
+Class names: `check_class_names` refuses data whose known class names differ from the rater's.
 """
 from __future__ import annotations
 
@@ -22,9 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from drray.data.examples import check_same_class_names
 from drray.data.images import (DecodedImages, check_image_type, decode_image_column, describe_image,
-                               is_encoded_image_type, to_rgb)
+                               has_image_paths, is_encoded_image_type, split_image_dirs, to_rgb, with_image_dir)
 from drray.data.modality import ImageModality, TextModality, describe_rows, is_text
+from drray.data.parquet import class_names_from_schema, with_positions
 from drray.data.streams import decode_batch, decode_text_batch, stream_columns
 from drray.errors import ConfigError, DataError
 
@@ -148,13 +156,40 @@ def check_encoded_schema(schema: pa.Schema, info: dict, where: str, first: Optio
     if first is None or not first.num_rows:
         return
     row_shape = tuple(int(side) for side in info["row_shape"])
-    decoded = decode_image_column(first.column("image").slice(0, 1), size=info.get("image_size"))
+    first, folders = split_image_dirs(first.slice(0, 1))
+    decoded = decode_image_column(first.column("image"), size=info.get("image_size"), base_dir=folders)
     image = decoded.images[0]
     if info.get("image_size") is not None and len(row_shape) == 3:
         image = to_rgb(image)  # as training made grayscale images among RGB ones
     if decoded.ok[0] and image.shape != row_shape:
         raise DataError(f"{where}: images are {describe_image(image)} (the first row) but {_describe(info)}; "
                         "score data of the rater's image size and colour mode, or use a rater trained on this data")
+
+
+def check_class_names(schema: pa.Schema, info: dict, where: str, rater_where: str) -> None:
+    """A one-line DataError when the data's schema metadata names its classes otherwise than the
+    rater's metadata (label ids would mean other classes); unknown names on either side: no check."""
+    check_same_class_names(class_names_from_schema(schema), info.get("class_names"), where, rater_where)
+
+
+def needs_positions(schema: pa.Schema, local: bool) -> bool:
+    """Whether the input's batches must carry where they come from: their ids (no id column) or
+    their file's folder (local Hugging Face images, whose relative paths are read from there)."""
+    return "id" not in schema.names or (local and has_image_paths(schema))
+
+
+def positioned_batches(file: str, filesystem, first_id: int, rows_per_batch: int, folder=None):
+    """Tables of up to rows_per_batch rows of one Parquet file, in order: with an `id` column of
+    first_id + the row's position in the file when it has none, and with IMAGE_DIR_COLUMN = folder
+    when a folder is given."""
+    import pyarrow.parquet as pq
+
+    position = first_id
+    with filesystem.open_input_file(file) as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=rows_per_batch):
+            table = with_positions(pa.Table.from_batches([batch]), position)
+            position += table.num_rows
+            yield table if folder is None else with_image_dir(table, folder)
 
 
 def _shape_ok(shape: pa.ChunkedArray, row_shape: list[int]) -> np.ndarray:
@@ -174,10 +209,11 @@ def find_bad_rows(table: pa.Table, row_shape, num_classes: int,
     """(mask of rows the rater cannot score, or None when every row is fine; why the first is bad).
     Encoded images are decoded (resized to image_size, the rater's data.image_size, when given):
     one that is null, undecodable or not of the rater's size and channel count is bad."""
+    table, folders = split_image_dirs(table)
     if is_text(row_shape):
         return _first_bad(table, _text_checks(table))
     if _is_encoded(table.schema):
-        return _encoded_bad_rows(table, row_shape, num_classes, image_size)[1:]
+        return _encoded_bad_rows(table, row_shape, num_classes, image_size, folders)[1:]
     row_shape = [int(side) for side in row_shape]
     pixels, size = int(np.prod(row_shape)), "x".join(map(str, row_shape))
     n = table.num_rows
@@ -205,9 +241,10 @@ def find_bad_rows(table: pa.Table, row_shape, num_classes: int,
     return _first_bad(table, checks)
 
 
-def _encoded_bad_rows(table: pa.Table, row_shape, num_classes: int, image_size=None):
-    """(the decoded images, mask of bad rows or None, why the first is bad)."""
-    decoded = decode_image_column(table.column("image"), tuple(int(side) for side in row_shape), image_size)
+def _encoded_bad_rows(table: pa.Table, row_shape, num_classes: int, image_size=None, folders=None):
+    """(the decoded images, mask of bad rows or None, why the first is bad). folders: per row, where
+    a relative Hugging Face path is read."""
+    decoded = decode_image_column(table.column("image"), tuple(int(side) for side in row_shape), image_size, folders)
     first_image_problem = decoded.problems[min(decoded.problems)] if decoded.problems else ""
     checks = [(~decoded.ok, first_image_problem), _label_check(table, num_classes)]
     return (decoded, *_first_bad(table, checks))
@@ -246,12 +283,14 @@ def score_table(rater: torch.nn.Module, table: pa.Table, row_shape, num_classes:
     """`table` with a float32 `score` column (replacing one already there), every other column
     kept as it is (encoded images too: they are decoded for the rater, not rewritten). Rows the
     rater cannot score raise a DataError (fail) or are removed (drop); the caller counts them as
-    rows in minus rows out. image_size: the rater's data.image_size, to resize encoded images."""
+    rows in minus rows out. image_size: the rater's data.image_size, to resize encoded images.
+    An IMAGE_DIR_COLUMN (per row, the folder relative image paths are read from) is not returned."""
     if on_bad_row not in BAD_ROW_MODES:
         raise ConfigError(f"on_bad_row={on_bad_row!r}: choose one of {', '.join(BAD_ROW_MODES)}")
+    table, folders = split_image_dirs(table)
     decoded = None
     if not is_text(row_shape) and _is_encoded(table.schema):
-        decoded, bad, reason = _encoded_bad_rows(table, row_shape, num_classes, image_size)
+        decoded, bad, reason = _encoded_bad_rows(table, row_shape, num_classes, image_size, folders)
     else:
         bad, reason = find_bad_rows(table, row_shape, num_classes)
     if bad is not None:

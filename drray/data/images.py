@@ -3,14 +3,16 @@ turned into drray's rows, uint8 [H, W] (grayscale) or [H, W, 3] (RGB). Pillow de
 
 An Arrow `image` column may hold raw pixels (list<uint8>, with a `shape` column: drray.data.parquet)
 or encoded images: binary / large_binary bytes, or Hugging Face's struct<bytes: binary, path: string>
-(`datasets.Image()`), whose bytes may be null where path names the file.
+(`datasets.Image()`), whose bytes may be null where path names the file: a relative path is read
+from the folder of the Parquet file that holds the row. Where rows travel as batches that forgot
+their file (jobs.score, streamed training), the reader adds that folder as IMAGE_DIR_COLUMN.
 """
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -23,6 +25,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what an image folder reads (any ca
 ACCEPTED_IMAGE_TYPES = ("list<uint8> pixels with a shape column", "binary (PNG/JPEG bytes)",
                         "struct<bytes: binary, path: string> (Hugging Face datasets.Image)")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grayscale PNG opens as I;16
+IMAGE_DIR_COLUMN = "_drray_image_dir"  # per row: the folder of its Parquet file (read there, never written)
+BaseDirs = Union[None, str, Path, Sequence[Optional[str]]]  # one folder for every row, or one per row
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
@@ -156,10 +160,42 @@ class DecodedImages:
     problems: dict[int, str]
 
 
-def encoded_image_bytes(column, base_dir: Optional[Path] = None) -> list[tuple[Optional[bytes], str]]:
+def has_image_paths(schema: "pa.Schema") -> bool:
+    """Whether the schema's image column can name files (Hugging Face's struct<bytes, path>)."""
+    import pyarrow as pa
+
+    if "image" not in schema.names:
+        return False
+    kind = schema.field("image").type
+    return pa.types.is_struct(kind) and kind.get_field_index("path") >= 0
+
+
+def with_image_dir(batch, folder: str):
+    """The batch (Table or RecordBatch) with IMAGE_DIR_COLUMN = folder on every row."""
+    import pyarrow as pa
+
+    return batch.append_column(IMAGE_DIR_COLUMN, pa.array([str(folder)] * batch.num_rows, pa.string()))
+
+
+def split_image_dirs(batch) -> tuple:
+    """(the batch without IMAGE_DIR_COLUMN, its per-row folders or None when it has none)."""
+    if IMAGE_DIR_COLUMN not in batch.schema.names:
+        return batch, None
+    return batch.drop_columns([IMAGE_DIR_COLUMN]), batch.column(IMAGE_DIR_COLUMN).to_pylist()
+
+
+def _row_dirs(base_dir: BaseDirs, rows: int) -> list:
+    if base_dir is None or isinstance(base_dir, (str, Path)):
+        return [base_dir] * rows
+    if len(base_dir) != rows:
+        raise ValueError(f"{len(base_dir)} base folders for {rows} rows")
+    return list(base_dir)
+
+
+def encoded_image_bytes(column, base_dir: BaseDirs = None) -> list[tuple[Optional[bytes], str]]:
     """Per row (bytes or None, where they came from or why there are none). A Hugging Face struct row
-    with null bytes reads its `path`: relative to `base_dir` (the Parquet file's folder) when that is
-    known, else as given."""
+    with null bytes reads its `path`: a relative one from `base_dir` (the Parquet file's folder; one
+    for all rows, or one per row) when that is known, else from the working directory."""
     import pyarrow as pa
 
     if isinstance(column, pa.ChunkedArray):
@@ -170,11 +206,11 @@ def encoded_image_bytes(column, base_dir: Optional[Path] = None) -> list[tuple[O
     data = fields["bytes"].to_pylist()
     paths = fields["path"].to_pylist() if "path" in fields else [None] * len(column)
     valid = column.is_valid().to_pylist()
-    return [_struct_row_bytes(row_data, path, is_valid, base_dir)
-            for row_data, path, is_valid in zip(data, paths, valid)]
+    return [_struct_row_bytes(row_data, path, is_valid, folder)
+            for row_data, path, is_valid, folder in zip(data, paths, valid, _row_dirs(base_dir, len(column)))]
 
 
-def _struct_row_bytes(data, path, is_valid: bool, base_dir: Optional[Path]) -> tuple[Optional[bytes], str]:
+def _struct_row_bytes(data, path, is_valid: bool, base_dir) -> tuple[Optional[bytes], str]:
     if not is_valid:
         return None, "image is null"
     if data is not None:
@@ -183,7 +219,7 @@ def _struct_row_bytes(data, path, is_valid: bool, base_dir: Optional[Path]) -> t
         return None, "image has neither bytes nor a path"
     file = Path(path)
     if not file.is_absolute() and base_dir is not None:
-        file = base_dir / file
+        file = Path(base_dir) / file
     try:
         return file.read_bytes(), str(file)
     except OSError as exc:
@@ -191,7 +227,7 @@ def _struct_row_bytes(data, path, is_valid: bool, base_dir: Optional[Path]) -> t
 
 
 def decode_image_column(column, shape: Optional[tuple] = None, size: Optional[Sequence[int]] = None,
-                        base_dir: Optional[Path] = None) -> DecodedImages:
+                        base_dir: BaseDirs = None) -> DecodedImages:
     """Decode an encoded Arrow image column, resized to `size` when given. `shape`: the row shape
     every image must have ((H, W) or (H, W, 3)); None: the shape most rows have. A row that is null,
     undecodable or of another shape is not ok (never an exception: the caller fails or drops it).
@@ -228,7 +264,7 @@ def _gathered(decoded: list[Optional[np.ndarray]], problems: dict[int, str], sha
 
 
 def decode_every_image(column, row_name: Callable[[int], str], size: Optional[Sequence[int]] = None,
-                       base_dir: Optional[Path] = None) -> np.ndarray:
+                       base_dir: BaseDirs = None) -> np.ndarray:
     """A whole encoded column as one array [N, H, W] or [N, H, W, 3], for data read into memory:
     the first null, undecodable or odd-sized row is a one-line DataError naming it (`row_name(i)`)."""
     images = []

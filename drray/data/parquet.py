@@ -4,11 +4,18 @@ Images: id, image (list<uint8>, H*W*C), shape ([H, W] or [H, W, C]), label; or i
 (PNG/JPEG bytes: binary, or Hugging Face's struct<bytes, path>; drray.data.images), label, with no
 shape column needed. Text: id, text (string), optional label. Both may carry the ground truth of an experiment: is_corrupted, corruption,
 corruption_level.
+
+A file without an `id` column (a Hugging Face export) numbers its rows: id = the row's position in
+the split, files sorted by path and rows in order, plus `first_id` (the parquet source starts
+heldout after train and test after heldout, so ids are unique over the splits). Class names
+(label id -> name) are read from the schema metadata: drray's own key (CLASS_NAMES_KEY, which
+write_parquet sets) or a Hugging Face ClassLabel of the label column; anything else gives None.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -17,53 +24,133 @@ from drray.errors import DataError
 
 if TYPE_CHECKING:
     import pyarrow as pa
-from typing import TYPE_CHECKING
 
 from drray.data.examples import ExampleSet, as_uint8, text_examples
-from drray.data.images import check_image_type, decode_every_image, is_encoded_image_type, row_namer
+from drray.data.images import (BaseDirs, check_image_type, decode_every_image, has_image_paths, is_encoded_image_type,
+                               row_namer)
 from drray.data.tokenizer import decode
 
 PARQUET_COLUMNS, SPLITS = ("id", "image", "shape", "label"), ("train", "test", "heldout")
 ENCODED_COLUMNS = ("id", "image", "label")  # encoded images carry their own size
+CLASS_NAMES_KEY = b"drray"  # schema metadata: JSON {"class_names": [...]}
+HUGGING_FACE_KEY = b"huggingface"  # schema metadata: JSON {"info": {"features": {column: feature}}}
 
 
-def read_parquet(path: Path, seq_len: int = 128, image_size=None) -> ExampleSet:
-    """One split from a .parquet file or a folder of shards; num_classes is max label + 1.
-    A table with a `text` column holds text: tokenized into sequences of `seq_len` bytes.
-    Encoded images are decoded, resized to image_size = (H, W) when given."""
+def read_parquet(path: Path, seq_len: int = 128, image_size=None, first_id: int = 0,
+                 limit: Optional[int] = None) -> ExampleSet:
+    """One split from a .parquet file or a folder of shards (or its first `limit` rows);
+    num_classes is max label + 1, or the number of class names the file gives. A table with a
+    `text` column holds text: tokenized into sequences of `seq_len` bytes. Encoded images are
+    decoded, resized to image_size = (H, W) when given; a relative Hugging Face path is read from
+    its file's folder. Without an id column, ids are first_id + the rows' positions."""
+    import pyarrow as pa
+
+    dataset = parquet_dataset(path)
+    try:
+        table = dataset.to_table() if limit is None else dataset.head(limit)
+        folders = row_folders(dataset, table.num_rows) if has_image_paths(table.schema) else None
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
+    return examples_from_any_table(with_positions(table, first_id), path, seq_len, image_size, folders)
+
+
+def with_positions(table: pa.Table, first_id: int = 0) -> pa.Table:
+    """The table with an int64 `id` column of first_id + row position, when it has no id column."""
+    import pyarrow as pa
+
+    if "id" in table.column_names:
+        return table
+    return table.append_column("id", pa.array(first_id + np.arange(table.num_rows, dtype=np.int64), pa.int64()))
+
+
+def parquet_dataset(path):
+    """A pyarrow dataset of a .parquet file, or of a folder's .parquet files (searched recursively,
+    sorted by path; other files, such as images beside a Hugging Face export, left out)."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
+    from drray.storage import parquet_files
+
+    fs, _, files = parquet_files(str(path))
     try:
-        table = ds.dataset(str(path), format="parquet").to_table()
+        return ds.dataset(files, filesystem=fs, format="parquet")
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
-    return examples_from_any_table(table, path, seq_len, image_size)
+
+
+def count_rows(path) -> int:
+    """Rows of a .parquet file or folder of shards, from the footers."""
+    import pyarrow as pa
+
+    try:
+        return parquet_dataset(path).count_rows()
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: cannot read as Parquet ({exc}); check the file".replace("\n", " ")) from None
+
+
+def row_folders(dataset, rows: int) -> list[str]:
+    """The folder of each of the first `rows` rows' files, in the dataset's (sorted) file order."""
+    folders, counts = [], []
+    for fragment in dataset.get_fragments():
+        folders.append(str(Path(fragment.path).parent))
+        counts.append(fragment.count_rows())
+    return list(np.repeat(np.array(folders, dtype=object), counts)[:rows])
+
+
+def class_names_from_schema(schema: pa.Schema, label: str = "label") -> Optional[tuple[str, ...]]:
+    """The class names the schema metadata gives for the label column (drray's key, else a Hugging
+    Face ClassLabel), or None: absent, unreadable or odd metadata (not a list of distinct strings)."""
+    metadata = schema.metadata or {}
+    for key, path in ((CLASS_NAMES_KEY, ("class_names",)), (HUGGING_FACE_KEY, ("info", "features", label))):
+        try:
+            value = json.loads(metadata[key]) if key in metadata else None
+            for step in path:
+                value = value.get(step) if isinstance(value, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            value = None
+        if key == HUGGING_FACE_KEY:  # a ClassLabel feature: {"names": [...], "_type": "ClassLabel"}
+            value = value.get("names") if isinstance(value, dict) and value.get("_type") == "ClassLabel" else None
+        if isinstance(value, list) and value and all(isinstance(name, str) for name in value) \
+                and len(set(value)) == len(value):
+            return tuple(value)
+    return None
+
+
+def with_class_names(table: pa.Table, names) -> pa.Table:
+    """The table with `names` in its schema metadata (drray's key; other keys kept); None: as it is."""
+    if names is None:
+        return table
+    metadata = dict(table.schema.metadata or {})
+    metadata[CLASS_NAMES_KEY] = json.dumps({"class_names": list(names)}).encode()
+    return table.replace_schema_metadata(metadata)
 
 
 def check_clean(part: "ExampleSet | None", name: str, where) -> None:
-    """A held-out or test split the data supplies must be clean: the outer loss and the evaluation
-    take it as ground truth (docs/design.md, "Data")."""
+    """A test split the data supplies must be clean (the evaluation takes it as ground truth), and
+    so must a held-out one under data.heldout=clean (docs/design.md, "Data")."""
     if part is not None and part.is_corrupted.any():
+        same = ", or set data.heldout=same" if name == "heldout" else ""
         raise DataError(f"{where} ({name}): {int(part.is_corrupted.sum())} rows are marked is_corrupted, but the {name} "
-                        f"split must be clean; drop them, or leave the {name} split out and drray splits one off train")
+                        f"split must be clean; drop them, or leave the {name} split out and drray splits one off "
+                        f"train{same}")
 
 
-def examples_from_any_table(table: pa.Table, path, seq_len: int = 128, image_size=None) -> ExampleSet:
+def examples_from_any_table(table: pa.Table, path, seq_len: int = 128, image_size=None,
+                            base_dir: BaseDirs = None) -> ExampleSet:
     """Images (the image schema above) or, for a table with a `text` column, token sequences."""
     if "text" in table.column_names and "image" not in table.column_names:
         return examples_from_text_table(table, path, seq_len)
-    return examples_from_table(table, path, image_size)
+    return examples_from_table(table, path, image_size, base_dir)
 
 
-def examples_from_table(table: pa.Table, path, image_size=None) -> ExampleSet:
+def examples_from_table(table: pa.Table, path, image_size=None, base_dir: BaseDirs = None) -> ExampleSet:
     """Rows of the image schema as an ExampleSet (checked: columns, nulls, shapes, labels).
     Encoded images are decoded (resized to image_size = (H, W) when given); raw pixels are taken
     as they are (data.image_size resizes them later, in build_splits)."""
     if "image" in table.column_names:
         check_image_type(table.schema.field("image").type, path)
         if is_encoded_image_type(table.schema.field("image").type):
-            return examples_from_encoded_table(table, path, image_size)
+            return examples_from_encoded_table(table, path, image_size, base_dir)
     missing = [c for c in PARQUET_COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing columns {', '.join(missing)}; needs {', '.join(PARQUET_COLUMNS)}")
@@ -83,10 +170,11 @@ def examples_from_table(table: pa.Table, path, image_size=None) -> ExampleSet:
     return _image_examples(table, pixels.reshape(n, *row_shape), path)
 
 
-def examples_from_encoded_table(table: pa.Table, path, image_size=None) -> ExampleSet:
+def examples_from_encoded_table(table: pa.Table, path, image_size=None, base_dir: BaseDirs = None) -> ExampleSet:
     """Rows with encoded images (id, image, label): each image decoded, the first that is null,
     undecodable or of another size or channel count than the rest a one-line DataError naming its id.
-    A Hugging Face row without bytes reads its path, relative to the Parquet file's folder."""
+    A Hugging Face row without bytes reads its path, relative to base_dir (per row, or one folder;
+    by default the folder of `path`)."""
     missing = [c for c in ENCODED_COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing columns {', '.join(missing)}; encoded images need {', '.join(ENCODED_COLUMNS)}")
@@ -94,7 +182,8 @@ def examples_from_encoded_table(table: pa.Table, path, image_size=None) -> Examp
         raise DataError(f"{path}: nulls in id or label; fill or drop those rows")
     if table.num_rows == 0:
         raise DataError(f"{path}: no rows; write the examples there")
-    base_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    if base_dir is None:
+        base_dir = Path(path) if Path(path).is_dir() else Path(path).parent
     ids = table.column("id").to_numpy()
     images = decode_every_image(table.column("image"), row_namer(ids, path), image_size, base_dir)
     return _image_examples(table, images, path)
@@ -110,7 +199,12 @@ def _image_examples(table: pa.Table, rows: np.ndarray, path) -> ExampleSet:
     labels = table.column("label").to_numpy().astype(np.int64)
     if (labels < 0).any():
         raise DataError(f"{path}: negative label {labels[labels < 0][0]}; labels must be 0..num_classes-1")
-    examples = ExampleSet.clean(table.column("id").to_numpy(), rows, labels, int(labels.max(initial=-1)) + 1)
+    num_classes = int(labels.max(initial=-1)) + 1
+    names = class_names_from_schema(table.schema)
+    if names is not None and num_classes > len(names):
+        names = None  # labels beyond the names: the names are not this column's
+    examples = ExampleSet.clean(table.column("id").to_numpy(), rows, labels,
+                                num_classes if names is None else len(names), class_names=names)
     read_ground_truth(table, examples)
     return examples
 
@@ -144,7 +238,8 @@ def read_ground_truth(table: pa.Table, examples: ExampleSet) -> None:
 
 
 def write_parquet(examples: ExampleSet, path: Path) -> None:
-    """One split as Parquet in drray's schema, ground-truth columns included."""
+    """One split as Parquet in drray's schema, ground-truth columns included; class names, when
+    known, in the schema metadata (CLASS_NAMES_KEY)."""
     if examples.rows.ndim == 2:
         return write_text_parquet(examples, path)
     import pyarrow as pa
@@ -158,7 +253,7 @@ def write_parquet(examples: ExampleSet, path: Path) -> None:
         "shape": pa.FixedSizeListArray.from_arrays(pa.array(np.tile(row_shape, n), pa.int32()), len(row_shape)),
         **label_and_truth_columns(examples),
     })  # fmt: skip
-    pq.write_table(table, str(path))
+    pq.write_table(with_class_names(table, examples.class_names), str(path))
 
 
 def label_and_truth_columns(examples: ExampleSet) -> dict:

@@ -3,8 +3,12 @@ the corruption of `build_splits`, so the very ones a meta-training run with the 
 settings and seed uses; readable back as `data: {source: parquet, dir: OUTPUT}`, streamed or not.
 
     OUTPUT/train/part-00000.parquet ...  the training split, in order, in `shards` files
-    OUTPUT/heldout.parquet, test.parquet  clean
+    OUTPUT/heldout.parquet, test.parquet  test clean; heldout clean, or corrupted at the pool's rate with data.heldout=same
     OUTPUT/prepare.json                   what was prepared, and how (PREPARE_FORMAT)
+
+Class names, where the source gives them (an image folder's class folders), are in prepare.json
+(`class_names`, label id -> name) and in every Parquet file's schema metadata, where
+`read_parquet` finds them again (drray.data.parquet.CLASS_NAMES_KEY).
 
 OUTPUT is a local path or a pyarrow filesystem URI. It is written beside the destination (or in a
 local temporary folder for a URI) and moved into place at the end, so a failure leaves nothing
@@ -12,6 +16,7 @@ half-written and an earlier OUTPUT as it was.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -50,15 +55,17 @@ def write_prepared(cfg: DataConfig, seed: int, output: str, shards: int = 1, ove
         bounds = np.linspace(0, len(train), shards + 1).round().astype(np.int64)  # contiguous, in order
         (staging / "train").mkdir()
         files = []
+        train, heldout, test = (dataclasses.replace(part, class_names=splits.class_names)
+                                for part in (train, splits.heldout, splits.test))
         for shard, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
             name = f"part-{shard:05d}.parquet"
             write_parquet(train.subset(np.arange(start, stop)), staging / "train" / name)
             files.append(f"train/{name}")
         kinds, counts = np.unique(train.corruption[train.is_corrupted].astype(str), return_counts=True)
         print(f"train: {len(train)} rows ({int(train.is_corrupted.sum())} corrupted) in {shards} shard(s)", flush=True)
-        for name in ("heldout", "test"):
-            write_parquet(getattr(splits, name), staging / f"{name}.parquet")
-            print(f"{name}: {len(getattr(splits, name))} rows (clean)", flush=True)
+        for name, part in (("heldout", heldout), ("test", test)):
+            write_parquet(part, staging / f"{name}.parquet")
+            print(f"{name}: {len(part)} rows ({int(part.is_corrupted.sum())} corrupted)", flush=True)
         record = {
             "format": PREPARE_FORMAT,
             "source": cfg.source,
@@ -70,6 +77,7 @@ def write_prepared(cfg: DataConfig, seed: int, output: str, shards: int = 1, ove
             "max_train": cfg.max_train,
             "row_shape": list(splits.row_shape),
             "num_classes": splits.num_classes,
+            "class_names": None if splits.class_names is None else list(splits.class_names),
             "rows": {"train": len(train), "heldout": len(splits.heldout), "test": len(splits.test)},
             "corrupted": {kind: int(count) for kind, count in zip(kinds, counts)},
             "train_files": files,

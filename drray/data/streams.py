@@ -6,15 +6,17 @@ Both have the same interface: sample, reseed, get_state, set_state.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import torch
 
-from drray.data.images import decode_image_column, is_encoded_image_type
+from drray.data.images import (decode_image_column, has_image_paths, is_encoded_image_type, split_image_dirs,
+                               with_image_dir)
 from drray.data.modality import is_text, modality_for, modality_of_array
+from drray.data.parquet import parquet_dataset
 from drray.data.tokenizer import encode_batch
 from drray.errors import DataError
 
@@ -78,9 +80,10 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
 
 def _decode_encoded_batch(batch, row_shape: tuple, num_classes: int, where: str):
     """Encoded images (PNG/JPEG bytes) decoded to row_shape; the first that is not one is a
-    DataError. (Hugging Face rows without bytes read their path as given: relative to the working
-    directory here, as a batch does not know its file.)"""
-    decoded = decode_image_column(batch.column("image"), row_shape)
+    DataError. A Hugging Face row without bytes reads its path relative to its IMAGE_DIR_COLUMN
+    folder (which local_parquet_epochs adds), or as given where the batch has no such column."""
+    batch, folders = split_image_dirs(batch)
+    decoded = decode_image_column(batch.column("image"), row_shape, base_dir=folders)
     if not decoded.ok.all():
         row = int(np.flatnonzero(~decoded.ok)[0])
         ids = batch.column("id") if "id" in batch.schema.names else None
@@ -156,6 +159,17 @@ class BatchStream:
 
 
 def local_parquet_epochs(path: str, rows_per_read: int, row_shape) -> Callable[[], Iterable]:
-    """A local reader (no Ray): one pass over the Parquet split per epoch, in file order."""
-    dataset, columns = ds.dataset(path, format="parquet"), stream_columns(row_shape)
-    return lambda: dataset.to_batches(columns=columns, batch_size=rows_per_read)
+    """A local reader (no Ray): one pass over the Parquet split per epoch, in file order. Images
+    that may name files (Hugging Face's struct<bytes, path>) come with their file's folder
+    (IMAGE_DIR_COLUMN), where relative paths are read."""
+    dataset, columns = parquet_dataset(path), stream_columns(row_shape)
+    if "image" not in columns or not has_image_paths(dataset.schema):
+        return lambda: dataset.to_batches(columns=columns, batch_size=rows_per_read)
+    return lambda: _batches_with_folders(dataset, columns, rows_per_read)
+
+
+def _batches_with_folders(dataset, columns: list[str], rows_per_read: int) -> Iterable:
+    for fragment in dataset.get_fragments():  # the files in the dataset's (sorted) order
+        folder = str(Path(fragment.path).parent)
+        for batch in fragment.to_batches(columns=columns, batch_size=rows_per_read):
+            yield with_image_dir(batch, folder)

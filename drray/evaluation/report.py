@@ -10,7 +10,8 @@ import numpy as np
 from drray.evaluation.experiment import Metric
 from drray.io import atomic_write_bytes
 
-MARKERS = {"baseline": "k", "datarater": "tab:blue", "random": "tab:gray", "loss": "tab:orange", "oracle": "tab:green"}
+MARKERS = {"baseline": "k", "datarater": "tab:blue", "random": "tab:gray", "loss": "tab:orange",
+           "loss_mid": "tab:brown", "loss_high": "tab:red", "cleanlab": "tab:purple", "oracle": "tab:green"}
 
 
 def _num(value, scale: float = 1.0, digits: int = 2) -> str:
@@ -24,15 +25,19 @@ def results_markdown(rows: list[dict], verdicts: list[dict], meta: dict, metric:
     lines = [f"# Evaluation: {meta['data']}", "",
              f"Fresh `{meta['arch']}` models, {meta['steps']} steps of batch {meta['batch_size']} "
              f"({meta['optimizer']}, lr {meta['lr']:g}), {meta['seeds']} seeds; {metric.label} "
-             "(mean, std over seeds, standard error). Selection quality is of the globally lowest-scored "
-             "`discard` fraction of the training set, against the ground truth.", "",
-             f"| method | discard | {name} mean | std | se | n | AUROC | removal precision | corrupted removed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(mean, std over seeds, standard error). Min class kept: of the rows the batches drew, the "
+             "fraction kept for the class kept least (mean over seeds"
+             + (", selection stratified by class" if meta.get("stratify") else "") + "). Selection quality "
+             "is of the globally lowest-scored `discard` fraction of the training set, against the ground truth.", "",
+             f"| method | discard | {name} mean | std | se | n | min class kept | AUROC | removal precision | "
+             "corrupted removed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         k = metric.key
         lines.append(f"| {r['method']} | {r['discard']:g} | {_num(r[k + '_mean'], metric.scale, digits)} | "
                      f"{_num(r[k + '_std'], metric.scale, digits)} | {_num(r[k + '_se'], metric.scale, digits)} | "
-                     f"{r['n']} | {_num(r.get('auroc'), digits=3)} | {_num(r.get('removal_precision'), 100, 1)} | "
+                     f"{r['n']} | {_num(r.get('min_class_kept_fraction'), 100, 1)} | {_num(r.get('auroc'), digits=3)} | "
+                     f"{_num(r.get('removal_precision'), 100, 1)} | "
                      f"{_num(r.get('corrupted_removed_fraction'), 100, 1)} |")
     if verdicts:
         better = "higher" if metric.higher_is_better else "lower"

@@ -1,4 +1,4 @@
-"""The image models: inner classifiers (cnn, cnn_gap, mlp) and raters (cnn, cnn_classifier[_large],
+"""The image models: inner classifiers (cnn, cnn_gap, cnn_large, mlp) and raters (cnn, cnn_classifier[_large],
 cnn_gap, cnn_gap_classifier, mlp), registered by name. Inputs are float [B, C, H, W] in [0, 1];
 a builder reads C from row_shape, (H, W) or (H, W, C)."""
 from __future__ import annotations
@@ -60,6 +60,14 @@ def _gap_trunk(channels: tuple[int, ...], row_shape) -> nn.Sequential:
 def inner_cnn_gap(row_shape, num_classes: int) -> nn.Module:
     """Three conv stages (16, 32, 64), global pooling and a linear head: 24,234 parameters for RGB."""
     return nn.Sequential(_gap_trunk((16, 32, 64), row_shape), nn.Linear(64, num_classes))
+
+
+@INNER_MODELS.register("cnn_large")
+def inner_cnn_large(row_shape, num_classes: int) -> nn.Module:
+    """cnn_gap's shape, wider and one stage deeper (64, 128, 256, 256): 962,314 parameters for
+    grayscale, ~9x cnn at 28x28; for transfer, fresh models larger than the inner model the rater
+    was meta-trained with. Global pooling: any image size, grayscale or colour."""
+    return nn.Sequential(_gap_trunk((64, 128, 256, 256), row_shape), nn.Linear(256, num_classes))
 
 
 @INNER_MODELS.register("mlp")

@@ -105,6 +105,8 @@ class TransformerRater(nn.Module):
 SIZES = {  # (d_model, layers, heads)
     "transformer": {"rater": (32, 2, 2), "inner": (64, 2, 4)},
     "transformer_tiny": {"rater": (16, 1, 2), "inner": (32, 1, 2)},
+    # for transfer: fresh models larger than the inner model a rater was meta-trained with
+    "transformer_large": {"rater": (64, 2, 4), "inner": (128, 4, 4)},
 }
 
 

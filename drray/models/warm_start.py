@@ -1,10 +1,10 @@
-"""Warm start: the rater begins as a classifier trained on the clean held-out split.
+"""Warm start: the rater begins as a classifier trained on the held-out split.
 
 A class-conditioned rater scores (x, y) by its body's output at the label. Learned from the
 meta-gradient alone, that body becomes a classifier slowly (MNIST with 40% flips: ~3,000 outer
 steps to AUROC 0.976). With `rater.warm_start_steps: N` the body is first trained for N steps
-with cross-entropy on the held-out split, the same clean data the outer loss uses, so the rater
-starts out ranking wrong labels low and meta-training refines what it keeps. Off by default
+with cross-entropy on the held-out split, the same data the outer loss uses (clean unless
+data.heldout=same), so the rater starts out ranking wrong labels low and meta-training refines what it keeps. Off by default
 (0), as in the paper.
 """
 from __future__ import annotations

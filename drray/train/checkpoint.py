@@ -2,7 +2,9 @@
 crash leaves the previous complete file, never a half-written one.
 
   state.pt     everything needed to resume: step, rater, meta-optimizer, population
-  rater.pt     the rater weights alone (state_dict) with the step, for scoring
+  rater.pt     the rater weights alone (state_dict) with the step and what scoring needs: arch,
+               row_shape, num_classes, image_size and class_names (label id -> name; None where
+               the data did not name its classes)
   config.yaml  the validated config of the run
 Loading uses torch.load(weights_only=True): tensors and plain containers only.
 """
@@ -25,8 +27,8 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 def save_checkpoint(out: Path, state: dict, rater: dict, config: dict) -> Path:
-    """rater: {"rater": state_dict, "arch", "row_shape", "num_classes"}: enough to rebuild and
-    use the rater without the run's data."""
+    """rater: {"rater": state_dict, "arch", "row_shape", "num_classes", "image_size", "class_names"}:
+    enough to rebuild and use the rater without the run's data."""
     directory = Path(out) / CHECKPOINT_DIR
     atomic_write_bytes(directory / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
     atomic_torch_save(state, directory / "state.pt")
@@ -120,7 +122,16 @@ def rater_from_bytes(blob: bytes, where="rater.pt"):
             made = "unreadable metadata"
         raise ConfigError(f"{where}: the checkpoint ({made}) does not load into this version's rater of that "
                           f"config ({_first_line(exc)}); use the drray version that trained it, or retrain") from None
-    return rater.eval(), {k: v for k, v in saved.items() if k != "rater"}
+    info = {k: v for k, v in saved.items() if k != "rater"}
+    info["class_names"] = _class_names(info.get("class_names"))
+    return rater.eval(), info
+
+
+def _class_names(names):
+    """A checkpoint's class names as a tuple of strings; None when absent (earlier runs) or odd."""
+    if isinstance(names, (list, tuple)) and names and all(isinstance(name, str) for name in names):
+        return tuple(names)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -34,6 +34,7 @@ class RunSummary:
     mean_score_corrupted: float
     auroc_by_kind: dict
     mean_score_by_kind: dict  # corruption kind (and "clean") -> mean probe score
+    heldout: dict | None = None  # heldout_summary: the held-out regime and split of the outer loss
 
 
 class Prober:
@@ -42,6 +43,7 @@ class Prober:
     def __init__(self, cfg: Config, splits: DataSplits):
         self.arch = choose_arch(cfg.rater.arch, splits.row_shape)
         self.image_size = cfg.data.image_size  # scoring resizes encoded images as training did
+        self.class_names = splits.class_names  # scoring refuses data that names its classes otherwise
         self.row_shape, self.num_classes = tuple(splits.row_shape), splits.num_classes
         self.rater = build_rater(self.arch, self.row_shape, self.num_classes)
         self.x, self.y = to_tensors(splits.probe)
@@ -72,7 +74,9 @@ class Prober:
     def rater_checkpoint(self, params) -> dict:
         weights = {name: value.detach().clone() for (name, _), value in zip(self.rater.named_parameters(), params)}
         return {"rater": weights, "arch": self.arch, "row_shape": list(self.row_shape),
-                "num_classes": self.num_classes, "image_size": None if self.image_size is None else list(self.image_size)}
+                "num_classes": self.num_classes,
+                "image_size": None if self.image_size is None else list(self.image_size),
+                "class_names": None if self.class_names is None else list(self.class_names)}
 
 
 def make_population(cfg: Config, splits: DataSplits) -> Population:
@@ -100,7 +104,14 @@ def meta_train(cfg: Config, resume: bool = False, overwrite: bool = False, popul
             final = train(cfg, splits, run_dir, population, on_record)
         finally:
             population.close()  # its actors' resources are free for what runs next, on success or not
-    return RunSummary(out=run_dir, steps=population.step_count, **final)
+    return RunSummary(out=run_dir, steps=population.step_count, heldout=heldout_summary(cfg, splits), **final)
+
+
+def heldout_summary(cfg: Config, splits: DataSplits) -> dict:
+    """The held-out regime (data.heldout) and what the split holds: step 0's metrics line and the report."""
+    heldout = splits.heldout
+    return {"regime": cfg.data.heldout, "rows": len(heldout),
+            "corrupted_fraction": float(heldout.is_corrupted.mean())}
 
 
 def train(cfg: Config, splits: DataSplits, run_dir: RunDir, population, on_record) -> dict:
@@ -119,6 +130,8 @@ def train(cfg: Config, splits: DataSplits, run_dir: RunDir, population, on_recor
                     " (lower meta.lr or inner.lr, or set meta.clip_norm)")
             record = {"step": step, "outer_loss": stats.outer_loss, "inner_loss": stats.inner_loss,
                       "meta_grad_norm": stats.meta_grad_norm, "resets": stats.resets, "replaced": stats.replaced}
+            if step == 0:  # which held-out split the outer loss uses (nested: TensorBoard takes numbers only)
+                record["heldout"] = heldout_summary(cfg, splits)
             if has_truth and ((step + 1) % cfg.run.auroc_every == 0 or step + 1 == cfg.meta.steps):
                 record["auroc"] = prober.auroc(population.rater_params)
             log.write(record)
@@ -183,6 +196,10 @@ def save(out: Path, cfg: Config, population, prober: Prober) -> None:
 
 def format_report(summary: RunSummary) -> str:
     lines = [f"meta-training finished: {summary.steps} outer steps"]
+    if summary.heldout is not None:
+        held = summary.heldout
+        lines.append(f"  held-out split ({held['regime']}): {held['rows']} rows, "
+                     f"{held['corrupted_fraction']:.1%} corrupted")
     if math.isfinite(summary.auroc):
         lines.append(f"  AUROC on the probe set (clean scored above corrupted): {summary.auroc:.3f}")
         width = max(12, *(len(kind) for kind in summary.auroc_by_kind))

@@ -44,7 +44,8 @@ def _step(line: str) -> float:
 
 
 class MetricsLog:
-    """OUT/metrics.jsonl (one line per outer step) and TensorBoard events in OUT/tb/.
+    """OUT/metrics.jsonl (one line per outer step; step 0's also names the held-out split) and
+    TensorBoard events (the numbers of each line) in OUT/tb/.
     On resume from step S, lines for steps >= S are dropped: those steps run again."""
 
     def __init__(self, out: Path, resume_step: int = 0):

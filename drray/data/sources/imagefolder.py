@@ -4,7 +4,8 @@ ImageFolder and Hugging Face's imagefolder read them.
     data.dir/<class>/*.png|jpg|jpeg                 one pool (drray splits off heldout and test), or
     data.dir/{train,heldout,test}/<class>/...       the splits given (heldout and test optional)
 
-Classes are the folder names sorted, label ids 0..K-1 in that order (`class_names`); images in
+Classes are the folder names sorted, label ids 0..K-1 in that order (`class_names`, which the
+ExampleSets carry, so a rater's scores map back to the folders); images in
 subfolders of a class folder count for the class. Ids number the files in the order `image_files`
 lists them (split, class, path). Every image must have one size and channel count, unless
 data.image_size is set: then each is resized to it, and grayscale ones among RGB ones become RGB.
@@ -50,7 +51,7 @@ def load_imagefolder_source(cfg: DataConfig):
         index = np.array([i for i, file in enumerate(files) if file.split == split], dtype=np.int64)
         if len(index):
             labels = np.array([files[i].label for i in index], dtype=np.int64)
-            parts[split] = ExampleSet.clean(index, rows[index], labels, len(names))
+            parts[split] = ExampleSet.clean(index, rows[index], labels, len(names), class_names=names)
     return parts["train"], parts.get("test"), parts.get("heldout")
 
 

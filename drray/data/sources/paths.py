@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 from drray.config import DataConfig
-from drray.data.parquet import SPLITS
+from drray.data.parquet import SPLITS, count_rows
 from drray.errors import DataError
 from drray.io import first_existing, not_a_folder
 
@@ -24,3 +24,14 @@ def parquet_split_paths(cfg: DataConfig) -> dict[str, Optional[Path]]:
     if paths["train"] is None:
         raise DataError(f"{directory / 'train.parquet'}: missing (nor a train/ folder); write train there")
     return paths
+
+
+def split_first_ids(paths: dict[str, Optional[Path]]) -> dict[str, int]:
+    """The first id of each split that has no id column: its rows are numbered after the rows of
+    the splits before it, in the order train, heldout, test (the order of an image folder's ids)."""
+    first_ids, rows = {}, 0
+    for name in ("train", "heldout", "test"):
+        first_ids[name] = rows
+        if paths.get(name) is not None:
+            rows += count_rows(paths[name])
+    return first_ids
