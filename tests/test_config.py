@@ -123,3 +123,21 @@ def test_user_registered_rater_is_accepted_by_name():
     cfg = load_config(None, ["rater.arch=test_linear_rater"])
     rater = build_rater(cfg.rater.arch, (8, 8), 10)
     assert sum(p.numel() for p in rater.parameters()) == 64 * 10 + 10
+
+
+def test_every_shipped_config_and_tune_spec_loads():
+    """configs/*.yaml and benchmarks/configs/*.yaml are configs, configs/tune_*.yaml tune specs
+    (every key and domain value checked): a renamed key or a removed default breaks one here."""
+    from pathlib import Path
+
+    from drray.train.search_space import load_tune_spec
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "configs").glob("*.yaml")) + sorted((root / "benchmarks" / "configs").glob("*.yaml"))
+    assert len(files) >= 10
+    for path in files:
+        if path.name.startswith("tune_"):
+            spec, _ = load_tune_spec(path)
+            assert spec.space, path
+        else:
+            assert load_config(path).data.source, path
