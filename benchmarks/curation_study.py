@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "study"
 RESULTS = ROOT / "benchmarks" / "results" / "curation_study"
@@ -223,7 +225,8 @@ def markdown(summaries: list[dict]) -> str:
                      f"{random} | {_signed(s['vs_rivals'].get('baseline', {}), metric.scale)} | {rivals} | "
                      f"{_signed(s['vs_rivals'].get('cleanlab', {}), metric.scale)} | "
                      f"{'–' if gain is None or not math.isfinite(gain) else f'{100 * gain:.0f}%'} |")
-    return "\n".join(lines) + "\n"
+    plots = ", ".join(f"[{s['cell']}](benchmarks/results/curation_study/{s['cell']}.png)" for s in summaries)
+    return "\n".join(lines) + f"\n\nPlots (each method's gain over the baseline, ± 2 SE): {plots}\n"
 
 
 def plot_cell(summary: dict, path: Path) -> None:
@@ -247,6 +250,12 @@ def plot_cell(summary: dict, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(max(6, 0.6 * len(others)), 3.5))
     axes.bar(range(len(others)), gains, yerr=errors, color=["C3" if r["method"] == "datarater" else "C0" for r in others])
     axes.axhline(0, color="black", linewidth=0.8)
+    limit = 4 * float(np.percentile(np.abs(gains), 75)) + 1e-9  # one collapsed method must not flatten the rest
+    if max(abs(g) for g in gains) > limit:
+        axes.set_ylim(-limit, limit)
+        for i, gain in enumerate(gains):
+            if abs(gain) > limit:
+                axes.annotate(f"{gain:.3g}", (i, math.copysign(0.9 * limit, gain)), ha="center", fontsize=7)
     axes.set_xticks(range(len(others)), labels, fontsize=7)
     axes.set_ylabel(f"gain over baseline\n({metric.label})")
     axes.set_title(summary["cell"])
