@@ -56,7 +56,8 @@ def test_relative_data_dir_is_made_absolute_for_the_trials(tmp_path, monkeypatch
                                                  "uniform, loguniform, randint"),
     ({"asha": {"grace": 3}}, "unknown key 'asha.grace'; allowed here: grace_period, reduction_factor"),
     ({"base": "nowhere.yaml"}, "base: nowhere.yaml not found (looked for it as given and beside the spec)"),
-    ({"set": {"meta.steps": 4, "run.backend": "local"},  # each key is fine alone; together they are not
+    # each key is fine alone; together they are not
+    ({"set": {"meta.steps": 4, "run.backend": "local", "meta.mixflow_mode": "forward_over_reverse"},
       "space": {"run.learner_threads": {"grid": [1, 2]}, "meta.method": {"grid": ["backprop", "mixflow"]}}},
      "not thread-safe; set meta.mixflow_mode=reverse_over_reverse, meta.method=backprop or run.learner_threads=1 "
      "(with run.learner_threads=2, meta.method='mixflow')"),
