@@ -135,10 +135,9 @@ def run_cell(cell: Cell, seeds: int) -> None:
 # The table
 
 
-def rater_aurocs(rater_dir: Path) -> dict:
+def rater_aurocs(rater_dir: Path, cache: Path) -> dict:
     """The rater's AUROC over the whole training split of its run (rebuilt from the run's config):
-    overall and per corruption kind (that kind against every clean row). Cached beside the rater."""
-    cache = rater_dir / "aurocs.json"
+    overall and per corruption kind (that kind against every clean row). Kept in `cache`."""
     if cache.is_file():
         return json.loads(cache.read_text())
     from drray.config import validate_config
@@ -154,15 +153,27 @@ def rater_aurocs(rater_dir: Path) -> dict:
     for kind in sorted(set(train.corruption[train.is_corrupted])):
         rows = (train.corruption == kind) | ~train.is_corrupted
         aurocs[kind] = corruption_auroc(scores[rows], train.is_corrupted[rows])
+    cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(aurocs, indent=1) + "\n")
     return aurocs
+
+
+def keep_results(cell: Cell) -> None:
+    """A finished cell's results.json and done.json, copied into RESULTS/<cell>/ (committed with
+    the table, so that `table` rebuilds it without runs/)."""
+    kept = RESULTS / cell.name
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.md", "done.json"):
+        (kept / name).write_bytes((OUT / cell.name / "eval" / name).read_bytes())
 
 
 def cell_summary(cell: Cell) -> dict | None:
     """The cell's figures from its results.json, or None when it has not been evaluated."""
     from drray.evaluation.experiment import METRICS, best_row, paired_difference
 
-    results_path = OUT / cell.name / "eval" / "results.json"
+    if _done(OUT / cell.name / "eval") and not _done(RESULTS / cell.name):
+        keep_results(cell)
+    results_path = RESULTS / cell.name / "results.json"
     if not _done(results_path.parent):
         return None
     results = json.loads(results_path.read_text())
@@ -171,7 +182,7 @@ def cell_summary(cell: Cell) -> dict | None:
     best = best_row(rows, "datarater", metric)
     summary = {"cell": cell.name, "regime": cell.regime, "metric": metric.key, "arch": results["meta"].get("arch"),
                "seeds": results["meta"]["seeds"], "rows": rows,
-               "aurocs": rater_aurocs(OUT / cell.rater_cell / "rater"),
+               "aurocs": rater_aurocs(OUT / cell.rater_cell / "rater", RESULTS / cell.rater_cell / "aurocs.json"),
                "seconds": json.loads((results_path.parent / "done.json").read_text())["seconds"],
                "vs_random": {}, "vs_rivals": {}}
     for discard in cell.discard:
