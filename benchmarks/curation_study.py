@@ -9,9 +9,10 @@ Each cell is a data set, a corruption and a held-out regime; its rater is meta-t
 datarater, random, loss, loss_mid, loss_high, cleanlab (labelled data) and the oracle, at every
 discard fraction, over --seeds paired seeds; a transfer cell evaluates the same rater with a larger
 evaluation arch. Cells run in CELLS order; a finished step (marked by its done.json) is skipped, so
-an interrupted study goes on where it stopped. Everything lands in runs/study/<cell>/ and the table
-(benchmarks/results/curation_study.md, .json, one plot per cell) is also written into BENCHMARKS.md
-between the curation-study markers.
+an interrupted study goes on where it stopped. The runs land in runs/study/<cell>/; each finished
+cell's results, the table (table.md, summary.json) and one plot per cell in
+benchmarks/results/curation_study/, and the table also in BENCHMARKS.md between the curation-study
+markers.
 
 Verdicts, paired over seeds ("beats": better by more than 2 standard errors):
   vs random   at every discard fraction, the datarater minus random drop; "not worse" unless the
