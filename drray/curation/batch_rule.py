@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from drray.curation.filtering import batch_draw_size, class_quotas, round_half_up
+from drray.curation.filtering import batch_draw_size, class_quotas, class_rows, round_half_up
 
 # torch is imported only by BatchFilter (see __getattr__ below), so importing this module is cheap.
 
@@ -34,12 +34,10 @@ def stratified_top_b_indices(scores: np.ndarray, labels: np.ndarray, b: int,
     """Indices of b rows, in their original order: each class keeps its share of the rows
     (class_quotas, tie_rng), and within a class the highest scores (top_b_indices' ties and NaN
     rule). So a score that is higher for one class than another cannot starve a class."""
-    scores, labels = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(labels).reshape(-1)
-    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    kept = []
-    for c, quota in enumerate(class_quotas(counts, b, tie_rng)):
-        rows = np.flatnonzero(inverse == c)
-        kept.append(rows[top_b_indices(scores[rows], quota)])
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    _, rows_of = class_rows(labels)
+    kept = [rows[top_b_indices(scores[rows], quota)]
+            for rows, quota in zip(rows_of, class_quotas([len(r) for r in rows_of], b, tie_rng))]
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
 
 

@@ -40,7 +40,7 @@ from drray.train.metrics import corruption_auroc
 # (seconds and some hundred MB per worker).
 
 __all__ = [
-    "ByClass", "QuantileCut", "SampleRule", "batch_draw_size", "class_quotas", "cut_keeping", "empirical_cdf",
+    "ByClass", "QuantileCut", "SampleRule", "batch_draw_size", "class_quotas", "class_rows", "cut_keeping", "empirical_cdf",
     "kept_count", "keep_mask", "p_accept", "quantile_cut", "quantile_cut_by_class", "quantile_threshold",
     "round_half_up", "row_uniforms", "sample_rule_by_class", "summarize", "check_settings", "open_scored",
     "read_narrow", "resolve_stratify", "make_rule", "keep_rows", "format_summary", "MODES", "STRATIFY",
@@ -163,14 +163,14 @@ class ByClass:
             raise ValueError("this rule keeps rows by class; pass the labels")
         scores = np.asarray(scores).reshape(-1)
         kept = np.zeros(len(scores), dtype=bool)
-        for label, rows in zip(*_classes(labels)):
+        for label, rows in zip(*class_rows(labels)):
             if label not in self.rules:
                 raise ValueError(f"label {label!r} is not among the classes this rule was made for")
             kept[rows] = self.rules[label].keep(scores[rows], None if ids is None else np.asarray(ids)[rows])
         return kept
 
 
-def _classes(labels: np.ndarray) -> tuple[list, list[np.ndarray]]:
+def class_rows(labels: np.ndarray) -> tuple[list, list[np.ndarray]]:
     """The distinct labels (sorted, as Python values) and the row indices of each (ascending)."""
     classes, inverse, counts = np.unique(np.asarray(labels).reshape(-1), return_inverse=True, return_counts=True)
     order = np.argsort(inverse.reshape(-1), kind="stable")  # one sort, not a pass over the rows per class
@@ -183,7 +183,7 @@ def quantile_cut_by_class(scores: np.ndarray, labels: np.ndarray, discard: float
     of each, its highest scores (ties by id as in `quantile_cut`); with ids exactly
     kept_count(n, discard) rows in all."""
     scores = np.asarray(scores).reshape(-1)
-    classes, rows = _classes(labels)
+    classes, rows = class_rows(labels)
     quotas = class_quotas([len(r) for r in rows], kept_count(len(scores), discard))
     return ByClass({label: cut_keeping(scores[r], quota, None if ids is None else np.asarray(ids)[r])
                     for label, r, quota in zip(classes, rows, quotas)})
@@ -303,7 +303,7 @@ def sample_rule_by_class(scores: np.ndarray, labels: np.ndarray, discard: float,
     cdf_sample of its own scores, so each class keeps B / N of itself in expectation."""
     scores = np.asarray(scores).reshape(-1)
     rng = seeded_rng(seed, seeds.FILTER_CDF_SAMPLE)
-    classes, rows = _classes(labels)
+    classes, rows = class_rows(labels)
     return ByClass({label: SampleRule(scores[r[cdf_sample_rows(rng, len(r), cdf_sample)]], discard, batch_size, seed)
                     for label, r in zip(classes, rows)})
 
@@ -331,7 +331,7 @@ def summarize(scores: np.ndarray, kept_mask: np.ndarray, is_corrupted: Optional[
     n, n_kept = len(scores), int(kept.sum())
     summary: dict[str, Any] = {"rows_in": n, "rows_kept": n_kept, "rows_removed": n - n_kept}
     if labels is not None:
-        classes, rows = _classes(labels)
+        classes, rows = class_rows(labels)
         summary["kept_fraction_by_class"] = {str(label): float(kept[r].mean()) for label, r in zip(classes, rows)}
     if is_corrupted is None:
         return summary
@@ -476,7 +476,7 @@ def make_rule(mode: str, discard: float, narrow: dict, batch_size: int = 128, cd
     else:
         rule = sample_rule_by_class(scores, labels, discard, batch_size, seed, cdf_sample)
         sampled = sum(len(r.sorted_sample) for r in rule.rules.values())
-        expected = float(sum(rule.rules[label].probability(scores[r]).sum() for label, r in zip(*_classes(labels))))
+        expected = float(sum(rule.rules[label].probability(scores[r]).sum() for label, r in zip(*class_rows(labels))))
     info = {"cdf_sample_size": sampled, "batch_size": batch_size, "draw_size": batch_draw_size(discard, batch_size),
             "seed": seed, "expected_rows_kept": expected}
     return rule, info
