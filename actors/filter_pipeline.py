@@ -14,8 +14,9 @@ import ray
 from ray.data.datasource import FilenameProvider
 
 from actors.cluster import ray_session
-from drray.curation.filtering import (check_settings, keep_mask, keep_rows, make_rule, open_scored, read_narrow,
-                                     resolve_stratify, summarize)
+from drray.curation.filtering import summarize
+from drray.curation.scored_input import (check_settings, keep_mask, keep_rows, make_rule, open_scored, read_narrow,
+                                         resolve_stratify)
 from drray.storage import check_output, check_separate, replacing_output
 
 

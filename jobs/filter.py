@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drray.curation.filtering import MODES, STRATIFY, format_summary
+from drray.curation.scored_input import MODES, STRATIFY, format_summary
 from jobs.common import add_address_arg, job_parser, run_job
 
 

@@ -17,20 +17,17 @@ from drray.curation.filtering import (
     SampleRule,
     batch_draw_size,
     empirical_cdf,
-    format_summary,
-    keep_mask,
     kept_count,
-    make_rule,
     p_accept,
     quantile_cut,
     quantile_cut_by_class,
     quantile_threshold,
-    resolve_stratify,
     round_half_up,
     row_uniforms,
     sample_rule_by_class,
     summarize,
 )
+from drray.curation.scored_input import format_summary, keep_mask, make_rule, resolve_stratify
 
 ROOT = Path(__file__).resolve().parents[1]
 
