@@ -1,13 +1,13 @@
 """The evaluation study on Ray (jobs.evaluate): `evaluate_rater` checks everything, computes the
 methods' scores once (cleanlab's cross-validation folds as Ray tasks), trains the fresh models as
 Ray tasks (actors.tasks.map_tasks) and writes results.json, results.md and the plots. The study
-itself is drray.evaluation.experiment.
+itself is drray.evaluation.experiment (its fresh models: drray.evaluation.fresh; the rivals'
+scores: drray.evaluation.rivals).
 """
 from __future__ import annotations
 
 import math
 import time
-from typing import Optional
 
 from actors.cluster import ray_session
 from actors.tasks import map_tasks
@@ -15,13 +15,19 @@ from drray.config import Config
 from drray.data.splits import build_splits
 from drray.errors import ConfigError
 from drray.evaluation import experiment as ev
-from drray.evaluation.report import plot_metric, plot_score_histograms, results_markdown, write_results
+from drray.evaluation.fresh import Budget
+from drray.evaluation.report import (
+    plot_metric,
+    plot_score_histograms,
+    results_markdown,
+    write_results,
+)
 from drray.storage import RunDir, check_local_folder
 from drray.train.checkpoint import load_rater
 
 
-def evaluate_rater(cfg: Config, out: str, rater_dir: Optional[str] = None, overwrite: bool = False,
-                   address: Optional[str] = None) -> str:
+def evaluate_rater(cfg: Config, out: str, rater_dir: str | None = None, overwrite: bool = False,
+                   address: str | None = None) -> str:
     """Evaluate the rater of run `rater_dir` (needed for the datarater method) as `cfg` says, into
     `out` (a local folder or a URI); returns the report. Nothing is trained before the inputs,
     the rater and `out` are checked."""
@@ -40,7 +46,7 @@ def evaluate_rater(cfg: Config, out: str, rater_dir: Optional[str] = None, overw
 
 
 def _evaluate(cfg: Config, splits, rater, out: RunDir) -> str:
-    budget, settings = ev.Budget.from_config(cfg), cfg.evaluate
+    budget, settings = Budget.from_config(cfg), cfg.evaluate
     metric = ev.metric_for(splits.train.rows)
     scores = ev.method_scores(cfg, splits, rater, _map_folds)
     specs = ev.run_specs(settings.methods, settings.discard, settings.seeds, cfg.run.seed)
@@ -67,6 +73,6 @@ def _evaluate(cfg: Config, splits, rater, out: RunDir) -> str:
 
 
 def _map_folds(fn, folds: list, args: tuple, shared: dict) -> list:
-    """cleanlab's cross-validation folds (ev.train_fold) as Ray tasks."""
+    """cleanlab's cross-validation folds (drray.evaluation.rivals.train_fold) as Ray tasks."""
     return map_tasks(fn, folds, args, shared,
                      describe=lambda fold, r: f"cleanlab fold {fold}: {len(r['index'])} rows predicted")

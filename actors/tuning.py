@@ -7,7 +7,6 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import ray
@@ -19,13 +18,19 @@ from actors.cluster import how_many_fit, node_resources, ray_session, worker_gpu
 from drray.config import validate_config
 from drray.errors import ConfigError, DrrayError
 from drray.storage import check_local_folder, is_uri, remove_local
-from drray.train.search_space import (TuneSpec, check_trial_models, format_table, load_tune_spec, trial_config,
-                                      trial_rows)
+from drray.train.search_space import (
+    TuneSpec,
+    check_trial_models,
+    format_table,
+    load_tune_spec,
+    trial_config,
+    trial_rows,
+)
 
 SEARCH_FILES = ("tune", "trials.md", "best.yaml")  # what a search writes in --out (best-run/ is the user's)
 
 
-def tune_search(spec_path: str, out: str, overwrite: bool = False, address: Optional[str] = None) -> str:
+def tune_search(spec_path: str, out: str, overwrite: bool = False, address: str | None = None) -> str:
     """Run the search of the tune spec at `spec_path` into the local folder `out`; returns the
     report (the trials' table and the best config). The spec, its data and archs, `out` and the
     cluster's room for the largest trial are checked before any trial starts."""
@@ -192,19 +197,24 @@ def _metric_fn(spec: TuneSpec, cfg):
     import torch
 
     from drray.data.splits import build_splits
-    from drray.evaluation import experiment as ev
+    from drray.evaluation.fresh import (
+        Budget,
+        per_example_losses,
+        rater_scores,
+        train_fresh,
+    )
 
     splits = build_splits(cfg.data, cfg.run.seed)
-    budget = ev.Budget.from_config(cfg)
+    budget = Budget.from_config(cfg)
 
     def heldout_loss(population, prober, record):
         with torch.no_grad():
             for p, value in zip(prober.rater.parameters(), population.rater_params):
                 p.copy_(value)
-        scores = ev.rater_scores(prober.rater, splits.train)
-        model = ev.train_fresh(budget, splits.train.rows, splits.train.labels, splits.num_classes,
-                               cfg.run.seed, scores, spec.discard)
-        return float(np.mean(ev.per_example_losses(model, splits.heldout.rows, splits.heldout.labels)))
+        scores = rater_scores(prober.rater, splits.train)
+        model = train_fresh(budget, splits.train.rows, splits.train.labels, splits.num_classes,
+                            cfg.run.seed, scores, spec.discard)
+        return float(np.mean(per_example_losses(model, splits.heldout.rows, splits.heldout.labels)))
 
     return heldout_loss
 

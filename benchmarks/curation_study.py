@@ -144,7 +144,7 @@ def rater_aurocs(rater_dir: Path, cache: Path) -> dict:
         return json.loads(cache.read_text())
     from drray.config import validate_config
     from drray.data.splits import build_splits
-    from drray.evaluation.experiment import rater_scores
+    from drray.evaluation.fresh import rater_scores
     from drray.train.checkpoint import load_rater, load_run_config
     from drray.train.metrics import corruption_auroc
 

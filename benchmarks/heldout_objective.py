@@ -52,18 +52,19 @@ def measure(cfg, seeds: int) -> tuple[list[dict], bool]:
     whether the rows are images (judged by accuracy) rather than text (by loss)."""
     from drray.data.splits import build_splits
     from drray.evaluation import experiment as ev
+    from drray.evaluation.fresh import Budget, losses_and_accuracies, train_fresh
 
     splits = build_splits(cfg.data, cfg.run.seed)
-    budget, train = ev.Budget.from_config(cfg), splits.train
+    budget, train = Budget.from_config(cfg), splits.train
     test = ev.eval_subset(splits.test, cfg.evaluate.max_eval_rows, cfg.run.seed)
     heldout = splits.heldout
     records = []
     for seed in range(cfg.run.seed, cfg.run.seed + seeds):
         for name, mask in training_variants(train.is_corrupted, train.corruption).items():
             started = time.monotonic()
-            model = ev.train_fresh(budget, train.rows[mask], train.labels[mask], splits.num_classes, seed)
-            heldout_losses, _ = ev.losses_and_accuracies(model, heldout.rows, heldout.labels, with_accuracies=False)
-            test_losses, test_accuracies = ev.losses_and_accuracies(model, test.rows, test.labels)
+            model = train_fresh(budget, train.rows[mask], train.labels[mask], splits.num_classes, seed)
+            heldout_losses, _ = losses_and_accuracies(model, heldout.rows, heldout.labels, with_accuracies=False)
+            test_losses, test_accuracies = losses_and_accuracies(model, test.rows, test.labels)
             records.append({"seed": seed, "variant": name, "rows": int(mask.sum()),
                             "heldout": mean_by_kind(heldout_losses, heldout.corruption),
                             "test_loss": float(test_losses.mean()), "acc": float(test_accuracies.mean())})

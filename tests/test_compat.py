@@ -12,7 +12,7 @@ import torch
 
 from drray.config import load_config
 from drray.data.splits import build_splits
-from drray.evaluation.experiment import rater_scores
+from drray.evaluation.fresh import rater_scores
 from drray.train import checkpoint
 from drray.train.loop import meta_train
 

@@ -15,8 +15,9 @@ import pytest
 from drray import seeds
 from drray.config import load_config
 from drray.data.splits import build_splits
-from drray.evaluation import experiment as ev
 from drray.errors import ConfigError
+from drray.evaluation import experiment as ev
+from drray.evaluation import fresh, rivals
 from drray.seeds import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_draw_batch_keeps_the_top_b_of_n():
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
     scores = np.random.default_rng(0).random(1000)
-    kept = ev.draw_batch(rng_a, 1000, 32, scores, discard=0.5)
+    kept = fresh.draw_batch(rng_a, 1000, 32, scores, discard=0.5)
     drawn = rng_b.integers(1000, size=64)  # N = 32 / (1 - 0.5)
     assert len(kept) == 32
     assert sorted(scores[kept]) == sorted(np.sort(scores[drawn])[-32:])
-    assert len(ev.draw_batch(np.random.default_rng(0), 1000, 32)) == 32
+    assert len(fresh.draw_batch(np.random.default_rng(0), 1000, 32)) == 32
 
 
 class FixedDraws:
@@ -53,25 +54,25 @@ def test_stratified_draw_batch_keeps_each_class_share_by_hand():
     labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2])
     scores = np.array([0.9, 0.5, 0.8, 0.6, 0.7, 0.95, 0.1, 0.2, 1.0])
     drawn = [0, 1, 2, 3, 4, 5, 6, 7]
-    kept = ev.draw_batch(FixedDraws(drawn), 9, 4, scores, 0.5, labels)
+    kept = fresh.draw_batch(FixedDraws(drawn), 9, 4, scores, 0.5, labels)
     assert sorted(kept.tolist()) == [0, 2, 5, 7]  # class 0: its 3 best (0.95, 0.9, 0.8); class 1: 0.2
-    assert sorted(ev.draw_batch(FixedDraws(drawn), 9, 4, scores, 0.5).tolist()) == [0, 2, 4, 5]
+    assert sorted(fresh.draw_batch(FixedDraws(drawn), 9, 4, scores, 0.5).tolist()) == [0, 2, 4, 5]
     # 3 of class 0, 3 of class 1, 2 of class 2 drawn, keep 4: shares 1.5, 1.5, 1 -> 2, 1, 1
     # (largest remainder, the tie to the class with the lower tie key: equal keys, the lower class)
     drawn = [0, 1, 2, 6, 7, 6, 8, 8]
-    kept = ev.draw_batch(FixedDraws(drawn), 9, 4, scores, 0.5, labels)
+    kept = fresh.draw_batch(FixedDraws(drawn), 9, 4, scores, 0.5, labels)
     assert np.bincount(labels[kept], minlength=3).tolist() == [2, 1, 1]
     assert sorted(kept.tolist()) == [0, 2, 7, 8]
-    kept = ev.draw_batch(FixedDraws(drawn, ties=[0.9, 0.1, 0.5]), 9, 4, scores, 0.5, labels)
+    kept = fresh.draw_batch(FixedDraws(drawn, ties=[0.9, 0.1, 0.5]), 9, 4, scores, 0.5, labels)
     assert np.bincount(labels[kept], minlength=3).tolist() == [1, 2, 1]
     assert sorted(kept.tolist()) == [0, 6, 7, 8]
 
 
 def test_text_and_stratify_none_are_not_stratified():
     cfg = load_config(None, ["data.source=digits"])
-    assert ev.Budget.from_config(cfg).stratifies(10)
-    assert not ev.Budget.from_config(cfg).stratifies(1)  # text: one class
-    assert not ev.Budget.from_config(load_config(None, ["evaluate.stratify=none"])).stratifies(10)
+    assert fresh.Budget.from_config(cfg).stratifies(10)
+    assert not fresh.Budget.from_config(cfg).stratifies(1)  # text: one class
+    assert not fresh.Budget.from_config(load_config(None, ["evaluate.stratify=none"])).stratifies(10)
 
 
 def independent_kept_counts(spec, labels, scores, budget, num_classes):
@@ -96,7 +97,7 @@ def test_kept_fractions_per_class_match_an_independent_count():
     labels = splits.train.labels
     scores = labels + np.random.default_rng(0).random(len(labels))  # no ties
     data = ev.shared_arrays(splits, {"datarater": scores}, max_eval_rows=50)
-    budget = dataclasses.replace(ev.Budget.from_config(cfg), arch="mlp", steps=6, batch_size=32)
+    budget = dataclasses.replace(fresh.Budget.from_config(cfg), arch="mlp", steps=6, batch_size=32)
     specs = [ev.RunSpec("datarater", 0.5, s) for s in (0, 1)]
     runs = [ev.run_one(spec, data, budget) for spec in specs]
     expected = []
@@ -130,13 +131,13 @@ def test_loss_scores_rank_by_hand():
     easy rows, loss_high the hard ones, loss_mid the rows nearest the median (0.9), then the
     quartiles, then the extremes."""
     losses = np.array([0.3, 2.0, 0.1, 0.9, 5.0])
-    assert ev.loss_rank_quantiles(losses).tolist() == [0.25, 0.75, 0.0, 0.5, 1.0]
-    scores = ev.loss_scores(losses, ["loss", "loss_mid", "loss_high"])
+    assert rivals.loss_rank_quantiles(losses).tolist() == [0.25, 0.75, 0.0, 0.5, 1.0]
+    scores = rivals.loss_scores(losses, ["loss", "loss_mid", "loss_high"])
     assert scores["loss_mid"].tolist() == [-0.25, -0.25, -0.5, 0.0, -0.5]
     order = {m: np.argsort(-s, kind="stable").tolist() for m, s in scores.items()}
     assert order["loss"] == [2, 0, 3, 1, 4] and order["loss_high"] == [4, 1, 3, 0, 2]
     assert order["loss_mid"][0] == 3 and set(order["loss_mid"][1:3]) == {0, 1} and set(order["loss_mid"][3:]) == {2, 4}
-    assert list(ev.loss_scores(losses, ["baseline", "loss_high"])) == ["loss_high"]
+    assert list(rivals.loss_scores(losses, ["baseline", "loss_high"])) == ["loss_high"]
 
 
 def test_one_reference_model_scores_loss_loss_mid_and_loss_high(monkeypatch):
@@ -144,11 +145,11 @@ def test_one_reference_model_scores_loss_loss_mid_and_loss_high(monkeypatch):
                              'evaluate.methods=["baseline", "loss", "loss_mid", "loss_high"]'])
     splits = build_splits(cfg.data, 0)
     trained = []
-    real = ev.train_fresh
-    monkeypatch.setattr(ev, "train_fresh", lambda *a, **k: trained.append(real(*a, **k)) or trained[-1])
+    real = fresh.train_fresh
+    monkeypatch.setattr(rivals, "train_fresh", lambda *a, **k: trained.append(real(*a, **k)) or trained[-1])
     scores = ev.method_scores(cfg, splits)
     assert len(trained) == 1 and set(scores) == {"loss", "loss_mid", "loss_high"}
-    losses = ev.per_example_losses(trained[0], splits.train.rows, splits.train.labels)
+    losses = fresh.per_example_losses(trained[0], splits.train.rows, splits.train.labels)
     assert np.allclose(scores["loss"], -losses) and np.allclose(scores["loss_high"], losses)
     q = (np.argsort(np.argsort(losses, kind="stable"), kind="stable")) / (len(losses) - 1)
     assert np.allclose(scores["loss_mid"], -np.abs(q - 0.5))
@@ -166,7 +167,7 @@ def test_cleanlab_scores_come_only_from_models_that_never_saw_the_row(monkeypatc
     where = {row.tobytes(): i for i, row in enumerate(rows)}
     assert len(where) == len(rows)  # unique rows: a row's bytes name its index
     trained_on, predicted = [], []
-    real_train, real_predict = ev.train_fresh, ev.class_probabilities
+    real_train, real_predict = fresh.train_fresh, fresh.class_probabilities
 
     def recording_train(budget, train_rows, *args, **kwargs):
         trained_on.append({where[row.tobytes()] for row in train_rows})
@@ -177,9 +178,9 @@ def test_cleanlab_scores_come_only_from_models_that_never_saw_the_row(monkeypatc
         predicted.append(([where[row.tobytes()] for row in predict_rows], probabilities))
         return probabilities
 
-    monkeypatch.setattr(ev, "train_fresh", recording_train)
-    monkeypatch.setattr(ev, "class_probabilities", recording_predict)
-    scores = ev.cleanlab_scores(ev.Budget.from_config(cfg), splits, 3, 0)
+    monkeypatch.setattr(rivals, "train_fresh", recording_train)
+    monkeypatch.setattr(rivals, "class_probabilities", recording_predict)
+    scores = rivals.cleanlab_scores(fresh.Budget.from_config(cfg), splits, 3, 0)
     assert len(trained_on) == len(predicted) == 3
     out_of_fold = np.full((len(rows), 10), np.nan)
     for seen, (index, probabilities) in zip(trained_on, predicted):
@@ -195,9 +196,9 @@ def test_cleanlab_scores_come_only_from_models_that_never_saw_the_row(monkeypatc
 
 def test_stratified_folds_by_hand():
     labels = np.array([0] * 7 + [1] * 5)
-    folds = ev.stratified_folds(labels, 3, seed=4)
+    folds = rivals.stratified_folds(labels, 3, seed=4)
     assert [np.bincount(labels[folds == f], minlength=2).tolist() for f in range(3)] == [[3, 1], [2, 2], [2, 2]]
-    assert not np.array_equal(folds, ev.stratified_folds(labels, 3, seed=5))
+    assert not np.array_equal(folds, rivals.stratified_folds(labels, 3, seed=5))
 
 
 def test_cleanlab_bad_input_is_one_line():
@@ -215,17 +216,17 @@ def test_evaluate_arch_builds_the_fresh_models(monkeypatch):
     reference model, and is recorded in the meta; an unknown one is refused under its own key."""
     cfg = load_config(None, ["data.source=digits", "evaluate.arch=cnn_large", "evaluate.steps=1"])
     splits = build_splits(cfg.data, 0)
-    budget = ev.Budget.from_config(cfg)
+    budget = fresh.Budget.from_config(cfg)
     built = []
-    real = ev.build_inner
-    monkeypatch.setattr(ev, "build_inner", lambda *a: built.append(real(*a)) or built[-1])
+    real = fresh.build_inner
+    monkeypatch.setattr(fresh, "build_inner", lambda *a: built.append(real(*a)) or built[-1])
     ev.run_one(ev.RunSpec("baseline", 0.0, 0), ev.shared_arrays(splits, {}, max_eval_rows=20), budget)
     ev.method_scores(cfg, splits)  # the loss method's reference model
     large = sum(p.numel() for p in real("cnn_large", (8, 8), 10).parameters())
     assert [sum(p.numel() for p in model.parameters()) for model in built] == [large, large] and large > 900_000
     assert ev.describe_setup(cfg, budget, splits, 0.0)["arch"] == "cnn_large"
     default = load_config(None, ["data.source=digits"])
-    assert ev.describe_setup(default, ev.Budget.from_config(default), splits, 0.0)["arch"] == "mlp"
+    assert ev.describe_setup(default, fresh.Budget.from_config(default), splits, 0.0)["arch"] == "mlp"
     bad = load_config(None, ["data.source=digits", "evaluate.arch=nope", 'evaluate.methods=["baseline"]'])
     with pytest.raises(ConfigError, match=r"^evaluate.arch: unknown arch 'nope'; allowed: auto, "):
         ev.check_setup(bad, splits)
@@ -302,7 +303,7 @@ def test_oracle_scores_beat_all_the_data_under_label_flips():
     must beat training on everything (and a random score must not)."""
     cfg = load_config(None, ["data.source=digits", "data.corruption=[{kind: label_flip, fraction: 0.6}]"])
     splits = build_splits(cfg.data, 0)
-    budget = dataclasses.replace(ev.Budget.from_config(cfg), arch="mlp", steps=300, batch_size=64)
+    budget = dataclasses.replace(fresh.Budget.from_config(cfg), arch="mlp", steps=300, batch_size=64)
     oracle = -splits.train.is_corrupted.astype(np.float64)
     data = ev.shared_arrays(splits, {"datarater": oracle})
     accs = {m: np.mean([ev.run_one(ev.RunSpec(m, 0.0 if m == "baseline" else 0.6, s), data, budget)["acc"]

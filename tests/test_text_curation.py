@@ -20,6 +20,8 @@ from drray.data.splits import build_splits
 from drray.data.tokenizer import PAD
 from drray.errors import DataError
 from drray.evaluation import experiment as ev
+from drray.evaluation.fresh import Budget
+from drray.evaluation.rivals import oracle_scores
 from drray.train.checkpoint import load_rater
 from drray.train.loop import meta_train
 from jobs.evaluate import main as evaluate_main
@@ -130,8 +132,8 @@ def test_an_oracle_selection_lowers_a_language_models_test_loss():
     random score does not (measured: 3.26 vs 3.67 vs 3.71 nats/byte)."""
     cfg = tiny_config("data.corruption=[{kind: random_bytes, fraction: 0.6}]")
     splits = build_splits(cfg.data, 0)
-    budget = dataclasses.replace(ev.Budget.from_config(cfg), steps=60, batch_size=16)
-    data = ev.shared_arrays(splits, {"oracle": ev.oracle_scores(splits.train.is_corrupted)})
+    budget = dataclasses.replace(Budget.from_config(cfg), steps=60, batch_size=16)
+    data = ev.shared_arrays(splits, {"oracle": oracle_scores(splits.train.is_corrupted)})
     loss = {m: np.mean([ev.run_one(ev.RunSpec(m, 0.0 if m == "baseline" else 0.6, s), data, budget)["test_loss"]
                         for s in range(2)]) for m in ("baseline", "oracle", "random")}
     assert loss["oracle"] < loss["baseline"] - 0.1, loss

@@ -158,7 +158,12 @@ def test_heldout_loss_metric_is_a_fresh_model_trained_with_the_trials_rater(tmp_
 
     from actors.tuning import _metric_fn
     from drray.data.splits import build_splits
-    from drray.evaluation import experiment as ev
+    from drray.evaluation.fresh import (
+        Budget,
+        per_example_losses,
+        rater_scores,
+        train_fresh,
+    )
     from drray.models import build_rater
     from drray.train.loop import Prober, make_population
 
@@ -171,10 +176,10 @@ def test_heldout_loss_metric_is_a_fresh_model_trained_with_the_trials_rater(tmp_
     rater = build_rater(prober.arch, splits.row_shape, splits.num_classes)
     for p, v in zip(rater.parameters(), population.rater_params):
         p.data.copy_(v)
-    scores = ev.rater_scores(rater, splits.train)
-    model = ev.train_fresh(ev.Budget.from_config(cfg), splits.train.rows, splits.train.labels, splits.num_classes,
-                           cfg.run.seed, scores, 0.3)
-    want = float(np.mean(ev.per_example_losses(model, splits.heldout.rows, splits.heldout.labels)))
+    scores = rater_scores(rater, splits.train)
+    model = train_fresh(Budget.from_config(cfg), splits.train.rows, splits.train.labels, splits.num_classes,
+                        cfg.run.seed, scores, 0.3)
+    want = float(np.mean(per_example_losses(model, splits.heldout.rows, splits.heldout.labels)))
     assert spec.mode == "min" and value == pytest.approx(want, rel=1e-5) and 0.0 < value < 10.0
 
 
