@@ -86,8 +86,11 @@ def paired_change(records: list[dict], variant: str, value) -> tuple[float, floa
 
 def markdown(records: list[dict], image: bool) -> str:
     """One row per variant: its change against "all" in the held-out loss (overall and on the
-    held-out rows of the kind it drops) and in the test metric, mean ± SE over seeds."""
+    held-out rows of the kind it drops: "clean only" drops every kind, shown when there is one)
+    and in the test metric, mean ± SE over seeds."""
     variants = list(dict.fromkeys(r["variant"] for r in records))
+    kinds = [k for k in records[0]["heldout"] if k not in ("overall", "clean")]
+    sole_kind = kinds[0] if len(kinds) == 1 else None  # "clean only" drops just that kind
     test_key, test_label, scale = ("acc", "test accuracy (points)", 100.0) if image else ("test_loss", "test loss", 1.0)
     lines = [f"| trained on | held-out loss, all rows | held-out loss, the dropped kind's rows | {test_label} |",
              "|---|---|---|---|"]
@@ -97,7 +100,7 @@ def markdown(records: list[dict], image: bool) -> str:
             test = scale * np.mean([r[test_key] for r in records if r["variant"] == "all"])
             lines.append(f"| all (absolute) | {mean:.4f} | – | {test:.4g} |")
             continue
-        kind = variant.removeprefix("all but ") if variant.startswith("all but ") else None
+        kind = variant.removeprefix("all but ") if variant.startswith("all but ") else sole_kind
         cells = [paired_change(records, variant, lambda r: r["heldout"]["overall"])]
         if kind is not None and all(kind in r["heldout"] for r in records):
             cells.append(paired_change(records, variant, lambda r, k=kind: r["heldout"][k]))
