@@ -2,7 +2,7 @@
 the rater is meta-trained on, and does it lower the clean test loss the user cares about?
 
     python -m benchmarks.heldout_objective --config configs/text.yaml --set data.heldout=same \
-        [--set ...] [--seeds 4] [--name text-same]
+        [--set ...] [--seeds 4] [--variants "clean only,all but shuffled_words"] --name text-same
 
 The rater follows the meta-gradient of the inner models' loss on the held-out split. Whatever that
 loss does not reward, the rater cannot learn. This measures it directly, without a rater: fresh
@@ -47,9 +47,10 @@ def mean_by_kind(losses: np.ndarray, corruption: np.ndarray) -> dict[str, float]
     return out
 
 
-def measure(cfg, seeds: int) -> tuple[list[dict], bool]:
+def measure(cfg, seeds: int, only: tuple[str, ...] = ()) -> tuple[list[dict], bool]:
     """One record per (seed, variant): held-out losses by kind, test loss and accuracy; and
-    whether the rows are images (judged by accuracy) rather than text (by loss)."""
+    whether the rows are images (judged by accuracy) rather than text (by loss). only: the
+    variants to train ("all" always), every one when empty."""
     from drray.data.splits import build_splits
     from drray.evaluation import experiment as ev
     from drray.evaluation.fresh import Budget, losses_and_accuracies, train_fresh
@@ -58,9 +59,14 @@ def measure(cfg, seeds: int) -> tuple[list[dict], bool]:
     budget, train = Budget.from_config(cfg), splits.train
     test = ev.eval_subset(splits.test, cfg.evaluate.max_eval_rows, cfg.run.seed)
     heldout = splits.heldout
+    variants = training_variants(train.is_corrupted, train.corruption)
+    unknown = sorted(set(only) - set(variants))
+    if unknown:
+        raise SystemExit(f"--variants: unknown variant {unknown[0]!r}; variants: {', '.join(variants)}")
+    variants = {name: mask for name, mask in variants.items() if not only or name in only or name == "all"}
     records = []
     for seed in range(cfg.run.seed, cfg.run.seed + seeds):
-        for name, mask in training_variants(train.is_corrupted, train.corruption).items():
+        for name, mask in variants.items():
             started = time.monotonic()
             model = train_fresh(budget, train.rows[mask], train.labels[mask], splits.num_classes, seed)
             heldout_losses, _ = losses_and_accuracies(model, heldout.rows, heldout.labels, with_accuracies=False)
@@ -121,14 +127,15 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="YAML config (default: the built-in defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--seeds", type=int, default=4, help="paired seeds (default 4)")
+    parser.add_argument("--variants", default="", help='comma-separated, e.g. "all but shuffled_words" (default: every one)')
     parser.add_argument("--name", required=True, help="results go to benchmarks/results/heldout_objective/NAME.*")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     started = time.monotonic()
-    records, image = measure(cfg, args.seeds)
+    records, image = measure(cfg, args.seeds, tuple(v.strip() for v in args.variants.split(",") if v.strip()))
     table = markdown(records, image)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"config": args.config, "set": args.set, "seeds": args.seeds, "heldout": cfg.data.heldout,
+    meta = {"config": args.config, "set": args.set, "seeds": args.seeds, "variants": args.variants, "heldout": cfg.data.heldout,
             "seconds": round(time.monotonic() - started, 1), "date": time.strftime("%Y-%m-%d")}
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
     (RESULTS / f"{args.name}.md").write_text(table)

@@ -52,3 +52,12 @@ def test_small_run_table_matches_its_records():
     flips = [by[s, "clean only"]["heldout"]["label_flip"] - by[s, "all"]["heldout"]["label_flip"] for s in (0, 1)]
     assert (f"| clean only | {np.mean(diffs):+.4f} ± {np.std(diffs, ddof=1) / math.sqrt(2):.4f} | "
             f"{np.mean(flips):+.4f} ± {np.std(flips, ddof=1) / math.sqrt(2):.4f} |") in table  # its sole kind
+
+
+def test_variants_option_keeps_all_and_refuses_unknown_names():
+    cfg = load_config(None, ["data.source=digits", "data.corruption=[{kind: label_flip, fraction: 0.3}]",
+                             "evaluate.steps=5"])
+    records, _ = ho.measure(cfg, seeds=1, only=("clean only",))
+    assert [r["variant"] for r in records] == ["all", "clean only"]
+    with pytest.raises(SystemExit, match="unknown variant 'all but label_flip'; variants: all, clean only"):
+        ho.measure(cfg, seeds=1, only=("all but label_flip",))
