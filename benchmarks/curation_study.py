@@ -8,8 +8,8 @@ Each cell is a data set, a corruption and a held-out regime; its rater is meta-t
 (python -m jobs.meta_train) and evaluated (python -m jobs.evaluate) against every method: baseline,
 datarater, random, loss, loss_mid, loss_high, cleanlab (labelled data) and the oracle, at every
 discard fraction, over --seeds paired seeds; a transfer cell evaluates the same rater with a larger
-evaluation arch. Cells run in CELLS order; a finished step (marked by its done.json) is skipped, so
-an interrupted study goes on where it stopped. The runs land in runs/study/<cell>/; each finished
+evaluation arch. Cells run in the order --cells gives (CELLS order by default); a finished step
+(marked by its done.json) is skipped, so an interrupted study goes on where it stopped. The runs land in runs/study/<cell>/; each finished
 cell's results, the table (table.md, summary.json) and one plot per cell in
 benchmarks/results/curation_study/, and the table also in BENCHMARKS.md between the curation-study
 markers.

@@ -12,7 +12,8 @@ corruption kind ("all but KIND"), each with the same seeds (paired). For each, a
   heldout   the change in the mean loss on the run's held-out split (data.heldout says which);
   test      the change in the clean test split's metric (accuracy on images, loss on text);
 and the held-out loss on the held-out split's own rows of each kind. A kind whose dropping helps
-the test but raises the held-out loss is one the meta-gradient pushes the rater to keep.
+the test but raises the held-out loss is one the held-out loss, over a whole training, rewards
+keeping (the rater's meta-gradient sees only the last T inner steps, so it need not follow).
 Results: benchmarks/results/heldout_objective/NAME.json and .md.
 """
 from __future__ import annotations

@@ -36,3 +36,7 @@ def test_cells_are_consistent():
         assert cell.rater_cell in names and all(0.0 <= d < 1.0 for d in cell.discard)
         if "text" in cell.name:
             assert "cleanlab" not in cell.methods  # text has no labels
+        if cell.rater_of:  # a transfer cell evaluates on the data its rater was meta-trained on
+            owner = next(c for c in study.CELLS if c.name == cell.rater_of)
+            assert (cell.config, cell.regime, cell.meta_set) == (owner.config, owner.regime, owner.meta_set)
+            assert cell.eval_arch and not owner.rater_of
