@@ -9,8 +9,8 @@ Each cell is a data set, a corruption and a held-out regime; its rater is meta-t
 datarater, random, loss, loss_mid, loss_high, cleanlab (labelled data) and the oracle, at every
 discard fraction, over --seeds paired seeds; a transfer cell evaluates the same rater with a larger
 evaluation arch. Cells run in the order --cells gives (CELLS order by default); a finished step
-(marked by its done.json) is skipped, so an interrupted study goes on where it stopped. The runs land in runs/study/<cell>/; each finished
-cell's results, the table (table.md, summary.json) and one plot per cell in
+(marked by its done.json) is skipped, so an interrupted study goes on where it stopped. The runs
+land in runs/study/<cell>/; each finished cell's results, the table (table.md, summary.json) and one plot per cell in
 benchmarks/results/curation_study/, and the table also in BENCHMARKS.md between the curation-study
 markers.
 
@@ -84,8 +84,10 @@ CELLS = [
     Cell("text-clean-1000-large", "configs/text.yaml", "clean-1000", (0.3,), ("baseline", "datarater", "random"),
          eval_arch="transformer_large", rater_of="text-clean-1000"),
     Cell("mnist5k-flip40-clean-1000-large", "configs/mnist.yaml", "clean-1000", (0.4,),
-         ("baseline", "datarater", "random", "loss"), MNIST_5K, eval_arch="cnn_large", rater_of="mnist5k-flip40-clean-1000"),
+         ("baseline", "datarater", "random", "loss"), MNIST_5K, eval_arch="cnn_large",
+         rater_of="mnist5k-flip40-clean-1000"),
 ]
+CELL_BY_NAME = {cell.name: cell for cell in CELLS}
 
 
 def config_args(cell: Cell) -> list[str]:
@@ -122,7 +124,7 @@ def _mark_done(folder: Path, seconds: float, command: list[str]) -> None:
 def run_cell(cell: Cell, seeds: int) -> None:
     rater_dir = OUT / cell.rater_cell / "rater"
     if not _done(rater_dir):
-        owner = next(c for c in CELLS if c.name == cell.rater_cell)
+        owner = CELL_BY_NAME[cell.rater_cell]
         args = ["jobs.meta_train", *config_args(owner), "--out", str(rater_dir), "--overwrite"]
         print(f"[{cell.name}] meta-training {rater_dir}", flush=True)
         _mark_done(rater_dir, _job(args[0], args[1:], OUT / cell.rater_cell / "log.txt"), args)
@@ -305,14 +307,13 @@ def main(argv=None) -> int:
     parser.add_argument("--cells", help="comma-separated cell names, run in the order given (default: all)")
     parser.add_argument("--seeds", type=int, default=8, help="paired seeds per method and fraction (default 8)")
     args = parser.parse_args(argv)
-    names = [c.name for c in CELLS]
-    chosen = args.cells.split(",") if args.cells else names
-    unknown = [n for n in chosen if n not in names]
+    chosen = args.cells.split(",") if args.cells else list(CELL_BY_NAME)
+    unknown = [n for n in chosen if n not in CELL_BY_NAME]
     if unknown:
-        parser.error(f"--cells: unknown cell {unknown[0]!r}; cells: {', '.join(names)}")
+        parser.error(f"--cells: unknown cell {unknown[0]!r}; cells: {', '.join(CELL_BY_NAME)}")
     if args.action == "run":
         for name in chosen:  # in the order given
-            run_cell(next(c for c in CELLS if c.name == name), args.seeds)
+            run_cell(CELL_BY_NAME[name], args.seeds)
             write_table()  # after every cell: the table grows as the study runs
     print(write_table())
     return 0

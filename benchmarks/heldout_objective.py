@@ -128,7 +128,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="YAML config (default: the built-in defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--seeds", type=int, default=4, help="paired seeds (default 4)")
-    parser.add_argument("--variants", default="", help='comma-separated, e.g. "all but shuffled_words" (default: every one)')
+    parser.add_argument("--variants", default="",
+                        help='comma-separated, e.g. "all but shuffled_words" (default: every one)')
     parser.add_argument("--name", required=True, help="results go to benchmarks/results/heldout_objective/NAME.*")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
@@ -136,9 +137,10 @@ def main(argv=None) -> int:
     records, image = measure(cfg, args.seeds, tuple(v.strip() for v in args.variants.split(",") if v.strip()))
     table = markdown(records, image)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"config": args.config, "set": args.set, "seeds": args.seeds, "variants": args.variants, "heldout": cfg.data.heldout,
-            "seconds": round(time.monotonic() - started, 1), "date": time.strftime("%Y-%m-%d")}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
+    meta = {"config": args.config, "set": args.set, "seeds": args.seeds, "variants": args.variants,
+            "heldout": cfg.data.heldout, "seconds": round(time.monotonic() - started, 1), "date": time.strftime("%Y-%m-%d")}
+    results = {"meta": meta, "records": records}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / f"{args.name}.md").write_text(table)
     print(table)
     return 0

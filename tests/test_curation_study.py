@@ -37,6 +37,6 @@ def test_cells_are_consistent():
         if "text" in cell.name:
             assert "cleanlab" not in cell.methods  # text has no labels
         if cell.rater_of:  # a transfer cell evaluates on the data its rater was meta-trained on
-            owner = next(c for c in study.CELLS if c.name == cell.rater_of)
+            owner = study.CELL_BY_NAME[cell.rater_of]
             assert (cell.config, cell.regime, cell.meta_set) == (owner.config, owner.regime, owner.meta_set)
             assert cell.eval_arch and not owner.rater_of
