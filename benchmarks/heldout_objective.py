@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     table = markdown(records, image)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"config": args.config, "set": args.set, "seeds": args.seeds, "variants": args.variants,
-            "heldout": cfg.data.heldout, "seconds": round(time.monotonic() - started, 1), "date": time.strftime("%Y-%m-%d")}
+            "heldout": cfg.data.heldout, "seconds": round(time.monotonic() - started, 1),
+            "date": time.strftime("%Y-%m-%d")}
     results = {"meta": meta, "records": records}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / f"{args.name}.md").write_text(table)
