@@ -59,15 +59,17 @@ def _evaluate(cfg: Config, splits, rater, out: RunDir) -> str:
     rows = ev.aggregate(runs)
     ev.add_selection_quality(rows, scores, splits.train.is_corrupted, cfg.run.seed)
     verdicts = ev.verdicts(runs, rows, metric)
+    checks = ev.selection_checks(runs, metric, ev.heldout_metric_for(splits.train.rows))
+    warnings = ev.selection_warnings(checks, metric)
     meta = ev.describe_setup(cfg, budget, splits, time.monotonic() - started)
     out.local.mkdir(parents=True, exist_ok=True)
-    write_results(out.local, rows, verdicts, runs, meta, metric)
+    write_results(out.local, rows, verdicts, runs, meta, metric, checks, warnings)
     plot_metric(out.local / metric.plot, rows, metric)
     learned = {name: values for name, values in scores.items() if name != "oracle"}  # the oracle's is the truth
     if learned:
         plot_score_histograms(out.local / "scores.png", learned, splits.train.corruption)
     out.push()
-    table = results_markdown(rows, verdicts, meta, metric)
+    table = results_markdown(rows, verdicts, meta, metric, checks, warnings)
     return f"{table}\nwritten: {out.display('results.json')}, results.md, {metric.plot}" + (
         ", scores.png" if learned else "") + f"  ({math.ceil(time.monotonic() - started)} s)"
 

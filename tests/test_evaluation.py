@@ -275,6 +275,39 @@ def test_a_loss_metric_counts_lower_as_better_by_hand():
     assert verdict["diff"] == pytest.approx(-0.07) and not verdict["beats"]
 
 
+def test_selection_checks_flag_a_rater_worse_than_random_drop_by_hand():
+    """At each fraction: the rater against random drop there and against all the data, on the
+    test metric and on the held-out split's; worse = the control better by more than 2 SE."""
+    def runs_of(method, discard, accs, heldout_accs):
+        return [{"method": method, "discard": discard, "seed": s, "acc": a, "heldout_acc": h}
+                for s, (a, h) in enumerate(zip(accs, heldout_accs))]
+    runs = (runs_of("baseline", 0.0, [0.90, 0.91, 0.92], [0.80, 0.81, 0.82])
+            + runs_of("random", 0.2, [0.90, 0.91, 0.92], [0.80, 0.81, 0.82])
+            + runs_of("datarater", 0.2, [0.88, 0.88, 0.90], [0.81, 0.80, 0.84]))
+    checks = ev.selection_checks(runs, ACCURACY, ev.HELDOUT_METRICS["image"])
+    assert [(c["discard"], c["control"]) for c in checks] == [(0.2, "random"), (0.2, "baseline")]
+    # test: differences -0.02, -0.03, -0.02: mean -0.0233, se 0.00333 -> worse
+    assert checks[0]["test_diff"] == pytest.approx(-0.07 / 3) and checks[0]["test_se"] == pytest.approx(0.01 / 3)
+    assert checks[0]["test_worse"]
+    # held-out: differences +0.01, -0.01, +0.02 -> not worse
+    assert checks[0]["heldout_diff"] == pytest.approx(0.02 / 3) and not checks[0]["heldout_worse"]
+    (line, _) = ev.selection_warnings(checks, ACCURACY)
+    assert line.startswith("the rater's selection at discard 0.2 is worse than random drop by 2.33 ± 0.33 points")
+    runs[-1]["acc"] = 0.93  # differences -0.02, -0.03, +0.01: within 2 SE
+    assert not ev.selection_warnings(ev.selection_checks(runs, ACCURACY, ev.HELDOUT_METRICS["image"]), ACCURACY)
+    older = [{k: v for k, v in r.items() if k != "heldout_acc"} for r in runs]  # results without held-out accuracy
+    assert ev.selection_checks(older, ACCURACY, ev.HELDOUT_METRICS["image"])[0]["heldout_n"] == 0
+
+
+def test_a_loss_metric_check_counts_higher_loss_as_worse():
+    runs = [{"method": m, "discard": d, "seed": s, "test_loss": v + 0.1 * s, "heldout_loss": 1.0}
+            for m, d, v in (("random", 0.3, 2.0), ("datarater", 0.3, 2.05)) for s in range(3)]
+    runs[-1]["test_loss"] += 0.001  # differences -0.05, -0.05, -0.051: a spread for the standard error
+    (check,) = ev.selection_checks(runs, TEST_LOSS, ev.HELDOUT_METRICS["text"])
+    assert check["test_diff"] == pytest.approx(-0.0503333) and check["test_worse"] and not check["heldout_worse"]
+    assert "by 0.0503 ± 0.0003 nats/byte of test loss" in ev.selection_warnings([check], TEST_LOSS)[0]
+
+
 def test_eval_subset_is_a_fixed_seeded_subset_in_stored_order():
     splits = build_splits(load_config(None, ["data.source=digits"]).data, 0)
     test = splits.test
@@ -340,6 +373,10 @@ def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
         assert 0.0 <= row["acc_mean"] <= 1.0 and row["acc_std"] >= 0.0 and row["test_loss_mean"] > 0.0
         assert (row.get("auroc") is None) == (row["method"] == "baseline")
     assert len(payload["runs"]) == 14 and payload["verdicts"] and payload["meta"]["metric"] == "acc"
+    assert [(c["discard"], c["control"]) for c in payload["checks"]] == [
+        (d, control) for d in (0.1, 0.3) for control in ("random", "baseline")]
+    assert all(0.0 <= r["heldout_acc"] <= 1.0 for r in payload["runs"]) and "| discard | control | test difference |" in result.stdout
+    assert len(payload["warnings"]) == sum(c["test_worse"] for c in payload["checks"])
     for name in ("results.md", "accuracy.png", "scores.png"):
         assert (out / name).stat().st_size > 0
     again = run_job("--config", "configs/digits.yaml", "--rater", str(digits_rater), "--out", str(out))

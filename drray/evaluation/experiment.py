@@ -38,7 +38,6 @@ from drray.evaluation.fresh import (
     Budget,
     ClassTally,
     losses_and_accuracies,
-    per_example_losses,
     rater_scores,
     train_fresh,
 )
@@ -84,10 +83,17 @@ class Metric:
 # Images: test accuracy. Text: the language model's test loss (nats per byte), lower is better.
 METRICS = {"image": Metric("acc", "test accuracy (%)", True, 100.0, "accuracy.png"),
            "text": Metric("test_loss", "test loss (nats/byte)", False, 1.0, "test_loss.png")}
+# The same measure on the held-out split: what a run without a test split can judge by.
+HELDOUT_METRICS = {"image": Metric("heldout_acc", "held-out accuracy (%)", True, 100.0, ""),
+                   "text": Metric("heldout_loss", "held-out loss (nats/byte)", False, 1.0, "")}
 
 
 def metric_for(rows: np.ndarray) -> Metric:
     return METRICS[modality_of_array(rows).name]
+
+
+def heldout_metric_for(rows: np.ndarray) -> Metric:
+    return HELDOUT_METRICS[modality_of_array(rows).name]
 
 
 def check_setup(cfg: Config, splits: DataSplits, rater_info: dict | None = None, rater_dir: str = "") -> None:
@@ -171,7 +177,8 @@ def run_specs(methods: list[str], discards: list[float], seeds: int, base_seed: 
 
 
 def run_one(spec: RunSpec, data: dict, budget: Budget) -> dict:
-    """Train one fresh model for `spec` and measure it; kept_fraction_by_class: per class, the
+    """Train one fresh model for `spec` and measure it on the test and held-out splits (loss and
+    accuracy on each); kept_fraction_by_class: per class, the
     fraction of the rows its batches drew that they kept. data: shared_arrays(), with "scores":
     the per-example scores of the SCORED_METHODS."""
     if spec.method == "baseline":
@@ -183,10 +190,11 @@ def run_one(spec: RunSpec, data: dict, budget: Budget) -> dict:
     tally = ClassTally.zeros(data["num_classes"])
     model = train_fresh(budget, data["train_rows"], data["train_labels"], data["num_classes"], spec.seed,
                         method_scores, spec.discard, tally)
-    heldout_loss = float(per_example_losses(model, data["heldout_rows"], data["heldout_labels"]).mean())
+    heldout_losses, heldout_accuracies = losses_and_accuracies(model, data["heldout_rows"], data["heldout_labels"])
     test_losses, test_accuracies = losses_and_accuracies(model, data["test_rows"], data["test_labels"])
     return {**asdict(spec), "acc": float(test_accuracies.mean()), "test_loss": float(test_losses.mean()),
-            "heldout_loss": heldout_loss, "kept_fraction_by_class": tally.kept_fractions()}
+            "heldout_loss": float(heldout_losses.mean()), "heldout_acc": float(heldout_accuracies.mean()),
+            "kept_fraction_by_class": tally.kept_fractions()}
 
 
 def eval_subset(examples: ExampleSet, max_rows: int | None, seed: int) -> ExampleSet:
@@ -307,3 +315,42 @@ def verdicts(results: list[dict], rows: list[dict], metric: Metric) -> list[dict
                     "metric": metric.key, **d,
                     "beats": bool(d["diff"] > 2 * d["se"]) if math.isfinite(d["se"]) else False})
     return out
+
+
+CONTROLS = ("random", "baseline")  # what a selection must never be worse than
+
+
+def _paired_check(results: list[dict], ours: tuple, control: tuple, metric: Metric, prefix: str) -> dict:
+    """paired_difference as {prefix}_diff, _se, _n and _worse (the control better by more than 2
+    standard errors); NaN figures where the runs lack the metric (results of an older version)."""
+    if not all(metric.key in r for r in results):
+        return {f"{prefix}_diff": math.nan, f"{prefix}_se": math.nan, f"{prefix}_n": 0, f"{prefix}_worse": False}
+    d = paired_difference(results, ours, control, metric)
+    worse = bool(d["diff"] < -2 * d["se"]) if math.isfinite(d["se"]) else False
+    return {f"{prefix}_{k}": v for k, v in d.items()} | {f"{prefix}_worse": worse}
+
+
+def selection_checks(results: list[dict], metric: Metric, heldout_metric: Metric) -> list[dict]:
+    """At every fraction the data rater ran at, its selection against random drop at that
+    fraction and against all the data, paired over seeds: by the test metric (the judge) and by
+    the same measure on the held-out split (what a run without a test split can see)."""
+    have = {(r["method"], r["discard"]) for r in results}
+    out = []
+    for discard in sorted({d for m, d in have if m == "datarater"}):
+        for control in (("random", discard), ("baseline", 0.0)):
+            if control in have:
+                ours = ("datarater", discard)
+                out.append({"discard": discard, "control": control[0],
+                            **_paired_check(results, ours, control, metric, "test"),
+                            **_paired_check(results, ours, control, heldout_metric, "heldout")})
+    return out
+
+
+def selection_warnings(checks: list[dict], metric: Metric) -> list[str]:
+    """One line for each fraction at which the rater's selection is worse than a control on test."""
+    name, unit = metric.label.split(" (")[0], metric.label.split("(")[-1].rstrip(")")
+    unit, digits = ("points", 2) if unit == "%" else (unit, 4)
+    control_names = {"random": "random drop", "baseline": "all the data"}
+    return [f"the rater's selection at discard {c['discard']:g} is worse than {control_names[c['control']]} by "
+            f"{metric.scale * -c['test_diff']:.{digits}f} ± {metric.scale * c['test_se']:.{digits}f} {unit} of {name}: "
+            "do not curate with this rater at this fraction" for c in checks if c["test_worse"]]

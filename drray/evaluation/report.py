@@ -18,8 +18,11 @@ def _num(value, scale: float = 1.0, digits: int = 2) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{scale * value:.{digits}f}"
 
 
-def results_markdown(rows: list[dict], verdicts: list[dict], meta: dict, metric: Metric) -> str:
-    """The table of results.md: the modality's metric per method and fraction, and the verdicts."""
+def results_markdown(rows: list[dict], verdicts: list[dict], meta: dict, metric: Metric,
+                     checks: list[dict] = (), warnings: list[str] = ()) -> str:
+    """The table of results.md: the modality's metric per method and fraction, the verdicts, the
+    rater's selection against the controls at each fraction (experiment.selection_checks) and
+    the warnings made of them."""
     digits = 2 if metric.scale != 1.0 else 4
     name = metric.label.split(" (")[0]
     lines = [f"# Evaluation: {meta['data']}", "",
@@ -49,14 +52,35 @@ def results_markdown(rows: list[dict], verdicts: list[dict], meta: dict, metric:
             lines.append(f"| {v['datarater_discard']:g} | {v['rival']} | {v['rival_discard']:g} | "
                          f"{_num(v['diff'], metric.scale, digits)} | {_num(v['se'], metric.scale, digits)} | "
                          f"{'yes' if v['beats'] else 'no'} |")
+    lines += _checks_markdown(checks, metric, digits)
+    lines += ["", *(f"**Warning:** {w}." for w in warnings)] if warnings else []
     return "\n".join(lines) + "\n"
 
 
+def _checks_markdown(checks: list[dict], metric: Metric, digits: int) -> list[str]:
+    if not checks:
+        return []
+    name = metric.label.split(" (")[0]
+    lines = ["", f"The rater's selection against random drop (same fraction) and all the data, at every fraction, by "
+             f"{name} and by the same measure on the held-out split (what a run without a test split can see); "
+             "paired over seeds, difference > 0 means the rater's is better, worse = the control better by more "
+             "than 2 standard errors:", "",
+             "| discard | control | test difference | se | worse | held-out difference | se | worse |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        cells = [f"{_num(c[p + '_diff'], metric.scale, digits)} | {_num(c[p + '_se'], metric.scale, digits)} | "
+                 + ("n/a" if not c[p + "_n"] else "yes" if c[p + "_worse"] else "no") for p in ("test", "heldout")]
+        lines.append(f"| {c['discard']:g} | {c['control']} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
 def write_results(out: Path, rows: list[dict], verdicts: list[dict], runs: list[dict], meta: dict,
-                  metric: Metric) -> None:
-    payload = _nan_to_none({"rows": rows, "verdicts": verdicts, "runs": runs, "meta": {**meta, "metric": metric.key}})
+                  metric: Metric, checks: list[dict] = (), warnings: list[str] = ()) -> None:
+    payload = _nan_to_none({"rows": rows, "verdicts": verdicts, "checks": list(checks), "warnings": list(warnings),
+                            "runs": runs, "meta": {**meta, "metric": metric.key}})
     atomic_write_bytes(out / "results.json", json.dumps(payload, indent=2, allow_nan=False).encode())
-    atomic_write_bytes(out / "results.md", results_markdown(rows, verdicts, meta, metric).encode())
+    markdown = results_markdown(rows, verdicts, meta, metric, checks, warnings)
+    atomic_write_bytes(out / "results.md", markdown.encode())
 
 
 def _nan_to_none(value):
