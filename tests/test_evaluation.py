@@ -375,7 +375,8 @@ def test_evaluate_job_end_to_end(tmp_path, digits_rater, ray_cluster):
     assert len(payload["runs"]) == 14 and payload["verdicts"] and payload["meta"]["metric"] == "acc"
     assert [(c["discard"], c["control"]) for c in payload["checks"]] == [
         (d, control) for d in (0.1, 0.3) for control in ("random", "baseline")]
-    assert all(0.0 <= r["heldout_acc"] <= 1.0 for r in payload["runs"]) and "| discard | control | test difference |" in result.stdout
+    assert all(0.0 <= r["heldout_acc"] <= 1.0 for r in payload["runs"])
+    assert "| discard | control | test difference |" in result.stdout
     assert len(payload["warnings"]) == sum(c["test_worse"] for c in payload["checks"])
     for name in ("results.md", "accuracy.png", "scores.png"):
         assert (out / name).stat().st_size > 0
