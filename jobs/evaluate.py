@@ -12,8 +12,9 @@ opt-in, the ground truth as the score (oracle, the bound of any selection). Each
 every class's share of its draw (evaluate.stratify=label; none to turn it off). The runs and
 cleanlab's folds are Ray tasks (a local Ray is started when there is no cluster address). OUT gets
 results.json (per method and fraction: test accuracy and loss as mean, std, standard error; n; the
-kept fraction per class and its minimum; with ground truth, AUROC and precision of removal),
-results.md, accuracy.png (test_loss.png on text: language models, judged by test loss) and
+kept fraction per class and its minimum; with ground truth, AUROC and precision of removal; the
+checks of the rater's selection against random drop and all the data at every fraction, on test
+and held-out metrics, and a warning for each it loses on test), results.md, accuracy.png (test_loss.png on text: language models, judged by test loss) and
 scores.png.
 """
 from __future__ import annotations

@@ -62,14 +62,15 @@ def _checks_markdown(checks: list[dict], metric: Metric, digits: int) -> list[st
         return []
     name = metric.label.split(" (")[0]
     lines = ["", f"The rater's selection against random drop (same fraction) and all the data, at every fraction, by "
-             f"{name} and by the same measure on the held-out split (what a run without a test split can see); "
-             "paired over seeds, difference > 0 means the rater's is better, worse = the control better by more "
-             "than 2 standard errors:", "",
+             f"{name} and by the same measure on the held-out split (what a run without a test split can see; for "
+             "a language model that is the loss the rater was meta-trained on, which favours it); paired over "
+             "seeds, difference > 0 means the rater's is better, worse = the control better by more than 2 "
+             "standard errors (n/a: fewer than 2 seeds):", "",
              "| discard | control | test difference | se | worse | held-out difference | se | worse |",
              "|---|---|---|---|---|---|---|---|"]
     for c in checks:
         cells = [f"{_num(c[p + '_diff'], metric.scale, digits)} | {_num(c[p + '_se'], metric.scale, digits)} | "
-                 + ("n/a" if not c[p + "_n"] else "yes" if c[p + "_worse"] else "no") for p in ("test", "heldout")]
+                 + ("n/a" if c[p + "_n"] < 2 else "yes" if c[p + "_worse"] else "no") for p in ("test", "heldout")]
         lines.append(f"| {c['discard']:g} | {c['control']} | {cells[0]} | {cells[1]} |")
     return lines
 
