@@ -19,7 +19,6 @@ from drray.evaluation.fresh import Budget
 from drray.evaluation.report import (
     plot_metric,
     plot_score_histograms,
-    results_markdown,
     write_results,
 )
 from drray.storage import RunDir, check_local_folder
@@ -63,13 +62,12 @@ def _evaluate(cfg: Config, splits, rater, out: RunDir) -> str:
     warnings = ev.selection_warnings(checks, metric)
     meta = ev.describe_setup(cfg, budget, splits, time.monotonic() - started)
     out.local.mkdir(parents=True, exist_ok=True)
-    write_results(out.local, rows, verdicts, runs, meta, metric, checks, warnings)
+    table = write_results(out.local, rows, verdicts, runs, meta, metric, checks, warnings)
     plot_metric(out.local / metric.plot, rows, metric)
     learned = {name: values for name, values in scores.items() if name != "oracle"}  # the oracle's is the truth
     if learned:
         plot_score_histograms(out.local / "scores.png", learned, splits.train.corruption)
     out.push()
-    table = results_markdown(rows, verdicts, meta, metric, checks, warnings)
     return f"{table}\nwritten: {out.display('results.json')}, results.md, {metric.plot}" + (
         ", scores.png" if learned else "") + f"  ({math.ceil(time.monotonic() - started)} s)"
 

@@ -76,12 +76,14 @@ def _checks_markdown(checks: list[dict], metric: Metric, digits: int) -> list[st
 
 
 def write_results(out: Path, rows: list[dict], verdicts: list[dict], runs: list[dict], meta: dict,
-                  metric: Metric, checks: list[dict] = (), warnings: list[str] = ()) -> None:
+                  metric: Metric, checks: list[dict] = (), warnings: list[str] = ()) -> str:
+    """results.json and results.md in `out`; returns results.md's text (the job's report)."""
     payload = _nan_to_none({"rows": rows, "verdicts": verdicts, "checks": list(checks), "warnings": list(warnings),
                             "runs": runs, "meta": {**meta, "metric": metric.key}})
     atomic_write_bytes(out / "results.json", json.dumps(payload, indent=2, allow_nan=False).encode())
     markdown = results_markdown(rows, verdicts, meta, metric, checks, warnings)
     atomic_write_bytes(out / "results.md", markdown.encode())
+    return markdown
 
 
 def _nan_to_none(value):
